@@ -1,0 +1,27 @@
+"""The probabilistic-circuit engine (latent trees: HCLT, HMM, LVD image circuits).
+
+Public API::
+
+    from lvd import pc
+    c = pc.hclt(data, num_latents=K, num_cats=C, seed=0)
+    h = pc.hmm(seq_len=T, num_latents=H, vocab_size=V, homogeneous=True, seed=0)
+    m = pc.lvd_circuit(...)                      # see lvd.pc.lvdcircuit
+    lls = c.log_likelihood(x, missing=None)
+    xs = c.sample(n, x=None, missing=None, seed=None)
+    hist = pc.em(c, data, epochs=1, batch_size=512, step_size=0.1, pseudocount=0.1, full_batch=False)
+    pc.save(c, path); c = pc.load(path)
+"""
+
+from lvd.pc.circuit import TreeCircuit, latent_evidence
+from lvd.pc.counting import count_init, counts
+from lvd.pc.em import em, flows, mean_log_likelihood, update
+from lvd.pc.lvdcircuit import LVDCircuit, lvd_circuit
+from lvd.pc.serialize import load, load_attrs, save
+from lvd.pc.structures import chow_liu_tree, hclt, hmm, mutual_information, tree_structure
+from lvd.pc.tree import TreeStructure, tree_lls
+
+__all__ = [
+    "LVDCircuit", "TreeCircuit", "TreeStructure", "load", "load_attrs", "lvd_circuit", "save", "chow_liu_tree", "count_init", "counts", "em", "flows",
+    "hclt", "hmm", "latent_evidence", "mean_log_likelihood", "mutual_information",
+    "tree_lls", "tree_structure", "update",
+]

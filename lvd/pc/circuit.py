@@ -1,0 +1,158 @@
+"""TreeCircuit: parameters + structure of one latent tree, and its queries.
+
+A circuit object holds probability tables in ``params`` (name -> tensor) and knows which
+dimension each table is normalized over (``norm_dims``). Everything EM needs is
+``objective(logp, batch)``: per-example log-likelihoods as a differentiable function of the
+log-parameter tables, so that flows = d(sum objective) / d(log params).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lvd.pc import queries
+from lvd.pc.tree import TreeStructure, tree_lls
+
+
+def _as_long(x, device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, device=device).long()
+
+
+def random_table(shape, dim, gen, device="cpu") -> torch.Tensor:
+    """Random positive table normalized over ``dim`` (seeded by ``gen``)."""
+    t = torch.rand(shape, generator=gen, dtype=torch.float32) + 0.1
+    return (t / t.sum(dim, keepdim=True)).to(device)
+
+
+class TreeCircuit:
+    """One latent tree (see lvd.pc.tree): HCLT, HMM, or a part of an LVD circuit.
+
+    params:
+        edges  [E_t, G, K, K]  p(child state | parent state)
+        root   [G, H, K]       root state distribution per head
+        leaves [L_t, G, C, K]  p(value | state); absent when num_cats == 0
+    """
+
+    norm_dims = {"edges": -1, "root": -1, "leaves": 2}
+
+    def __init__(self, structure: TreeStructure, num_latents: int, num_cats: int, *,
+                 num_groups: int = 1, num_heads: int = 1, kind: str = "tree",
+                 params: dict | None = None, seed: int = 0, device="cpu", meta: dict | None = None):
+        self.structure = structure
+        self.num_latents, self.num_cats = int(num_latents), int(num_cats)
+        self.num_groups, self.num_heads = int(num_groups), int(num_heads)
+        self.kind = kind
+        self.meta = dict(meta or {})
+        K, G = self.num_latents, self.num_groups
+        if params is None:
+            gen = torch.Generator().manual_seed(seed)
+            E_t = int(structure.edge_index.max()) + 1 if structure.num_nodes > 1 else 1
+            params = {"edges": random_table((E_t, G, K, K), -1, gen),
+                      "root": random_table((G, self.num_heads, K), -1, gen)}
+            if self.num_cats > 0:
+                L_t = int(structure.leaf_index.max()) + 1
+                params["leaves"] = random_table((L_t, G, self.num_cats, K), 2, gen)
+        self.params = {k: v.to(device).float().contiguous() for k, v in params.items()}
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return self.params["edges"].device
+
+    @property
+    def num_vars(self) -> int:
+        return self.structure.num_nodes
+
+    @property
+    def num_params(self) -> int:
+        """Free parameters (each normalized distribution of size n has n - 1)."""
+        total = 0
+        for name, t in self.params.items():
+            n = t.shape[self.norm_dims[name]]
+            total += t.numel() // n * (n - 1)
+        return total
+
+    def to(self, device) -> "TreeCircuit":
+        self.params = {k: v.to(device) for k, v in self.params.items()}
+        return self
+
+    def log_params(self) -> dict[str, torch.Tensor]:
+        return {k: v.clamp_min(1e-38).log() for k, v in self.params.items()}
+
+    # ------------------------------------------------------------ core forward
+    def group_lls(self, logp, x=None, missing=None, evidence=None) -> torch.Tensor:
+        """[B, G, H] log-likelihoods; x [B, G, V] or [B, V] (broadcast to every group)."""
+        if x is not None:
+            x = _as_long(x, self.device)
+            if x.dim() == 2:
+                x = x[:, None, :].expand(-1, self.num_groups, -1)
+            if missing is not None:
+                missing = torch.as_tensor(missing, device=self.device).bool()
+                if missing.dim() == 2:
+                    missing = missing[:, None, :].expand(-1, self.num_groups, -1)
+        if evidence is not None and evidence.dim() == 3:
+            evidence = evidence[:, None].expand(-1, self.num_groups, -1, -1)
+        return tree_lls(self.structure, logp["edges"], logp["root"], logp.get("leaves"),
+                        x, missing, evidence)
+
+    def objective(self, logp, batch: dict) -> torch.Tensor:
+        """Per-example log-likelihood [B] for EM; batch keys: x, missing, evidence, z."""
+        ev = batch.get("evidence")
+        z = batch.get("z")
+        if z is not None:
+            ev = latent_evidence(z, self.num_latents, ev, self.device)
+        lls = self.group_lls(logp, batch.get("x"), batch.get("missing"), ev)
+        return lls.sum(dim=(1, 2)) if self.num_heads == 1 else lls.logsumexp(-1).sum(1)
+
+    # ----------------------------------------------------------------- queries
+    @torch.no_grad()
+    def log_likelihood(self, x=None, missing=None, z=None, evidence=None) -> torch.Tensor:
+        """log p(x_observed [, z]) per example: x int64 [B, V], missing bool [B, V] -> [B].
+
+        z: int64 [B, V] observed latent states (-1 = not observed) — hard evidence;
+        evidence: float [B, V, K] log-potentials per state — soft evidence.
+        """
+        return self.objective(self.log_params(), {"x": x, "missing": missing, "z": z,
+                                                  "evidence": evidence})
+
+    def latent_posterior(self, x=None, missing=None, evidence=None) -> torch.Tensor:
+        """p(state of node v = k | evidence): [B, V, K] (G = 1 circuits)."""
+        B = x.shape[0] if x is not None else evidence.shape[0]
+        ev = torch.zeros(B, self.num_vars, self.num_latents, device=self.device) \
+            if evidence is None else evidence.clone()
+        ev.requires_grad_(True)
+        lls = self.group_lls(self.log_params(), x, missing, ev)
+        (post,) = torch.autograd.grad(lls.sum(), ev)
+        return post
+
+    @torch.no_grad()
+    def sample(self, n: int, x=None, missing=None, seed=None, evidence=None) -> torch.Tensor:
+        """Samples int64 [n, V]; with x and missing: the missing values given the observed ones."""
+        xs, _ = queries.tree_sample(self, n, x, missing, evidence, heads=None, seed=seed)
+        return xs[:, 0]
+
+    @torch.no_grad()
+    def map_latents(self, x=None, missing=None, evidence=None) -> torch.Tensor:
+        """Most likely joint latent states given the observed values: int64 [B, V]."""
+        return queries.tree_map(self, x, missing, evidence)[:, 0]
+
+    def select_groups(self, groups) -> "TreeCircuit":
+        """A circuit over a subset of parameter groups (views copied)."""
+        g = torch.as_tensor(groups, device=self.device).long()
+        params = {k: v.index_select(0 if k == "root" else 1, g).clone() for k, v in self.params.items()}
+        return TreeCircuit(self.structure, self.num_latents, self.num_cats, num_groups=len(g),
+                           num_heads=self.num_heads, kind=self.kind, params=params, meta=self.meta)
+
+
+def latent_evidence(z, K: int, evidence=None, device="cpu") -> torch.Tensor:
+    """Hard evidence as log-potentials: 0 at the observed state, -inf elsewhere; z = -1 is unobserved."""
+    z = _as_long(z, device)
+    ev = torch.zeros(*z.shape, K, device=device)
+    obs = z >= 0
+    if obs.any():
+        ev[obs] = float("-inf")
+        ev[obs] = ev[obs].scatter(-1, z[obs][:, None], 0.0)
+    if evidence is not None:
+        ev = ev + evidence
+    return ev

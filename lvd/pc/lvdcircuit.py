@@ -1,0 +1,201 @@
+"""The LVD image circuit: p(x) = sum_z p_top(z) prod_i p_i(x_i | z_i).
+
+Two latent trees (lvd.pc.tree):
+  * ``patch``: a tree over the P = p*p*Ch variables of one patch with ``num_latents`` states,
+    G parameter groups of H heads each. Head h of group g is p(x_patch | Z = state) for one
+    state of a patch latent: its own root distribution [G, H, K] over the patch tree's root
+    states, with every sub-circuit below the root shared by the heads of the group.
+      mode "position" (LVD): group i serves patch position i; H = num_states.
+      mode "shared" (LVD-PG): one vocabulary of num_states = G * H states at every position;
+                              state s uses head s % H of group s // H; every group's
+                              sub-circuit is evaluated on every patch.
+  * ``top``: a tree over the num_positions patch latents Z_i with ``num_states`` states and no
+    leaves of its own; its evidence is L[b, i, k] = log p_i(x_i(b) | Z_i = k).
+Z is materialized: hard evidence (z observed), soft evidence (log-potentials) or none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lvd.pc import queries
+from lvd.pc.circuit import TreeCircuit, _as_long, latent_evidence
+from lvd.pc.patches import patch_index
+from lvd.pc.structures import chow_liu_tree, tree_structure
+
+
+class LVDCircuit:
+    norm_dims = TreeCircuit.norm_dims
+    kind = "lvd"
+
+    def __init__(self, patch: TreeCircuit, top: TreeCircuit, image_shape, patch_size: int, mode: str):
+        self.patch, self.top = patch, top
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.patch_size, self.mode = int(patch_size), mode
+        self.index = torch.from_numpy(patch_index(*self.image_shape, self.patch_size))  # [m, P]
+        m, P = self.index.shape
+        if top.num_vars != m or patch.num_vars != P:
+            raise ValueError(f"top tree has {top.num_vars} nodes and patch tree {patch.num_vars}; "
+                             f"the image has {m} patches of {P} variables")
+        G, H = patch.num_groups, patch.num_heads
+        if mode == "position" and (G != m or H != top.num_latents):
+            raise ValueError(f"mode 'position' needs {m} groups of {top.num_latents} heads, got {G} x {H}")
+        if mode == "shared" and G * H != top.num_latents:
+            raise ValueError(f"mode 'shared' needs groups x heads = num_states = {top.num_latents}")
+        if mode not in ("position", "shared"):
+            raise ValueError(f"mode must be 'position' or 'shared', got {mode!r}")
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def params(self) -> dict[str, torch.Tensor]:
+        return {**{f"patch.{k}": v for k, v in self.patch.params.items()},
+                **{f"top.{k}": v for k, v in self.top.params.items()}}
+
+    @property
+    def device(self):
+        return self.top.device
+
+    @property
+    def num_vars(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    @property
+    def num_positions(self) -> int:
+        return self.index.shape[0]
+
+    @property
+    def num_states(self) -> int:
+        return self.top.num_latents
+
+    @property
+    def num_cats(self) -> int:
+        return self.patch.num_cats
+
+    @property
+    def num_params(self) -> int:
+        return self.patch.num_params + self.top.num_params
+
+    def to(self, device) -> "LVDCircuit":
+        self.patch.to(device)
+        self.top.to(device)
+        return self
+
+    def log_params(self) -> dict[str, torch.Tensor]:
+        return {k: v.clamp_min(1e-38).log() for k, v in self.params.items()}
+
+    @staticmethod
+    def _split(logp):
+        return ({k[6:]: v for k, v in logp.items() if k.startswith("patch.")},
+                {k[4:]: v for k, v in logp.items() if k.startswith("top.")})
+
+    # ------------------------------------------------------------ forward
+    def _patches(self, a):
+        a = torch.as_tensor(a, device=self.device)
+        return a[:, self.index.to(self.device)]                      # [B, m, P]
+
+    def patch_lls(self, logp_patch, x, missing=None) -> torch.Tensor:
+        """L[b, i, k] = log p_i(x_i(b) | Z_i = k): [B, m, num_states]."""
+        xp = self._patches(_as_long(x, self.device))
+        mp = None if missing is None else self._patches(torch.as_tensor(missing).bool())
+        B, m, P = xp.shape
+        if self.mode == "position":
+            return self.patch.group_lls(logp_patch, xp, mp)          # [B, m, H]
+        lls = self.patch.group_lls(logp_patch, xp.reshape(B * m, P),
+                                   None if mp is None else mp.reshape(B * m, P))
+        return lls.reshape(B, m, -1)                                 # [B, m, G * H]
+
+    def objective(self, logp, batch: dict) -> torch.Tensor:
+        """log p(x [, z]) per example: batch keys x, missing, z ([B, m], -1 = unobserved), evidence."""
+        lp, lt = self._split(logp)
+        ev = self.patch_lls(lp, batch["x"], batch.get("missing"))
+        if batch.get("z") is not None:
+            ev = latent_evidence(batch["z"], self.num_states, ev, self.device)
+        if batch.get("evidence") is not None:
+            ev = ev + batch["evidence"]
+        return self.top.group_lls(lt, evidence=ev[:, None])[:, 0, 0]
+
+    # ------------------------------------------------------------ queries
+    @torch.no_grad()
+    def log_likelihood(self, x, missing=None, z=None, evidence=None) -> torch.Tensor:
+        """log p(x_observed) [B]; with z [B, m] (-1 = unobserved): log p(x_observed, z)."""
+        return self.objective(self.log_params(), {"x": x, "missing": missing, "z": z,
+                                                  "evidence": evidence})
+
+    @torch.no_grad()
+    def latent_lls(self, x, missing=None) -> torch.Tensor:
+        """Patch log-likelihoods under every state, [B, m, num_states] (top-level EM input)."""
+        return self.patch_lls(self._split(self.log_params())[0], x, missing)
+
+    @torch.no_grad()
+    def map_latents(self, x, missing=None) -> torch.Tensor:
+        """argmax_z p(z, x_observed): int64 [B, m]."""
+        return queries.tree_map(self.top, evidence=self.latent_lls(x, missing))[:, 0]
+
+    @torch.no_grad()
+    def sample(self, n: int, x=None, missing=None, seed=None) -> torch.Tensor:
+        """Samples int64 [n, num_vars]; with x and missing: the missing pixels given the rest."""
+        dev, m = self.device, self.num_positions
+        gen_seed = None if seed is None else int(seed)
+        if x is None:
+            ev = torch.zeros(n, m, self.num_states, device=dev)
+            x = torch.zeros(n, self.num_vars, dtype=torch.long, device=dev)
+            missing = torch.ones(n, self.num_vars, dtype=torch.bool, device=dev)
+        else:
+            x = _as_long(x, dev)
+            missing = torch.zeros_like(x, dtype=torch.bool) if missing is None else \
+                torch.as_tensor(missing, device=dev).bool()
+            ev = self.latent_lls(x, missing)
+        B = x.shape[0]
+        _, z = queries.tree_sample(self.top, B, evidence=ev, seed=gen_seed)
+        z = z[:, 0]                                                  # [B, m]
+        xp, mp = self._patches(x), self._patches(missing)
+        seed2 = None if gen_seed is None else gen_seed + 1
+        if self.mode == "position":
+            out, _ = queries.tree_sample(self.patch, B, xp, mp, heads=z, seed=seed2)
+        else:
+            H, P = self.patch.num_heads, xp.shape[-1]
+            heads = (z % H).reshape(-1, 1).expand(-1, self.patch.num_groups)
+            allg, _ = queries.tree_sample(self.patch, B * m, xp.reshape(-1, P), mp.reshape(-1, P),
+                                          heads=heads, seed=seed2)     # [B*m, G, P]
+            g = (z // H).reshape(-1)
+            out = allg[torch.arange(B * m, device=dev), g].reshape(B, m, P)
+        result = x.clone()
+        result[:, self.index.to(dev)] = out
+        return result
+
+
+def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int, num_cats: int, *,
+                mode: str = "position", num_groups: int | None = None, top_parents=None,
+                patch_parents=None, data=None, z=None, seed: int = 0, device="cpu") -> LVDCircuit:
+    """Build an LVD circuit with random (seeded) parameters.
+
+    Structures: ``patch_parents`` (tree over one patch's P variables) defaults to the Chow-Liu
+    tree of the training patches pooled over positions (needs ``data`` [N, num_vars]);
+    ``top_parents`` (tree over positions) to the Chow-Liu tree of the latents ``z`` [N, m]
+    (method.md section 2 step 5). Mode "shared" needs ``num_groups`` dividing num_states.
+    """
+    H_img, W_img, Ch = image_shape
+    idx = patch_index(H_img, W_img, Ch, patch_size)
+    m, P = idx.shape
+    if patch_parents is None:
+        if data is None:
+            raise ValueError("lvd_circuit: give patch_parents or training data to build the patch tree")
+        pooled = np.asarray(data)[:, idx].reshape(-1, P)
+        patch_parents = chow_liu_tree(pooled, num_cats, seed=seed)
+    if top_parents is None:
+        if z is None:
+            raise ValueError("lvd_circuit: give top_parents or latents z to build the top tree")
+        top_parents = chow_liu_tree(np.asarray(z), num_states, num_bins=None, seed=seed)
+    if mode == "position":
+        G, H = m, num_states
+    else:
+        G = int(num_groups or 1)
+        if num_states % G:
+            raise ValueError(f"num_groups={G} must divide num_states={num_states}")
+        H = num_states // G
+    patch = TreeCircuit(tree_structure(patch_parents), num_latents, num_cats, num_groups=G,
+                        num_heads=H, kind="patch", seed=seed, device=device)
+    top = TreeCircuit(tree_structure(top_parents), num_states, 0, kind="top", seed=seed + 1,
+                      device=device)
+    return LVDCircuit(patch, top, image_shape, patch_size, mode)

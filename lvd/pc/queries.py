@@ -1,0 +1,132 @@
+"""Sampling and MAP on latent trees.
+
+Conditional sampling runs the upward pass with the evidence (observed values, missing ones
+summed out), then samples top-down: the root from p(root | evidence) and each child from
+W[k_parent, :] * u_child (its upward message), which is exactly p(child | parent, evidence).
+Missing values are drawn from the leaf of the sampled state; observed values are kept.
+
+MAP runs max-product upward in the log domain and backtracks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lvd.pc.tree import TINY, _prepare, upward
+
+
+def _inputs(tc, n, x, missing, evidence):
+    G, V, dev = tc.num_groups, tc.num_vars, tc.device
+    if x is None:
+        x = torch.zeros(n, G, V, dtype=torch.long, device=dev)
+        missing = torch.ones(n, G, V, dtype=torch.bool, device=dev) if tc.num_cats else None
+    else:
+        x = torch.as_tensor(x, device=dev).long()
+        if x.dim() == 2:
+            x = x[:, None].expand(-1, G, -1)
+        if missing is not None:
+            missing = torch.as_tensor(missing, device=dev).bool()
+            if missing.dim() == 2:
+                missing = missing[:, None].expand(-1, G, -1)
+    if evidence is not None and evidence.dim() == 3:
+        evidence = evidence[:, None].expand(-1, G, -1, -1)
+    return x, missing, evidence
+
+
+def _draw(probs: torch.Tensor, gen) -> torch.Tensor:
+    """One categorical draw per row of probs [..., K] (unnormalized)."""
+    shape = probs.shape[:-1]
+    flat = probs.reshape(-1, probs.shape[-1]).clamp_min(0)
+    flat = flat / flat.sum(-1, keepdim=True).clamp_min(TINY)
+    return torch.multinomial(flat, 1, generator=gen).view(shape)
+
+
+def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=None):
+    """Returns (x [B, G, V] int64, states [B, G, V] int64). heads: [B, G] root head per row."""
+    x, missing, evidence = _inputs(tc, n, x, missing, evidence)
+    B, G = x.shape[0], tc.num_groups
+    st, dev = tc.structure, tc.device
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    p = tc.params
+    leaves = p.get("leaves")
+    logleaf = leaves.clamp_min(1e-38).log() if leaves is not None else None
+    xs, miss, ev = _prepare(st, x, missing, evidence, tc.num_cats or 1, G, dev)
+    u, _, _ = upward(st, p["edges"], logleaf, xs, miss, ev, B)
+    idx = st.on(dev)
+    root = p["root"]                                                    # [G, H, K]
+    if heads is None:
+        rootp = root[:, 0][:, None, :]                                  # [G, 1, K]
+    else:
+        h = torch.as_tensor(heads, device=dev).long().T                 # [G, B]
+        rootp = torch.gather(root, 1, h[:, :, None].expand(-1, -1, root.shape[-1]))
+    states = torch.empty(st.num_nodes, G, B, dtype=torch.long, device=dev)
+    states[0] = _draw(rootp * u[0], gen)
+    for d in range(1, st.depth):
+        c0, c1 = st.levels[d]
+        Wl = p["edges"].index_select(0, idx["edge_rows"][c0:c1])        # [nc, G, K, K]
+        kp = states[st.levels[d - 1][0]:st.levels[d - 1][1]].index_select(0, idx["parent_local"][d])
+        rows = torch.gather(Wl, 2, kp[..., None].expand(-1, -1, -1, Wl.shape[-1]))  # [nc, G, B, K]
+        states[c0:c1] = _draw(rows * u[c0:c1], gen)
+    out = xs.clone() if xs is not None else None
+    if leaves is not None and miss is not None:
+        for a, b in st.levels:
+            tab = leaves.index_select(0, idx["leaf_rows"][a:b])         # [n, G, C, K]
+            cols = torch.gather(tab, 3, states[a:b][:, :, None, :].expand(-1, -1, tab.shape[2], -1))
+            draw = _draw(cols.permute(0, 1, 3, 2), gen)                 # [n, G, B]
+            out[a:b] = torch.where(miss[a:b], draw, out[a:b])
+    inv = torch.from_numpy(st.position).to(dev)
+    states = states.index_select(0, inv).permute(2, 1, 0)
+    if out is not None:
+        out = out.index_select(0, inv).permute(2, 1, 0)
+    return out, states
+
+
+def tree_map(tc, x=None, missing=None, evidence=None, chunk: int = 64):
+    """argmax over all latent states of p(states, x_observed): int64 [B, G, V]."""
+    n = x.shape[0] if x is not None else evidence.shape[0]
+    x, missing, evidence = _inputs(tc, n, x, missing, evidence)
+    parts = []
+    for i in range(0, n, chunk):
+        sl = slice(i, i + chunk)
+        parts.append(_map_chunk(tc, x[sl], None if missing is None else missing[sl],
+                                None if evidence is None else evidence[sl]))
+    return torch.cat(parts, 0)
+
+
+def _map_chunk(tc, x, missing, evidence):
+    st, dev, G, B = tc.structure, tc.device, tc.num_groups, x.shape[0]
+    p = tc.params
+    K = tc.num_latents
+    idx = st.on(dev)
+    logW = p["edges"].clamp_min(1e-38).log()
+    logleaf = p["leaves"].clamp_min(1e-38).log() if "leaves" in p else None
+    xs, miss, ev = _prepare(st, x, missing, evidence, tc.num_cats or 1, G, dev)
+    score = torch.zeros(st.num_nodes, G, B, K, device=dev)
+    arg = torch.zeros(st.num_nodes, G, B, K, dtype=torch.long, device=dev)
+    garange = torch.arange(G, device=dev)[None, :, None]
+    for d in range(st.depth - 1, -1, -1):
+        a, b = st.levels[d]
+        if logleaf is not None:
+            rows = (idx["leaf_rows"][a:b, None, None] * G + garange) * tc.num_cats + xs[a:b]
+            leaf = logleaf.reshape(-1, K).index_select(0, rows.reshape(-1)).view(b - a, G, B, K)
+            if miss is not None:
+                leaf = leaf.masked_fill(miss[a:b, :, :, None], 0.0)
+            score[a:b] += leaf
+        if ev is not None:
+            score[a:b] += ev[a:b]
+        if d + 1 < st.depth:
+            c0, c1 = st.levels[d + 1]
+            lw = logW.index_select(0, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
+            cand = lw[:, :, None] + score[c0:c1, :, :, None, :]        # [nc, G, B, K, K]
+            best, arg[c0:c1] = cand.max(-1)
+            score[a:b].index_add_(0, idx["parent_local"][d + 1], best)
+    states = torch.empty(st.num_nodes, G, B, dtype=torch.long, device=dev)
+    logroot = p["root"][:, 0].clamp_min(1e-38).log()                   # [G, K]
+    states[0] = (score[0] + logroot[:, None, :]).argmax(-1)
+    for d in range(1, st.depth):
+        c0, c1 = st.levels[d]
+        kp = states[st.levels[d - 1][0]:st.levels[d - 1][1]].index_select(0, idx["parent_local"][d])
+        states[c0:c1] = torch.gather(arg[c0:c1], 3, kp[..., None]).squeeze(-1)
+    inv = torch.from_numpy(st.position).to(dev)
+    return states.index_select(0, inv).permute(2, 1, 0)

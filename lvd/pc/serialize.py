@@ -1,0 +1,93 @@
+"""Save and load circuits as HDF5 (format "lvd.pc"): structure, parameters, sizes. No pickle.
+
+Layout: root attribute ``circuit`` = "tree" or "lvd". A tree lives in a group with datasets
+parents, edge_index, leaf_index and params/<name>, and attributes num_latents, num_cats,
+num_groups, num_heads, kind, meta (JSON). An LVD circuit has groups ``patch`` and ``top`` and
+attributes image_shape, patch_size, mode. Extra keyword attributes given to ``save`` (stage
+config, training history as JSON...) are stored on the root and returned by ``load_attrs``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from lvd import io
+from lvd.pc.circuit import TreeCircuit
+from lvd.pc.lvdcircuit import LVDCircuit
+from lvd.pc.tree import TreeStructure
+
+
+def _write_tree(g, tc: TreeCircuit) -> None:
+    st = tc.structure
+    g["parents"], g["edge_index"], g["leaf_index"] = st.parents, st.edge_index, st.leaf_index
+    for name, t in tc.params.items():
+        g[f"params/{name}"] = t.detach().cpu().numpy()
+    g.attrs.update(num_latents=tc.num_latents, num_cats=tc.num_cats, num_groups=tc.num_groups,
+                   num_heads=tc.num_heads, kind=tc.kind, meta=json.dumps(tc.meta))
+
+
+def _read_tree(g, device) -> TreeCircuit:
+    where = f"{g.file.filename}:{g.name}"
+    for field in ("parents", "edge_index", "leaf_index", "params/edges", "params/root"):
+        if field not in g:
+            raise io.ArtifactError(f"{where}: missing field {field!r}")
+    st = TreeStructure(g["parents"][()], g["edge_index"][()], g["leaf_index"][()])
+    params = {k: torch.from_numpy(np.asarray(v[()])) for k, v in g["params"].items()}
+    a = g.attrs
+    tc = TreeCircuit(st, int(a["num_latents"]), int(a["num_cats"]), num_groups=int(a["num_groups"]),
+                     num_heads=int(a["num_heads"]), kind=str(a["kind"]), params=params,
+                     device=device, meta=json.loads(a.get("meta", "{}")))
+    K, G, H = tc.num_latents, tc.num_groups, tc.num_heads
+    expect = {"edges": (G, K, K), "root": (G, H, K)}
+    for name, tail in expect.items():
+        shape = tuple(tc.params[name].shape)
+        if shape[-len(tail):] != tail:
+            raise io.ArtifactError(f"{where}: params/{name} has shape {shape}, expected [..., {tail}]")
+    return tc
+
+
+def save(circuit, path, writer: str = "lvd.pc", config: dict | None = None, **attrs) -> None:
+    """Write ``circuit`` to ``path`` atomically (temporary name, then rename)."""
+    with io.create(path, "lvd.pc", writer, config) as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+        if isinstance(circuit, LVDCircuit):
+            f.attrs["circuit"] = "lvd"
+            f.attrs.update(image_shape=list(circuit.image_shape), patch_size=circuit.patch_size,
+                           mode=circuit.mode)
+            _write_tree(f.create_group("patch"), circuit.patch)
+            _write_tree(f.create_group("top"), circuit.top)
+        else:
+            f.attrs["circuit"] = "tree"
+            _write_tree(f.create_group("tree"), circuit)
+
+
+def load(path, device="cpu"):
+    """Read a circuit written by ``save``."""
+    with io.open_artifact(path, "lvd.pc") as f:
+        kind = f.attrs.get("circuit")
+        if kind == "lvd":
+            return LVDCircuit(_read_tree(f["patch"], device), _read_tree(f["top"], device),
+                              tuple(int(s) for s in f.attrs["image_shape"]),
+                              int(f.attrs["patch_size"]), str(f.attrs["mode"]))
+        if kind == "tree":
+            return _read_tree(f["tree"], device)
+        raise io.ArtifactError(f"{path}: attribute 'circuit' is {kind!r}, expected 'tree' or 'lvd'")
+
+
+def load_attrs(path) -> dict:
+    """Root attributes of a saved circuit (JSON values decoded where possible)."""
+    with io.open_artifact(path, "lvd.pc") as f:
+        out = {}
+        for k, v in f.attrs.items():
+            v = v.item() if isinstance(v, np.generic) else v
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    pass
+            out[k] = v
+        return out

@@ -1,0 +1,146 @@
+"""Structure builders: Chow-Liu trees and the HCLT / HMM circuits.
+
+Chow-Liu: the maximum spanning tree of pairwise mutual information. MI is estimated from at
+most ``max_samples`` rows (seeded subsample) with values binned into at most ``num_bins``
+equal-width bins (pixel values: neighbouring levels carry the same dependency information;
+256 x 256 joint tables per pair would cost 16x more for little change in the tree). Ties are
+broken by node index (Prim's algorithm takes the first maximum); zero MI is fine (any
+spanning tree is a tree). The root is the tree's center, which minimizes the depth and so
+the number of sequential levels in every pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lvd.pc.circuit import TreeCircuit
+from lvd.pc.tree import TreeStructure
+
+
+def mutual_information(data, num_cats: int, num_bins: int | None = 16, max_samples: int = 5000,
+                       seed: int = 0) -> np.ndarray:
+    """Pairwise mutual information (nats) between the columns of int data [N, V] -> [V, V]."""
+    data = np.asarray(data)
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise ValueError(f"data must be a non-empty [N, V] integer array, got shape {data.shape}")
+    if data.min() < 0 or data.max() >= num_cats:
+        raise ValueError(f"data values must lie in [0, {num_cats}), found [{data.min()}, {data.max()}]")
+    rng = np.random.default_rng(seed)
+    if data.shape[0] > max_samples:
+        data = data[np.sort(rng.choice(data.shape[0], max_samples, replace=False))]
+    bins = num_cats if num_bins is None or num_bins >= num_cats else num_bins
+    x = torch.from_numpy(data.astype(np.int64) * bins // num_cats)
+    N, V = x.shape
+    onehot = torch.zeros(N, V * bins)
+    onehot.scatter_(1, x + torch.arange(V) * bins, 1.0)
+    joint = (onehot.T @ onehot / N).view(V, bins, V, bins)          # p(x_i = a, x_j = b)
+    marg = joint.diagonal(dim1=0, dim2=2).diagonal(dim1=0, dim2=1)   # [V, bins] = p(x_i = a)
+    outer = marg.view(V, bins, 1, 1) * marg.view(1, 1, V, bins)
+    ratio = torch.where(joint > 0, joint / outer.clamp_min(1e-30), torch.ones(()))
+    mi = (joint * ratio.log()).sum(dim=(1, 3)).numpy().astype(np.float64)
+    np.fill_diagonal(mi, 0.0)
+    return np.maximum(mi, 0.0)
+
+
+def max_spanning_tree(weights: np.ndarray) -> np.ndarray:
+    """Prim's algorithm on a dense symmetric [V, V] matrix; parents with root 0 (-1)."""
+    V = weights.shape[0]
+    parents = np.full(V, -1, dtype=np.int64)
+    in_tree = np.zeros(V, dtype=bool)
+    in_tree[0] = True
+    best = weights[0].astype(np.float64).copy()
+    best_from = np.zeros(V, dtype=np.int64)
+    for _ in range(V - 1):
+        cand = np.where(in_tree, -np.inf, best)
+        v = int(np.argmax(cand))
+        parents[v] = best_from[v]
+        in_tree[v] = True
+        better = weights[v] > best
+        best = np.where(better, weights[v], best)
+        best_from = np.where(better, v, best_from)
+    return parents
+
+
+def reroot(parents: np.ndarray, root: int) -> np.ndarray:
+    """The same undirected tree with ``root`` as its root."""
+    V = len(parents)
+    adj: list[list[int]] = [[] for _ in range(V)]
+    for v, p in enumerate(parents):
+        if p >= 0:
+            adj[v].append(int(p))
+            adj[int(p)].append(v)
+    out = np.full(V, -1, dtype=np.int64)
+    seen = np.zeros(V, dtype=bool)
+    seen[root] = True
+    stack = [root]
+    while stack:
+        v = stack.pop()
+        for w in adj[v]:
+            if not seen[w]:
+                seen[w] = True
+                out[w] = v
+                stack.append(w)
+    return out
+
+
+def _farthest(parents: np.ndarray, start: int) -> tuple[int, np.ndarray]:
+    p = reroot(parents, start)
+    depth = np.zeros(len(p), dtype=np.int64)
+    order = TreeStructure(p, np.zeros(len(p)), np.zeros(len(p))).order
+    for v in order[1:]:
+        depth[v] = depth[p[v]] + 1
+    return int(np.argmax(depth)), p
+
+
+def center(parents: np.ndarray) -> int:
+    """The middle node of a longest path (minimizes the depth of the rooted tree)."""
+    a, _ = _farthest(parents, 0)
+    b, p = _farthest(parents, a)
+    path = [b]
+    while p[path[-1]] >= 0:
+        path.append(int(p[path[-1]]))
+    return path[len(path) // 2]
+
+
+def chow_liu_tree(data, num_cats: int, num_bins: int | None = 16, max_samples: int = 5000,
+                  seed: int = 0) -> np.ndarray:
+    """Parents array [V] (root -1) of the Chow-Liu tree of int data [N, V], rooted at its center."""
+    mi = mutual_information(data, num_cats, num_bins, max_samples, seed)
+    parents = max_spanning_tree(mi)
+    return reroot(parents, center(parents))
+
+
+def tree_structure(parents, tied_edges: bool = False, tied_leaves: bool = False) -> TreeStructure:
+    """Untied: every non-root node its own edge row (in node order) and leaf row."""
+    V = len(parents)
+    edge = np.zeros(V, dtype=np.int64)
+    if not tied_edges:
+        non_root = np.flatnonzero(np.asarray(parents) >= 0)
+        edge[non_root] = np.arange(len(non_root))
+    leaf = np.zeros(V, dtype=np.int64) if tied_leaves else np.arange(V)
+    return TreeStructure(np.asarray(parents), edge, leaf)
+
+
+def hclt(data, num_latents: int, num_cats: int, seed: int = 0, num_bins: int | None = 16,
+         max_samples: int = 5000, device="cpu") -> TreeCircuit:
+    """Hidden Chow-Liu tree: a Chow-Liu tree over the variables of ``data`` [N, V] in [0, C),
+    one latent with ``num_latents`` states per variable, random (seeded) parameters."""
+    data = data.cpu().numpy() if torch.is_tensor(data) else np.asarray(data)
+    parents = chow_liu_tree(data, num_cats, num_bins, max_samples, seed)
+    return TreeCircuit(tree_structure(parents), num_latents, num_cats, kind="hclt", seed=seed,
+                       device=device)
+
+
+def hmm(seq_len: int, num_latents: int, vocab_size: int, homogeneous: bool = True, seed: int = 0,
+        device="cpu") -> TreeCircuit:
+    """Hidden Markov model as a chain tree z_1 -> z_2 -> ... -> z_T, each z_t emitting x_t.
+
+    homogeneous=True ties the transition and emission tables across time (one row each).
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    parents = np.arange(-1, seq_len - 1)
+    st = tree_structure(parents, tied_edges=homogeneous, tied_leaves=homogeneous)
+    return TreeCircuit(st, num_latents, vocab_size, kind="hmm", seed=seed, device=device,
+                       meta={"homogeneous": bool(homogeneous)})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from lvd.pc._cpu import index_add, index_select
 from lvd.pc.tree import TINY, _prepare, upward
 
 
@@ -64,21 +65,21 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
     states[0] = _draw(rootp * u[0], gen)
     for d in range(1, st.depth):
         c0, c1 = st.levels[d]
-        Wl = p["edges"].index_select(0, idx["edge_rows"][c0:c1])        # [nc, G, K, K]
-        kp = states[st.levels[d - 1][0]:st.levels[d - 1][1]].index_select(0, idx["parent_local"][d])
+        Wl = index_select(p["edges"], idx["edge_rows"][c0:c1])        # [nc, G, K, K]
+        kp = index_select(states[st.levels[d - 1][0]:st.levels[d - 1][1]], idx["parent_local"][d])
         rows = torch.gather(Wl, 2, kp[..., None].expand(-1, -1, -1, Wl.shape[-1]))  # [nc, G, B, K]
         states[c0:c1] = _draw(rows * u[c0:c1], gen)
     out = xs.clone() if xs is not None else None
     if leaves is not None and miss is not None:
         for a, b in st.levels:
-            tab = leaves.index_select(0, idx["leaf_rows"][a:b])         # [n, G, C, K]
+            tab = index_select(leaves, idx["leaf_rows"][a:b])         # [n, G, C, K]
             cols = torch.gather(tab, 3, states[a:b][:, :, None, :].expand(-1, -1, tab.shape[2], -1))
             draw = _draw(cols.permute(0, 1, 3, 2), gen)                 # [n, G, B]
             out[a:b] = torch.where(miss[a:b], draw, out[a:b])
     inv = torch.from_numpy(st.position).to(dev)
-    states = states.index_select(0, inv).permute(2, 1, 0)
+    states = index_select(states, inv).permute(2, 1, 0)
     if out is not None:
-        out = out.index_select(0, inv).permute(2, 1, 0)
+        out = index_select(out, inv).permute(2, 1, 0)
     return out, states
 
 
@@ -109,7 +110,7 @@ def _map_chunk(tc, x, missing, evidence):
         a, b = st.levels[d]
         if logleaf is not None:
             rows = (idx["leaf_rows"][a:b, None, None] * G + garange) * tc.num_cats + xs[a:b]
-            leaf = logleaf.reshape(-1, K).index_select(0, rows.reshape(-1)).view(b - a, G, B, K)
+            leaf = index_select(logleaf.reshape(-1, K), rows.reshape(-1)).view(b - a, G, B, K)
             if miss is not None:
                 leaf = leaf.masked_fill(miss[a:b, :, :, None], 0.0)
             score[a:b] += leaf
@@ -117,16 +118,16 @@ def _map_chunk(tc, x, missing, evidence):
             score[a:b] += ev[a:b]
         if d + 1 < st.depth:
             c0, c1 = st.levels[d + 1]
-            lw = logW.index_select(0, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
+            lw = index_select(logW, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
             cand = lw[:, :, None] + score[c0:c1, :, :, None, :]        # [nc, G, B, K, K]
             best, arg[c0:c1] = cand.max(-1)
-            score[a:b].index_add_(0, idx["parent_local"][d + 1], best)
+            index_add(score[a:b], idx["parent_local"][d + 1], best)
     states = torch.empty(st.num_nodes, G, B, dtype=torch.long, device=dev)
     logroot = p["root"][:, 0].clamp_min(1e-38).log()                   # [G, K]
     states[0] = (score[0] + logroot[:, None, :]).argmax(-1)
     for d in range(1, st.depth):
         c0, c1 = st.levels[d]
-        kp = states[st.levels[d - 1][0]:st.levels[d - 1][1]].index_select(0, idx["parent_local"][d])
+        kp = index_select(states[st.levels[d - 1][0]:st.levels[d - 1][1]], idx["parent_local"][d])
         states[c0:c1] = torch.gather(arg[c0:c1], 3, kp[..., None]).squeeze(-1)
     inv = torch.from_numpy(st.position).to(dev)
-    return states.index_select(0, inv).permute(2, 1, 0)
+    return index_select(states, inv).permute(2, 1, 0)

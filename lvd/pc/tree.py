@@ -35,6 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lvd.pc._cpu import index_add, index_select, tune_malloc
+
+tune_malloc()
 TINY = torch.finfo(torch.float32).tiny
 
 
@@ -116,7 +119,7 @@ def _leaf_scores(idx, a, b, logleaf_flat, C, G, B, K, xs, miss):
     n = b - a
     rows = (idx["leaf_rows"][a:b, None, None] * G
             + torch.arange(G, device=xs.device)[None, :, None]) * C + xs[a:b]  # [n, G, B]
-    out = logleaf_flat.index_select(0, rows.reshape(-1)).view(n, G, B, K)
+    out = index_select(logleaf_flat, rows.reshape(-1)).view(n, G, B, K)
     if miss is not None:
         out.masked_fill_(miss[a:b, :, :, None], 0.0)
     return out
@@ -148,12 +151,14 @@ def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False):
             score += ev[a:b]
         if d + 1 < st.depth:
             c0, c1 = st.levels[d + 1]
-            Wl = W.index_select(0, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
-            m = torch.matmul(u[c0:c1], Wl.transpose(-1, -2))         # [nc, G, B, K]
-            if M is not None:
-                M[c0:c1] = m
-            logm = m.clamp_min_(TINY).log_().add_(s[c0:c1, :, :, None])
-            score.index_add_(0, idx["parent_local"][d + 1], logm)
+            Wl = index_select(W, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
+            if M is not None:                                        # [nc, G, B, K]
+                m = torch.matmul(u[c0:c1], Wl.transpose(-1, -2), out=M[c0:c1])
+                logm = m.clamp_min(TINY)
+            else:
+                logm = torch.matmul(u[c0:c1], Wl.transpose(-1, -2)).clamp_min_(TINY)
+            logm = logm.log_().add_(s[c0:c1, :, :, None])
+            index_add(score, idx["parent_local"][d + 1], logm)
         s[a:b] = score.amax(-1)
         torch.sub(score, s[a:b, :, :, None], out=score)
         u[a:b] = score.exp_()
@@ -216,23 +221,23 @@ class TreeLL(torch.autograd.Function):
                 rows = (idx["leaf_rows"][a:b, None, None] * G + garange) * C + xs[a:b]
                 if miss is not None:
                     rows = rows.masked_fill(miss[a:b], L_t * G * C)
-                g_leaves.index_add_(0, rows.reshape(-1), a_lvl.reshape(-1, K))
+                index_add(g_leaves, rows.reshape(-1), a_lvl.reshape(-1, K))
             if g_ev is not None:
                 g_ev[a:b] = a_lvl
             if d + 1 < st.depth:
                 c0, c1 = st.levels[d + 1]
                 rows_e = idx["edge_rows"][c0:c1]
-                Wl = W.index_select(0, rows_e)                           # [nc, G, K, K]
+                Wl = index_select(W, rows_e)                           # [nc, G, K, K]
                 r = M[c0:c1]
-                torch.div(a_lvl.index_select(0, idx["parent_local"][d + 1]), r.clamp_min_(TINY), out=r)
+                torch.div(index_select(a_lvl, idx["parent_local"][d + 1]), r.clamp_min_(TINY), out=r)
                 uc = u[c0:c1]
-                g_edges.index_add_(0, rows_e, Wl * torch.matmul(r.transpose(-1, -2), uc))
+                index_add(g_edges, rows_e, Wl * torch.matmul(r.transpose(-1, -2), uc))
                 a_lvl = uc * torch.matmul(r, Wl)
         if g_leaves is not None:
             g_leaves = g_leaves[:-1].view(-1, G, C, K)
         if g_ev is not None:
             inv = torch.from_numpy(st.position).to(W.device)
-            g_ev = g_ev.index_select(0, inv).permute(2, 1, 0, 3)         # [B, G, V, K]
+            g_ev = index_select(g_ev, inv).permute(2, 1, 0, 3)         # [B, G, V, K]
         return None, g_edges, g_root, g_leaves, None, None, g_ev
 
 

@@ -1,0 +1,53 @@
+"""Dataset readers: images (scikit-learn digits, idx files, user arrays) and text (WikiText-2).
+
+The readers turn raw files into checked numpy arrays; ``lvd.stages.prepare_data`` writes them
+into ``data.h5`` (format ``lvd.data``). Later stages read ``data.h5`` back with ``load_split``
+and ``data_info``, never the raw files.
+
+Every problem with the input raises ``DataError`` naming the file, the field and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """The input data is missing or not what the reader expects."""
+
+
+def data_info(path: str | os.PathLike) -> dict:
+    """Root attributes of a ``data.h5`` (kind, num_cats, sizes, ...) as plain Python values."""
+    from lvd import io
+
+    with io.open_artifact(path, "lvd.data") as f:
+        return {k: _plain(v) for k, v in f.attrs.items()}
+
+
+def load_split(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One dataset of a ``data.h5`` in memory.
+
+    ``name`` is a split (images: uint8 [N, H, W, Ch]; text: int32 windows [N, seq_len]) or,
+    for text, ``"train_tokens"`` / ``"valid_tokens"`` / ``"test_tokens"`` (int32 streams) or
+    ``"vocab"`` (an object array of str in id order).
+    """
+    from lvd import io
+
+    with io.open_artifact(path, "lvd.data") as f:
+        d = io.require(f, name)
+        if d.dtype.kind == "O":  # variable-length strings (the vocabulary)
+            return np.array(d.asstr()[()], dtype=object)
+        return d[()]
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

@@ -8,6 +8,8 @@ log-parameter tables, so that flows = d(sum objective) / d(log params).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -85,12 +87,13 @@ class TreeCircuit:
         """[B, G, H] log-likelihoods; x [B, G, V] or [B, V] (broadcast to every group)."""
         if x is not None:
             x = _as_long(x, self.device)
-            if x.dim() == 2:
-                x = x[:, None, :].expand(-1, self.num_groups, -1)
             if missing is not None:
                 missing = torch.as_tensor(missing, device=self.device).bool()
-                if missing.dim() == 2:
-                    missing = missing[:, None, :].expand(-1, self.num_groups, -1)
+            queries.check_values(x, missing, self.num_vars, self.num_cats)
+            if x.dim() == 2:
+                x = x[:, None, :].expand(-1, self.num_groups, -1)
+            if missing is not None and missing.dim() == 2:
+                missing = missing[:, None, :].expand(-1, self.num_groups, -1)
         if evidence is not None and evidence.dim() == 3:
             evidence = evidence[:, None].expand(-1, self.num_groups, -1, -1)
         return tree_lls(self.structure, logp["edges"], logp["root"], logp.get("leaves"),
@@ -103,7 +106,10 @@ class TreeCircuit:
         if z is not None:
             ev = latent_evidence(z, self.num_latents, ev, self.device)
         lls = self.group_lls(logp, batch.get("x"), batch.get("missing"), ev)
-        return lls.sum(dim=(1, 2)) if self.num_heads == 1 else lls.logsumexp(-1).sum(1)
+        if self.num_heads == 1:
+            return lls.sum(dim=(1, 2))
+        # several heads and no head observed: the uniform mixture of the heads
+        return (lls.logsumexp(-1) - math.log(self.num_heads)).sum(1)
 
     # ----------------------------------------------------------------- queries
     @torch.no_grad()

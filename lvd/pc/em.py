@@ -43,8 +43,10 @@ def update(circuit, flow: dict, step_size: float, pseudocount: float) -> None:
     for name, F in flow.items():
         dim = circuit.norm_dims[name.split(".")[-1]]
         n = F.shape[dim]
-        new = (F + pseudocount / n) / (F.sum(dim, keepdim=True) + pseudocount)
         p = circuit.params[name]
+        denom = F.sum(dim, keepdim=True) + pseudocount
+        # a distribution with no flow and no pseudocount has no estimate: it keeps its values
+        new = torch.where(denom > 0, (F + pseudocount / n) / denom, p)
         if step_size >= 1.0:
             p.copy_(new)
         else:

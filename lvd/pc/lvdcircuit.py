@@ -92,6 +92,8 @@ class LVDCircuit:
     # ------------------------------------------------------------ forward
     def _patches(self, a):
         a = torch.as_tensor(a, device=self.device)
+        if a.dim() != 2 or a.shape[-1] != self.num_vars:
+            raise ValueError(f"x has shape {tuple(a.shape)}, expected [B, num_vars = {self.num_vars}]")
         return a[:, self.index.to(self.device)]                      # [B, m, P]
 
     def patch_lls(self, logp_patch, x, missing=None) -> torch.Tensor:

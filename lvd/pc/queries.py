@@ -16,6 +16,21 @@ from lvd.pc._cpu import index_add, index_select
 from lvd.pc.tree import TINY, _prepare, upward
 
 
+def check_values(x: torch.Tensor, missing, num_vars: int, num_cats: int) -> None:
+    """Refuse x whose last dimension is not num_vars or whose observed values lie outside
+    [0, num_cats) (the passes clamp values, so a bad value would otherwise pass silently).
+    x [B, V] or [B, G, V]; missing bool like x, or [B, V] for a 3-d x, or None."""
+    if x.shape[-1] != num_vars:
+        raise ValueError(f"x has {x.shape[-1]} variables per example, expected num_vars = {num_vars}")
+    if num_cats and x.numel():
+        if missing is not None and missing.dim() < x.dim():
+            missing = missing[:, None]
+        obs = x if missing is None else x.masked_fill(missing, 0)
+        lo, hi = (int(v) for v in torch.aminmax(obs))
+        if lo < 0 or hi >= num_cats:
+            raise ValueError(f"observed values must lie in [0, {num_cats}) (num_cats), found [{lo}, {hi}]")
+
+
 def _inputs(tc, n, x, missing, evidence):
     G, V, dev = tc.num_groups, tc.num_vars, tc.device
     if x is None:
@@ -23,12 +38,13 @@ def _inputs(tc, n, x, missing, evidence):
         missing = torch.ones(n, G, V, dtype=torch.bool, device=dev) if tc.num_cats else None
     else:
         x = torch.as_tensor(x, device=dev).long()
-        if x.dim() == 2:
-            x = x[:, None].expand(-1, G, -1)
         if missing is not None:
             missing = torch.as_tensor(missing, device=dev).bool()
-            if missing.dim() == 2:
-                missing = missing[:, None].expand(-1, G, -1)
+        check_values(x, missing, V, tc.num_cats)
+        if x.dim() == 2:
+            x = x[:, None].expand(-1, G, -1)
+        if missing is not None and missing.dim() == 2:
+            missing = missing[:, None].expand(-1, G, -1)
     if evidence is not None and evidence.dim() == 3:
         evidence = evidence[:, None].expand(-1, G, -1, -1)
     return x, missing, evidence

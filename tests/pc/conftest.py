@@ -1,0 +1,30 @@
+"""Shared fixtures of the PC engine tests; the brute-force references live in pc_bruteforce.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pc_bruteforce import tree_circuit
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Tiny circuits run on one intra-op thread: on a shared 2-core machine two threads spend
+    most of their time waiting for each other (measured: 0.2 s -> 1-10 s for a small EM run at
+    load 8). The timing test (marked slow) keeps torch's default."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture
+def small_tree():
+    """A 5-node tree (root 2, depth 3: 2 -> {0, 3}, 0 -> 1, 3 -> 4), 3 states, 3 values."""
+    return tree_circuit([2, 0, -1, 2, 3], K=3, C=3, seed=1)

@@ -1,0 +1,331 @@
+"""Brute-force references for the PC engine tests (tiny models only; imported by the tests).
+
+Nothing here calls engine code: joints are built directly from the parameter tables and the
+parents array by numpy broadcasting, in float64, and every query (marginal, posterior, MAP,
+expected counts) is a sum or an argmax over the enumerated joint.
+
+Tree conventions (lvd.pc.tree docstring): node v has a latent z_v in [0, K) and, when the tree
+has leaves, an observed x_v in [0, C).
+    p(x, z) = root[z_root] * prod_{v != root} edges[edge_index[v]][z_parent(v), z_v]
+                           * prod_v leaves[leaf_index[v]][x_v, z_v]
+Joint arrays have axes (x_0, ..., x_{V-1}, z_0, ..., z_{V-1}) (no x axes without leaves).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from lvd.pc.circuit import TreeCircuit
+from lvd.pc.structures import tree_structure
+
+
+# ------------------------------------------------------------------ enumeration of one tree
+def _place(table, axes, ndim):
+    """Broadcastable view of ``table`` whose dimensions sit on ``axes`` of an ndim-array."""
+    perm = np.argsort(axes)
+    t = np.transpose(np.asarray(table, dtype=np.float64), perm)
+    shape = [1] * ndim
+    for ax, size in zip(sorted(axes), t.shape):
+        shape[ax] = size
+    return t.reshape(shape)
+
+
+def tree_joint(parents, root, edges, leaves=None, edge_index=None, leaf_index=None, evidence=None):
+    """p(x, z) (times exp(evidence[v, z_v]) per node) as an array [C]*V + [K]*V.
+
+    root [K]; edges [E_t, K, K]; leaves [L_t, C, K] or None; evidence [V, K] log-potentials.
+    """
+    V = len(parents)
+    edge_index = np.zeros(V, int) if edge_index is None else np.asarray(edge_index)
+    leaf_index = np.arange(V) if leaf_index is None else np.asarray(leaf_index)
+    nx = V if leaves is not None else 0
+    nd = nx + V
+    p = np.ones([1] * nd)
+    for v in range(V):
+        zv = nx + v
+        if parents[v] < 0:
+            p = p * _place(root, [zv], nd)
+        else:
+            p = p * _place(edges[edge_index[v]], [nx + parents[v], zv], nd)
+        if leaves is not None:
+            p = p * _place(leaves[leaf_index[v]], [v, zv], nd)
+        if evidence is not None:
+            p = p * _place(np.exp(np.asarray(evidence[v], dtype=np.float64)), [zv], nd)
+    return p
+
+
+def condition(joint, V, x, missing=None):
+    """Array over z [K]*V of p(x_observed, z): missing x axes summed out, observed ones indexed."""
+    missing = np.zeros(V, bool) if missing is None else np.asarray(missing, bool)
+    out = joint
+    for v in range(V - 1, -1, -1):           # from the last x axis so earlier indices stay valid
+        out = out.sum(axis=v) if missing[v] else np.take(out, int(x[v]), axis=v)
+    return out
+
+
+def tables(tc: TreeCircuit, g: int = 0, h: int = 0) -> dict:
+    """float64 numpy tables of group g, head h of a TreeCircuit, plus its structure arrays."""
+    p = {k: v.detach().cpu().double().numpy() for k, v in tc.params.items()}
+    st = tc.structure
+    return {"parents": np.asarray(st.parents), "edge_index": np.asarray(st.edge_index),
+            "leaf_index": np.asarray(st.leaf_index), "root": p["root"][g, h],
+            "edges": p["edges"][:, g], "leaves": p["leaves"][:, g] if "leaves" in p else None}
+
+
+def joint_of(tc: TreeCircuit, g=0, h=0, evidence=None):
+    t = tables(tc, g, h)
+    return tree_joint(t["parents"], t["root"], t["edges"], t["leaves"], t["edge_index"],
+                      t["leaf_index"], evidence)
+
+
+def all_configs(V, C):
+    """int64 [C**V, V] of every configuration, in the row-major order of a [C]*V array."""
+    return np.array(list(itertools.product(range(C), repeat=V)), dtype=np.int64).reshape(-1, V)
+
+
+def posterior_counts(tp, x=None, missing=None, evidence=None):
+    """(p(x_observed, evidence), expected counts of root [K], edges [E_t,K,K], leaves [L_t,C,K]).
+
+    ``tp`` as returned by ``tables``. Counts are posterior expectations given the observed values
+    (normalized); leaves count only observed variables (missing ones are summed out, so they
+    have no leaf statistics in the EM objective).
+    """
+    parents = tp["parents"]
+    V = len(parents)
+    K = tp["root"].shape[-1]
+    J = tree_joint(parents, tp["root"], tp["edges"], tp["leaves"], tp["edge_index"],
+                   tp["leaf_index"], evidence)
+    Jz = condition(J, V, x, missing) if tp["leaves"] is not None else J
+    total = Jz.sum()
+    post = Jz / total
+    axes = set(range(V))
+    root_v = int(np.flatnonzero(parents < 0)[0])
+    root = post.sum(axis=tuple(axes - {root_v}))
+    edges = np.zeros_like(tp["edges"])
+    for v in range(V):
+        if parents[v] >= 0:
+            pv = int(parents[v])
+            pair = post.sum(axis=tuple(axes - {pv, v}))             # axes in increasing order
+            edges[tp["edge_index"][v]] += pair if pv < v else pair.T
+    leaves = None
+    if tp["leaves"] is not None:
+        leaves = np.zeros_like(tp["leaves"])
+        miss = np.zeros(V, bool) if missing is None else np.asarray(missing, bool)
+        for v in range(V):
+            if not miss[v]:
+                leaves[tp["leaf_index"][v], int(x[v])] += post.sum(axis=tuple(axes - {v}))
+    assert root.shape == (K,)
+    return total, {"root": root, "edges": edges, "leaves": leaves}
+
+
+def tree_flows(tc: TreeCircuit, X, missing=None, evidence=None, z=None):
+    """Brute-force EM flows of TreeCircuit.objective: objective = sum_g log sum_h p_gh(x).
+
+    X [B, V] or [B, G, V]; missing like X; evidence [B, V, K]; z [B, V] (-1 = free).
+    Returns (flows dict shaped like tc.params, lls [B]) in float64.
+    """
+    G, H, K = tc.num_groups, tc.num_heads, tc.num_latents
+    X = np.asarray(X)
+    B = X.shape[0]
+    out = {k: np.zeros(tuple(v.shape)) for k, v in tc.params.items()}
+    lls = np.zeros(B)
+    for b in range(B):
+        ev = None if evidence is None else np.asarray(evidence[b], dtype=np.float64).copy()
+        if z is not None:
+            hard = np.zeros((tc.num_vars, K))
+            for v, k in enumerate(np.asarray(z[b])):
+                if k >= 0:
+                    hard[v] = -np.inf
+                    hard[v, k] = 0.0
+            ev = hard if ev is None else ev + hard
+        for g in range(G):
+            xb = X[b] if X.ndim == 2 else X[b, g]
+            mb = None
+            if missing is not None:
+                mb = np.asarray(missing)[b] if np.asarray(missing).ndim == 2 else np.asarray(missing)[b, g]
+            res = [posterior_counts(tables(tc, g, h), xb, mb, ev) for h in range(H)]
+            tot = sum(r[0] for r in res)
+            lls[b] += np.log(tot)
+            for h, (t_h, c) in enumerate(res):
+                w = t_h / tot
+                out["root"][g, h] += w * c["root"]
+                out["edges"][:, g] += w * c["edges"]
+                if c["leaves"] is not None:
+                    out["leaves"][:, g] += w * c["leaves"]
+    return out, lls
+
+
+def tree_lls_bf(tc: TreeCircuit, X, missing=None, evidence=None, g=0, h=0):
+    """log p(x_observed [, evidence]) under head h of group g, by enumeration: [B]."""
+    out = []
+    for b in range(len(X)):
+        ev = None if evidence is None else np.asarray(evidence[b], dtype=np.float64)
+        J = joint_of(tc, g, h, ev)
+        Jz = condition(J, tc.num_vars, X[b], None if missing is None else missing[b]) \
+            if tc.num_cats else J
+        out.append(np.log(Jz.sum()))
+    return np.array(out)
+
+
+# ------------------------------------------------------------------ the LVD circuit
+def patch_cols(image_shape, p):
+    """[num_positions, p*p*Ch] flat indices of each patch, by loops over the contract's order:
+    patches row-major over the grid, inside a patch row-major (h, w, ch)."""
+    H, W, Ch = image_shape
+    out = []
+    for gr in range(H // p):
+        for gc in range(W // p):
+            out.append([((gr * p + dh) * W + gc * p + dw) * Ch + ch
+                        for dh in range(p) for dw in range(p) for ch in range(Ch)])
+    return np.array(out)
+
+
+def lvd_state_head(m, i, s):
+    """(group, head) of the patch circuit that serves state s at position i."""
+    if m.mode == "position":
+        return i, s
+    H = m.patch.num_heads
+    return s // H, s % H
+
+
+def lvd_patch_evidence(m, x, missing=None):
+    """L[i, s] = log p_i(x_i,observed | Z_i = s) by enumeration of the patch tree: [num_pos, K]."""
+    idx = patch_cols(m.image_shape, m.patch_size)
+    L = np.zeros((idx.shape[0], m.num_states))
+    for i, cols in enumerate(idx):
+        for s in range(m.num_states):
+            g, h = lvd_state_head(m, i, s)
+            J = joint_of(m.patch, g, h)
+            mi = None if missing is None else np.asarray(missing)[cols]
+            L[i, s] = np.log(condition(J, len(cols), np.asarray(x)[cols], mi).sum())
+    return L
+
+
+def lvd_flows(m, X, missing=None, z=None):
+    """Brute-force flows of LVDCircuit.objective ("patch.*" and "top.*") and lls [B]."""
+    out = {k: np.zeros(tuple(v.shape)) for k, v in m.params.items()}
+    idx = patch_cols(m.image_shape, m.patch_size)
+    lls = np.zeros(len(X))
+    tt = tables(m.top)
+    for b in range(len(X)):
+        mb = None if missing is None else np.asarray(missing)[b]
+        L = lvd_patch_evidence(m, X[b], mb)
+        if z is not None:
+            for i, k in enumerate(np.asarray(z[b])):
+                if k >= 0:
+                    keep = L[i, k]
+                    L[i] = -np.inf
+                    L[i, k] = keep
+        tot, c = posterior_counts(tt, evidence=L)
+        lls[b] = np.log(tot)
+        out["top.root"][0, 0] += c["root"]
+        out["top.edges"][:, 0] += c["edges"]
+        # p(Z_i = s | x) from the top tree, then the patch posterior counts given Z_i = s
+        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
+        J = J / J.sum()
+        V = J.ndim
+        for i, cols in enumerate(idx):
+            pz = J.sum(axis=tuple(a for a in range(V) if a != i))
+            for s in range(m.num_states):
+                if pz[s] == 0:
+                    continue
+                g, h = lvd_state_head(m, i, s)
+                mi = None if mb is None else mb[cols]
+                _, pc_ = posterior_counts(tables(m.patch, g, h), np.asarray(X[b])[cols], mi)
+                out["patch.root"][g, h] += pz[s] * pc_["root"]
+                out["patch.edges"][:, g] += pz[s] * pc_["edges"]
+                out["patch.leaves"][:, g] += pz[s] * pc_["leaves"]
+    return out, lls
+
+
+def lvd_lls_bf(m, X, missing=None):
+    tt = tables(m.top)
+    res = []
+    for b in range(len(X)):
+        L = lvd_patch_evidence(m, X[b], None if missing is None else np.asarray(missing)[b])
+        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
+        res.append(np.log(J.sum()))
+    return np.array(res)
+
+
+# ------------------------------------------------------------------ small helpers
+LVD_CONFIGS = {
+    "pos4": dict(image_shape=(2, 2, 1), patch_size=1, num_states=3, num_latents=2, num_cats=3,
+                 top_parents=[-1, 0, 0, 1], patch_parents=[-1], mode="position"),
+    "pos1": dict(image_shape=(2, 2, 1), patch_size=2, num_states=2, num_latents=3, num_cats=3,
+                 top_parents=[-1], patch_parents=[1, -1, 1, 0], mode="position"),
+    "shared": dict(image_shape=(2, 2, 1), patch_size=1, num_states=4, num_latents=2, num_cats=3,
+                   top_parents=[1, -1, 1, 2], patch_parents=[-1], mode="shared", num_groups=2),
+    "chan": dict(image_shape=(2, 2, 2), patch_size=1, num_states=3, num_latents=2, num_cats=2,
+                 top_parents=[-1, 0, 1, 2], patch_parents=[-1, 0], mode="shared", num_groups=1),
+}
+
+
+def make_lvd(name, seed=0):
+    """A tiny LVD circuit with random parameters (configurations documented in test_lvd.py)."""
+    from lvd import pc
+
+    return pc.lvd_circuit(**LVD_CONFIGS[name], seed=seed)
+
+
+def tv(p, q):
+    return 0.5 * float(np.abs(np.asarray(p, float) - np.asarray(q, float)).sum())
+
+
+def frequencies(samples, C):
+    """Empirical distribution of rows of int samples [n, V] over all C**V configurations."""
+    samples = np.asarray(samples)
+    V = samples.shape[1]
+    code = np.ravel_multi_index(samples.T, [C] * V)
+    return np.bincount(code, minlength=C ** V) / len(samples)
+
+
+def tree_circuit(parents, K, C, G=1, H=1, seed=0, tied=False):
+    st = tree_structure(np.asarray(parents), tied_edges=tied, tied_leaves=tied)
+    return TreeCircuit(st, K, C, num_groups=G, num_heads=H, seed=seed)
+
+
+def as_t(a, dtype=torch.long):
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def tree_ll_logdomain(parents, root, edges, leaves, edge_index, leaf_index, x):
+    """log p(x) of one group/head by log-domain message passing (float64), for trees too big to
+    enumerate: children before parents via a depth sort, logsumexp over child states."""
+    parents = np.asarray(parents)
+    V = len(parents)
+    depth = np.zeros(V, int)
+    for v in range(V):                       # depth by walking up (trees here are shallow)
+        u = v
+        while parents[u] >= 0:
+            u = parents[u]
+            depth[v] += 1
+    logB = np.log(np.asarray(leaves, np.float64))
+    logW = np.log(np.asarray(edges, np.float64))
+    out = []
+    for xb in np.asarray(x):
+        score = np.stack([logB[leaf_index[v], xb[v]] for v in range(V)])      # [V, K]
+        for v in np.argsort(-depth, kind="stable"):
+            if parents[v] >= 0:
+                msg = logW[edge_index[v]] + score[v][None, :]                  # [K_parent, K_child]
+                mx = msg.max(1, keepdims=True)
+                score[parents[v]] += (mx + np.log(np.exp(msg - mx).sum(1, keepdims=True)))[:, 0]
+        r = int(np.flatnonzero(parents < 0)[0])
+        tot = np.log(np.asarray(root, np.float64)) + score[r]
+        out.append(tot.max() + np.log(np.exp(tot - tot.max()).sum()))
+    return np.array(out)
+
+
+def sharpen(circuit, seed=0, scale=2.5):
+    """Replace every table by a peaked random one (softmax of scale * normal noise over the
+    table's normalized dimension), so that evidence moves the distributions visibly."""
+    gen = torch.Generator().manual_seed(seed)
+    trees = [circuit.patch, circuit.top] if hasattr(circuit, "patch") else [circuit]
+    for tc in trees:
+        for k, v in tc.params.items():
+            noise = torch.randn(v.shape, generator=gen, dtype=torch.float64) * scale
+            tc.params[k] = noise.softmax(tc.norm_dims[k]).float().contiguous()
+    return circuit

@@ -1,0 +1,195 @@
+"""The LVD image circuit p(x) = sum_z p_top(z) prod_i p_i(x_i | z_i), both modes, by enumeration.
+
+Configurations (tiny images, [H, W, Ch]):
+  pos4   (2, 2, 1), patch 1: 4 positions of 1 pixel, 3 states, 3 values, position mode
+  pos1   (2, 2, 1), patch 2: 1 position of 4 pixels (a real patch tree), 2 states
+  shared (2, 2, 1), patch 1: shared vocabulary of 4 states = 2 groups x 2 heads
+  chan   (2, 2, 2), patch 1: 4 positions of 2 channels (8 binary pixels), shared, 1 group
+(defined in pc_bruteforce.LVD_CONFIGS, shared with the EM and I/O tests)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lvd import pc
+from lvd.pc.patches import patch_index
+from pc_bruteforce import (LVD_CONFIGS, all_configs, as_t, frequencies, lvd_flows, lvd_lls_bf,
+                           lvd_patch_evidence, make_lvd, patch_cols, sharpen, tables, tree_joint, tv)
+
+CONFIGS = LVD_CONFIGS
+make = make_lvd
+
+
+def configs(m):
+    return all_configs(m.num_vars, m.num_cats)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sums_to_one_and_matches_enumeration(name):
+    m = make(name)
+    X = configs(m)
+    lls = m.log_likelihood(as_t(X)).double().numpy()
+    assert np.exp(lls).sum() == pytest.approx(1.0, abs=1e-5)
+    sub = X[:: max(1, len(X) // 40)]
+    np.testing.assert_allclose(m.log_likelihood(as_t(sub)).double().numpy(), lvd_lls_bf(m, sub), atol=2e-5)
+
+
+def test_patch_geometry():
+    np.testing.assert_array_equal(patch_index(4, 6, 2, 2), patch_cols((4, 6, 2), 2))
+    np.testing.assert_array_equal(patch_cols((4, 4, 1), 2)[1], [2, 3, 6, 7])     # by hand
+    for name in LVD_CONFIGS:
+        m = make(name)
+        np.testing.assert_array_equal(m.index.numpy(), patch_cols(m.image_shape, m.patch_size))
+
+
+@pytest.mark.parametrize("name", ["pos1", "shared"])
+def test_latent_lls_are_patch_likelihoods(name):
+    m = make(name, seed=1)
+    X = np.random.default_rng(1).integers(0, m.num_cats, (5, m.num_vars))
+    miss = np.random.default_rng(2).random((5, m.num_vars)) < 0.3
+    L = m.latent_lls(as_t(X), as_t(miss, torch.bool)).double().numpy()
+    assert L.shape == (5, m.num_positions, m.num_states)
+    for b in range(5):
+        np.testing.assert_allclose(L[b], lvd_patch_evidence(m, X[b], miss[b]), atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["pos4", "shared"])
+def test_marginal_equals_explicit_sum_and_batch_of_one(name):
+    m = make(name, seed=2)
+    rng = np.random.default_rng(2)
+    X = rng.integers(0, 3, (8, 4))
+    miss = rng.random((8, 4)) < 0.5
+    got = m.log_likelihood(as_t(X), as_t(miss, torch.bool)).double().numpy()
+    full = configs(m)
+    full_ll = m.log_likelihood(as_t(full)).double().numpy()
+    for b in range(8):
+        agree = np.all((full == X[b]) | miss[b], axis=1)
+        assert got[b] == pytest.approx(np.log(np.exp(full_ll[agree]).sum()), abs=2e-5)
+        one = m.log_likelihood(as_t(X[b:b + 1]), as_t(miss[b:b + 1], torch.bool))
+        assert one.item() == pytest.approx(got[b], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pos4", "shared"])
+def test_observed_latents_give_the_clamped_sum(name):
+    m = make(name, seed=3)
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 3, (4, 4))
+    tt = tables(m.top)
+    for b in range(4):
+        L = lvd_patch_evidence(m, X[b])
+        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
+        per_state = []
+        for k in range(m.num_states):
+            z = np.full((1, 4), -1)
+            z[0, 1] = k                                 # position 1 observed in state k
+            got = m.log_likelihood(as_t(X[b:b + 1]), z=as_t(z)).item()
+            assert got == pytest.approx(np.log(J[:, k].sum()), abs=2e-5)
+            per_state.append(got)
+        total = m.log_likelihood(as_t(X[b:b + 1])).item()
+        assert np.log(np.exp(per_state).sum()) == pytest.approx(total, abs=2e-5)
+        zall = rng.integers(0, m.num_states, (1, 4))   # every latent observed: p(x, z)
+        assert m.log_likelihood(as_t(X[b:b + 1]), z=as_t(zall)).item() == \
+            pytest.approx(np.log(J[tuple(zall[0])]), abs=2e-5)
+
+
+@pytest.mark.parametrize("name", ["pos4", "shared"])
+def test_map_latents_equals_brute_force_argmax(name):
+    m = make(name, seed=4)
+    rng = np.random.default_rng(4)
+    X = rng.integers(0, 3, (8, 4))
+    miss = rng.random((8, 4)) < 0.3
+    zs = m.map_latents(as_t(X), as_t(miss, torch.bool)).numpy()
+    assert zs.shape == (8, 4)
+    tt = tables(m.top)
+    for b in range(8):
+        L = lvd_patch_evidence(m, X[b], miss[b])
+        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
+        assert tuple(zs[b]) == np.unravel_index(J.argmax(), J.shape)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_flows_equal_expected_counts(name):
+    m = make(name, seed=5)
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, m.num_cats, (4, m.num_vars))
+    miss = rng.random((4, m.num_vars)) < 0.3
+    f, lls = pc.flows(m, {"x": as_t(X), "missing": as_t(miss, torch.bool)})
+    want, bf = lvd_flows(m, X, miss)
+    np.testing.assert_allclose(lls.double().numpy(), bf, atol=2e-5)
+    assert set(f) == set(want)
+    for k in want:
+        np.testing.assert_allclose(f[k].double().numpy(), want[k], atol=3e-5, err_msg=k)
+
+
+def test_flows_with_observed_latents():
+    m = make("shared", seed=6)
+    rng = np.random.default_rng(6)
+    X = rng.integers(0, 3, (4, 4))
+    z = np.array([[0, -1, 3, -1], [1, 1, 1, 1], [-1, -1, -1, -1], [2, -1, -1, 0]])
+    f, _ = pc.flows(m, {"x": as_t(X), "z": as_t(z)})
+    want, _ = lvd_flows(m, X, z=z)
+    for k in want:
+        np.testing.assert_allclose(f[k].double().numpy(), want[k], atol=3e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["pos4", "shared"])
+def test_sample_frequencies(name):
+    m = sharpen(make(name), seed=7)
+    p = np.exp(m.log_likelihood(as_t(configs(m))).double().numpy())
+    s = m.sample(40_000, seed=7).numpy()
+    assert s.shape == (40_000, 4)
+    assert tv(frequencies(s, 3), p) < 0.03
+
+
+@pytest.mark.parametrize("name", ["pos4", "shared"])
+def test_conditional_sample_frequencies_keep_observed_values(name):
+    """Observe pixels 0 and 3 (top tree: their latents sit at the ends, so z_1 / z_2 must be drawn
+    given the evidence below them), sample pixels 1 and 2."""
+    m = sharpen(make(name), seed=8)
+    n = 20_000
+    x = np.zeros((n, 4), np.int64)
+    x[:, 0], x[:, 3] = 2, 1
+    miss = np.zeros((n, 4), bool)
+    miss[:, [1, 2]] = True
+    s = m.sample(n, as_t(x), as_t(miss, torch.bool), seed=8).numpy()
+    np.testing.assert_array_equal(s[:, [0, 3]], x[:, [0, 3]])
+    P = np.exp(m.log_likelihood(as_t(configs(m))).double().numpy()).reshape(3, 3, 3, 3)
+    want = P[2, :, :, 1] / P[2, :, :, 1].sum()
+    assert tv(frequencies(s[:, [1, 2]], 3), want.ravel()) < 0.03
+    assert tv(want.ravel(), P.sum(axis=(0, 3)).ravel()) > 0.1
+
+
+def test_default_structures_come_from_data_and_latents():
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 3, (50, 8))
+    z = rng.integers(0, 2, (50, 4))
+    m = pc.lvd_circuit((2, 2, 2), 1, num_states=2, num_latents=2, num_cats=3, data=data, z=z)
+    assert m.patch.num_vars == 2 and m.top.num_vars == 4
+    p = np.exp(m.log_likelihood(as_t(all_configs(8, 3)[::7])).double().numpy())
+    assert np.all(p > 0) and p.sum() < 1
+
+
+def test_wrong_image_size_and_values_are_refused():
+    m = make("shared")
+    with pytest.raises(ValueError, match="num_vars = 4"):
+        m.log_likelihood(np.zeros((2, 5), np.int64))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        m.log_likelihood(np.full((1, 4), 3))
+    with pytest.raises(ValueError, match="num_vars = 4"):
+        m.sample(1, np.zeros((1, 3), np.int64))
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(mode="diagonal"), "mode"),
+    (dict(mode="shared", num_groups=2, num_states=3), "divide"),
+    (dict(top_parents=None), "top_parents"),
+    (dict(patch_parents=None), "patch_parents"),
+    (dict(top_parents=[-1, 0, 0]), "4 patches"),
+])
+def test_bad_construction_is_refused(kwargs, msg):
+    cfg = {**CONFIGS["pos4"], **kwargs}
+    with pytest.raises(ValueError, match=msg):
+        pc.lvd_circuit(**cfg)

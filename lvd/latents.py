@@ -1,0 +1,239 @@
+"""Discrete latents from continuous embeddings: FAISS k-means (L2).
+
+Two modes over embeddings ``emb`` [N, P, D] (N samples, P = num_positions, D = dim):
+
+    position  a separate k-means at every position p over emb[:, p, :]   (LVD)
+              -> z [N, P], centroids [P, K, D], sizes [P, K], inertia [P]
+    shared    one k-means over all N*P rows, one vocabulary of K states     (LVD-PG)
+              -> z [N, P], centroids [1, K, D], sizes [1, K], inertia [1]
+
+``emb`` may be a NumPy array or an h5py dataset: rows are read ``chunk_rows`` samples at
+a time, converted to float32 chunk by chunk. FAISS trains on at most
+``max_points_per_centroid * K`` rows (a seeded random subset; FAISS's own rule, 256 by
+default); the final assignment, cluster sizes and inertia always cover every row.
+
+FAISS runs on a GPU when its build sees one (``faiss.get_num_gpus() > 0``) and
+``use_gpu`` is "auto"; "never" forces the CPU. ``faiss_device(use_gpu)`` says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+log = logging.getLogger("lvd.latents")
+
+# OMP_WAIT_POLICY=PASSIVE (set in lvd/__init__.py, before torch or FAISS load OpenMP) keeps
+# multi-threaded FAISS from collapsing on a shared machine: measured on 2 shared cores,
+# 2-thread k-means 13.0 s with the default policy after `import torch`, 1.9 s with PASSIVE.
+
+USE_GPU_CHOICES = ("auto", "never")
+
+
+class KMeansResult(NamedTuple):
+    centroids: np.ndarray  # float32 [k, d]
+    assign: np.ndarray  # int64 [n]   index of the nearest centroid
+    inertia: float  # sum over rows of the squared distance to the assigned centroid
+    sizes: np.ndarray  # int64 [k]   rows per cluster (0 = empty cluster)
+
+
+def load_faiss():
+    """Import FAISS (see OMP_WAIT_POLICY above)."""
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss is a dependency
+        raise ImportError("lvd.latents needs FAISS: pip install faiss-cpu (or .[gpu])") from e
+    return faiss
+
+
+def faiss_device(use_gpu: str = "auto", gpu_id: int | None = None) -> str:
+    """'gpu:<id>' when FAISS will run on a GPU for this setting, else 'cpu'."""
+    if use_gpu not in USE_GPU_CHOICES:
+        raise ValueError(f"latents.use_gpu is {use_gpu!r}, expected one of {USE_GPU_CHOICES}")
+    faiss = load_faiss()
+    num = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if use_gpu == "never" or num == 0:
+        return "cpu"
+    gpu_id = 0 if gpu_id is None else gpu_id
+    if not 0 <= gpu_id < num:
+        raise ValueError(f"FAISS sees {num} GPU(s); GPU {gpu_id} requested")
+    return f"gpu:{gpu_id}"
+
+
+def flat_index(d: int, device: str):
+    """An exact L2 index on the CPU or on one GPU."""
+    faiss = load_faiss()
+    if device == "cpu":
+        return faiss.IndexFlatL2(d)
+    res = faiss.StandardGpuResources()
+    cfg = faiss.GpuIndexFlatConfig()
+    cfg.device = int(device.split(":")[1])
+    index = faiss.GpuIndexFlatL2(res, d, cfg)
+    faiss.add_to_referenced_objects(index, res)  # keep the resources alive as long as the index
+    return index
+
+
+def _as_f32(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def train(x: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0,
+          device: str = "cpu", max_points_per_centroid: int | None = 256) -> np.ndarray:
+    """Centroids float32 [k, d] of k-means on ``x`` [n, d] (FAISS Lloyd, best of ``nredo``)."""
+    faiss = load_faiss()
+    x = _as_f32(x)
+    if x.ndim != 2:
+        raise ValueError(f"k-means input must be [n, d], got shape {x.shape}")
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means with num_states={k} needs 1 <= num_states <= number of rows ({n})")
+    if niter < 1 or nredo < 1:
+        raise ValueError(f"k-means needs niter >= 1 and nredo >= 1, got niter={niter}, nredo={nredo}")
+    clus = faiss.Clustering(d, k)
+    clus.niter = niter
+    clus.nredo = nredo
+    clus.seed = seed
+    clus.verbose = False
+    clus.min_points_per_centroid = 1  # FAISS only prints a warning below this; we log our own
+    clus.max_points_per_centroid = max_points_per_centroid if max_points_per_centroid else n // k + 1
+    if n < 10 * k:
+        log.warning("k-means: only %d rows for %d clusters (%.1f per cluster)", n, k, n / k)
+    clus.train(x, flat_index(d, device))
+    return faiss.vector_float_to_array(clus.centroids).reshape(k, d).astype(np.float32)
+
+
+class Assigner:
+    """Nearest-centroid search over chunks of rows; accumulates sizes and inertia."""
+
+    def __init__(self, centroids: np.ndarray, device: str = "cpu"):
+        self.centroids = _as_f32(centroids)
+        k, d = self.centroids.shape
+        self.index = flat_index(d, device)
+        self.index.add(self.centroids)
+        self.sizes = np.zeros(k, dtype=np.int64)
+        self.inertia = 0.0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Assignments int64 [n] of the rows ``x`` [n, d]."""
+        x = _as_f32(x)
+        _, idx = self.index.search(x, 1)
+        a = idx[:, 0].astype(np.int64)
+        # exact squared distances in float64 (FAISS's are from the ||x||^2 - 2xc + ||c||^2 expansion)
+        diff = x.astype(np.float64) - self.centroids[a].astype(np.float64)
+        self.inertia += float(np.einsum("nd,nd->", diff, diff))
+        self.sizes += np.bincount(a, minlength=len(self.sizes))
+        return a
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0,
+           use_gpu: str = "auto", max_points_per_centroid: int | None = 256,
+           gpu_id: int | None = None) -> KMeansResult:
+    """k-means of ``x`` float32 [n, d] into ``k`` clusters; see the module docstring.
+
+    Returns (centroids [k, d], assign [n], inertia, sizes [k]). Empty clusters are
+    re-seeded by FAISS during training; any still empty after the final assignment
+    show up as zeros in ``sizes`` (and a warning).
+    """
+    x = _as_f32(x)
+    device = faiss_device(use_gpu, gpu_id)
+    centroids = train(x, k, niter, nredo, seed, device, max_points_per_centroid)
+    assigner = Assigner(centroids, device)
+    assign = assigner(x)
+    _warn_empty(assigner.sizes, "k-means")
+    return KMeansResult(centroids, assign, assigner.inertia, assigner.sizes)
+
+
+def _warn_empty(sizes: np.ndarray, where: str) -> None:
+    empty = int((sizes == 0).sum())
+    if empty:
+        log.warning("%s: %d of %d clusters are empty", where, empty, len(sizes))
+
+
+def _sample_rows(num_rows: int, k: int, max_points_per_centroid: int | None, seed: int) -> np.ndarray | None:
+    """Sorted row indices of the training subset, or None for all rows."""
+    if not max_points_per_centroid or num_rows <= k * max_points_per_centroid:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_rows, size=k * max_points_per_centroid, replace=False))
+
+
+class LatentResult(NamedTuple):
+    z: np.ndarray  # int32 [N, P]
+    centroids: np.ndarray  # float32 [P or 1, K, D]
+    sizes: np.ndarray  # int64 [P or 1, K]
+    inertia: np.ndarray  # float64 [P or 1]
+
+
+def _check_emb(emb, k: int) -> tuple[int, int, int]:
+    if len(emb.shape) != 3:
+        raise ValueError(f"embeddings must be [N, num_positions, dim], got shape {tuple(emb.shape)}")
+    n, p, d = emb.shape
+    if n == 0 or p == 0 or d == 0:
+        raise ValueError(f"embeddings are empty: shape {tuple(emb.shape)}")
+    return n, p, d
+
+
+def per_position(emb, k: int, niter: int = 50, nredo: int = 1, seed: int = 0, use_gpu: str = "auto",
+                 max_points_per_centroid: int | None = 256, gpu_id: int | None = None,
+                 chunk_rows: int = 65536) -> LatentResult:
+    """A separate k-means at every position of ``emb`` [N, P, D] (array or h5py dataset)."""
+    n, p, d = _check_emb(emb, k)
+    if k > n:
+        raise ValueError(f"num_states={k} exceeds the number of samples per position ({n})")
+    device = faiss_device(use_gpu, gpu_id)
+    z = np.empty((n, p), dtype=np.int32)
+    centroids = np.empty((p, k, d), dtype=np.float32)
+    sizes = np.empty((p, k), dtype=np.int64)
+    inertia = np.empty(p, dtype=np.float64)
+    for pos in range(p):
+        x = _as_f32(emb[:, pos, :])  # [N, D]: one position's column (one strided read)
+        rows = _sample_rows(n, k, max_points_per_centroid, seed + pos)
+        centroids[pos] = train(x if rows is None else x[rows], k, niter, nredo, seed + pos, device, None)
+        assigner = Assigner(centroids[pos], device)
+        for start in range(0, n, chunk_rows):
+            z[start:start + chunk_rows, pos] = assigner(x[start:start + chunk_rows])
+        sizes[pos], inertia[pos] = assigner.sizes, assigner.inertia
+        _warn_empty(assigner.sizes, f"position {pos}")
+        log.info("position %d/%d: inertia %.6g, smallest cluster %d rows", pos + 1, p, inertia[pos],
+                 sizes[pos].min())
+    return LatentResult(z, centroids, sizes, inertia)
+
+
+def gather_rows(emb, rows: np.ndarray | None, chunk_rows: int = 8192) -> np.ndarray:
+    """float32 rows ``rows`` (sorted; None = all) of emb [N, P, D] viewed as [N*P, D], read in chunks."""
+    n, p, d = emb.shape
+    parts = []
+    for start in range(0, n, chunk_rows):
+        block = _as_f32(emb[start:start + chunk_rows]).reshape(-1, d)  # [chunk*P, D]
+        if rows is None:
+            parts.append(block)
+        else:
+            lo, hi = np.searchsorted(rows, [start * p, start * p + len(block)])
+            parts.append(block[rows[lo:hi] - start * p])
+    return np.concatenate(parts)
+
+
+def shared(emb, k: int, niter: int = 50, nredo: int = 1, seed: int = 0, use_gpu: str = "auto",
+           max_points_per_centroid: int | None = 256, gpu_id: int | None = None,
+           chunk_rows: int = 8192) -> LatentResult:
+    """One k-means over all N*P rows of ``emb`` [N, P, D]: one vocabulary for every position."""
+    n, p, d = _check_emb(emb, k)
+    if k > n * p:
+        raise ValueError(f"num_states={k} exceeds the number of embedding rows (N*P = {n * p})")
+    device = faiss_device(use_gpu, gpu_id)
+    rows = _sample_rows(n * p, k, max_points_per_centroid, seed)
+    train_x = gather_rows(emb, rows, chunk_rows)  # [n_train, D]
+    log.info("shared k-means: training on %d of %d rows", len(train_x), n * p)
+    centroids = train(train_x, k, niter, nredo, seed, device, None)
+    del train_x
+    assigner = Assigner(centroids, device)
+    z = np.empty((n, p), dtype=np.int32)
+    for start in range(0, n, chunk_rows):
+        block = _as_f32(emb[start:start + chunk_rows])  # [chunk, P, D]
+        z[start:start + len(block)] = assigner(block.reshape(-1, d)).reshape(len(block), p)
+        log.info("assigned %d/%d samples", start + len(block), n)
+    _warn_empty(assigner.sizes, "shared vocabulary")
+    return LatentResult(z, centroids[None], assigner.sizes[None], np.array([assigner.inertia]))

@@ -1,0 +1,42 @@
+# Latent variable distillation (LVD) for probabilistic circuits: the workflow.
+#
+#   snakemake --cores all                                         # config.yaml (digits)
+#   snakemake --cores all --configfile workflow/presets/tiny.yaml # a preset on top of it
+#   snakemake --report report.html                                # figures and captions
+#
+# Every rule runs one stage, `python -m lvd.stages.<rule>`, whose settings arrive as the
+# JSON of one config section (params: cfg), so editing a section reruns that stage and
+# everything downstream. Edited Python code does not trigger reruns: use --forcerun <rule>.
+# Outputs: results/{run}/..., one k{K}/ directory per value of latents.num_states.
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/latents.smk"
+include: "workflow/rules/pc.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+localrules:
+    all,
+    summarize,
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,171 @@
+"""summarize: gather the sweep. Reads every k{K}/metrics.json of a run, writes summary.tsv
+(one row per K, sorted by K) and a plot of the main metric against num_states for the LVD
+circuit, the baseline and the teacher.
+
+The main metric is ``test_bpd`` (images) or ``test_perplexity`` (text), whichever every
+metrics file has; the baseline's is ``baseline_<main>``, the teacher's ``teacher_<main>``.
+K comes from the file's directory name (``k16`` -> 16); a ``num_states`` entry in the file,
+if present, must agree with it.
+
+    python -m lvd.stages.summarize --metrics results/x/k8/metrics.json results/x/k16/metrics.json \
+        --out results/x/summary.tsv --plot results/x/summary.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvd import io
+from lvd.stages import common
+
+log = logging.getLogger("lvd.summarize")
+
+MAIN_METRICS = ("test_bpd", "test_perplexity")  # images, text
+LEADING = ("num_states",)
+
+
+@dataclass(frozen=True)
+class Config:
+    """No settings: the table and plot follow from the metrics files alone."""
+
+
+class SummaryError(ValueError):
+    """A metrics file is missing, malformed or inconsistent with the others."""
+
+
+def read_metrics(path: str | Path) -> dict:
+    """One metrics.json as a dict with ``num_states`` set from its directory name (k{K})."""
+    path = Path(path)
+    if not path.exists():
+        raise SummaryError(f"{path}: file not found (expected a metrics.json written by evaluate)")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SummaryError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(metrics, dict):
+        raise SummaryError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
+    match = re.fullmatch(r"k([0-9]+)", path.parent.name)
+    if match is None:
+        raise SummaryError(f"{path}: directory {path.parent.name!r} is not named k<num_states> (e.g. k16)")
+    k = int(match.group(1))
+    if "num_states" in metrics and metrics["num_states"] != k:
+        raise SummaryError(f"{path}: field 'num_states' is {metrics['num_states']!r}, expected {k} "
+                           f"(from the directory name)")
+    return {**metrics, "num_states": k}
+
+
+def main_metric(rows: list[dict], paths: list[str]) -> str:
+    """The first of MAIN_METRICS present in every row; a clear error when none is."""
+    for name in MAIN_METRICS:
+        if all(name in row for row in rows):
+            return name
+    for row, path in zip(rows, paths):
+        if not any(name in row for name in MAIN_METRICS):
+            raise SummaryError(f"{path}: missing field, expected one of {list(MAIN_METRICS)}")
+    raise SummaryError(f"{paths}: the files mix metrics {list(MAIN_METRICS)}; expected one kind for all")
+
+
+def columns(rows: list[dict], main: str) -> list[str]:
+    """Column order: num_states, the main metric, its baseline and teacher, then the rest sorted.
+
+    Only scalar entries (numbers, strings, booleans) become columns; curves and tables do not.
+    """
+    first = [*LEADING, main, f"baseline_{main}", f"teacher_{main}"]
+    scalar = {key for row in rows for key, v in row.items() if isinstance(v, (int, float, str, bool))}
+    return [c for c in first if c in scalar] + sorted(scalar - set(first))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_table(path: str | Path, rows: list[dict], cols: list[str]) -> None:
+    lines = ["\t".join(cols)] + ["\t".join(_cell(row.get(c)) for c in cols) for row in rows]
+    with io.atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def plot(path: str | Path, rows: list[dict], main: str, title: str = "") -> None:
+    """main metric vs num_states: LVD (solid), baseline (dashed), teacher (dotted, flat)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [row["num_states"] for row in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    series = [(main, "LVD", "o-"), (f"baseline_{main}", "baseline (random init EM)", "s--")]
+    for key, label, style in series:
+        points = [(k, row[key]) for k, row in zip(ks, rows) if _finite(row.get(key))]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    teacher = [row[f"teacher_{main}"] for row in rows if _finite(row.get(f"teacher_{main}"))]
+    if teacher:
+        ax.axhline(teacher[0], color="grey", linestyle=":", label="teacher")
+    if len(set(ks)) > 1 and min(ks) > 0:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("num_states (K)")
+    ax.set_ylabel(main.replace("_", " "))
+    ax.set_title(title or f"{main} vs num_states")
+    ax.legend()
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run(cfg: Config, metrics: list[str], out: str | Path, plot_path: str | Path, device="cpu") -> dict:
+    """Gather ``metrics`` into ``out`` (TSV) and ``plot_path`` (PNG); returns the table."""
+    if not metrics:
+        raise SummaryError("--metrics: no files given (expected one k{K}/metrics.json per K)")
+    with common.Timer() as timer:
+        rows = [read_metrics(p) for p in metrics]
+        seen: dict[int, str] = {}
+        for row, p in zip(rows, metrics):
+            k = row["num_states"]
+            if k in seen:
+                raise SummaryError(f"{p}: num_states {k} already given by {seen[k]}")
+            seen[k] = str(p)
+        main = main_metric(rows, [str(p) for p in metrics])
+        rows.sort(key=lambda row: row["num_states"])
+        cols = columns(rows, main)
+        write_table(out, rows, cols)
+        plot(plot_path, rows, main, title=f"{Path(out).parent.name}: {main} vs num_states")
+    for row in rows:
+        log.info("K=%d: %s %s, baseline %s", row["num_states"], main, row.get(main),
+                 row.get(f"baseline_{main}"))
+    log.info("wrote %s and %s (%d rows) in %.1f s", out, plot_path, len(rows), timer.seconds)
+    return {"main_metric": main, "columns": cols, "rows": rows, "seconds": timer.seconds}
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--metrics", nargs="+", required=True, help="every k{K}/metrics.json of the run")
+    p.add_argument("--out", required=True, help="summary.tsv to write")
+    p.add_argument("--plot", required=True, help="summary.png to write")
+    args = p.parse_args(argv)
+    cfg = common.load_config(Config, args.config)
+    device = common.setup(args)
+    try:
+        run(cfg, args.metrics, args.out, args.plot, device=device)
+    except SummaryError as e:
+        log.error("%s", e)
+        raise SystemExit(f"summarize: {e}") from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The whole DAG, for real, on the tiny presets (images: tiny, text: tiny_text).
+
+Each preset runs once per module in a private copy of the workflow (about a minute on 2
+cores); the tests then read what it wrote, rerun one stage and build the report.
+"""
+
+import json
+import math
+import os
+
+import pytest
+from workflow_helpers import copy_workflow, expected_jobs, job_stats, merged_config, preset_args, snakemake
+
+IMAGE_KEYS = {"test_bpd", "baseline_test_bpd", "teacher_test_bpd", "num_params", "seconds"}
+TEXT_KEYS = {"test_perplexity", "baseline_test_perplexity", "teacher_test_perplexity", "num_params",
+             "seconds"}
+GUARD_SECONDS = 480  # the tiny presets take about a minute; this catches a preset grown ~8x
+
+
+class Run:
+    def __init__(self, tmp_path_factory, preset):
+        self.preset = preset
+        self.config = merged_config(preset)
+        self.text = self.config["data"]["dataset"] == "wikitext2"
+        self.workdir = copy_workflow(tmp_path_factory.mktemp(preset))
+        self.args = ["--cores", "2", *preset_args(self.workdir, preset)]
+        self.proc, self.seconds = snakemake(self.workdir, *self.args)
+        self.results = self.workdir / "results" / self.config["run"]
+        print(f"{preset}: whole DAG in {self.seconds:.1f} s")
+
+    def metrics(self, k):
+        return json.loads((self.results / f"k{k}" / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return Run(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+    return Run(tmp_path_factory, "tiny_text")
+
+
+def check_finished_run(run: Run, keys: set[str]):
+    assert job_stats(run.proc.stdout + run.proc.stderr) == expected_jobs(run.config, run.text)
+    assert run.seconds < GUARD_SECONDS, f"{run.preset} took {run.seconds:.0f} s"
+    ks = run.config["latents"]["num_states"]
+    for k in ks:
+        metrics = run.metrics(k)
+        assert keys <= set(metrics), f"k{k}/metrics.json lacks {sorted(keys - set(metrics))}"
+        for key in keys - {"seconds"}:
+            assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), (key, metrics[key])
+        assert metrics["num_params"] > 0
+        # seconds: {stage: seconds} from the benchmark files of this K's jobs and the shared ones
+        stages = {"prepare_data", "train_teacher", "extract_embeddings", "assign_latents",
+                  "materialize_pc", "finetune", "train_baseline"}
+        assert stages <= set(metrics["seconds"]) and all(v > 0 for v in metrics["seconds"].values())
+    header, *rows = (run.results / "summary.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in rows] == sorted(ks)
+    main = "test_perplexity" if run.text else "test_bpd"
+    assert header.split("\t")[:2] == ["num_states", main]
+    assert (run.results / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    logs = list((run.workdir / "logs").rglob("*.log"))
+    benchmarks = list((run.workdir / "benchmarks").rglob("*.tsv"))
+    jobs = sum(expected_jobs(run.config, run.text).values()) - 1  # rule all has neither
+    assert len(logs) == jobs and len(benchmarks) == jobs
+    assert all(p.stat().st_size > 0 for p in logs), [str(p) for p in logs if not p.stat().st_size]
+
+
+def test_tiny_images_whole_dag(tiny):
+    check_finished_run(tiny, IMAGE_KEYS)
+    for k in tiny.config["latents"]["num_states"]:
+        for name in ("samples", "inpainting", "curves"):
+            assert (tiny.results / f"k{k}" / "figures" / f"{name}.png").stat().st_size > 0
+        shards = sorted(p.name for p in (tiny.results / f"k{k}" / "latent_em").iterdir())
+        assert shards == [f"shard{i}.h5" for i in range(tiny.config["latent_em"]["num_shards"])]
+
+
+def test_tiny_forcerun_finetune_reruns_exactly_finetune_and_downstream(tiny):
+    proc, _ = snakemake(tiny.workdir, *tiny.args, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, "a finished run must be up to date"
+    ks = tiny.config["latents"]["num_states"]
+    k_dir = tiny.results / f"k{ks[0]}"
+    before = {name: os.stat(k_dir / name).st_mtime_ns for name in ("pc_init.h5", "pc_latent.h5",
+                                                                   "baseline.h5", "pc_final.h5")}
+    proc, _ = snakemake(tiny.workdir, *tiny.args, "--forcerun", "finetune")
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": len(ks), "evaluate": len(ks), "summarize": 1, "all": 1}
+    after = {name: os.stat(k_dir / name).st_mtime_ns for name in before}
+    assert {n for n in before if before[n] != after[n]} == {"pc_final.h5"}
+
+
+def test_tiny_report(tiny):
+    snakemake(tiny.workdir, *tiny.args, "--report", "report.html")
+    html = (tiny.workdir / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000 and "summary.png" in html and "samples.png" in html
+
+
+def test_tiny_text_whole_dag(tiny_text):
+    check_finished_run(tiny_text, TEXT_KEYS)
+    for k in tiny_text.config["latents"]["num_states"]:
+        assert not (tiny_text.results / f"k{k}" / "latent_em").exists()
+        assert not (tiny_text.results / f"k{k}" / "pc_latent.h5").exists()

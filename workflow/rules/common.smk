@@ -1,0 +1,85 @@
+# Helpers shared by the rules. Named functions only (no lambdas), no rules here.
+#
+# Paths: results/{run}/ for artifacts, logs/{run}/ and benchmarks/{run}/ beside them, one
+# k{K}/ directory below each for every K in latents.num_states. The wildcard `run` is
+# pinned to config["run"], so a path of another run can never be built with this config.
+
+import json
+import os
+import re
+
+RUN = config["run"]
+NUM_STATES = config["latents"]["num_states"]
+SHARDS = list(range(config["latent_em"]["num_shards"]))
+TEXT_DATASETS = ("wikitext2",)
+
+
+wildcard_constraints:
+    run=re.escape(RUN),
+    K=r"[1-9][0-9]*",
+    shard=r"[0-9]+",
+
+
+def stage_config(section, drop=()):
+    """The JSON of one config section (minus `drop`): a stage's only settings.
+
+    Passed as params, so editing the section reruns that stage and what follows it.
+    """
+    settings = {key: value for key, value in config[section].items() if key not in drop}
+    return json.dumps(settings, sort_keys=True)
+
+
+def is_text():
+    """True when the dataset is text (an HMM over token windows), else images."""
+    return config["data"]["dataset"] in TEXT_DATASETS
+
+
+def latents_gpus():
+    """GPUs an assign_latents job claims: 1 unless FAISS is told to stay on the CPU."""
+    return 0 if config["latents"]["use_gpu"] == "never" else 1
+
+
+def finetune_start(wildcards):
+    """The circuit fine-tuning starts from.
+
+    Images: after the latent-distribution EM step (pc_latent.h5). Text: the HMM is fully
+    count-initialized by materialize_pc, so pc_init.h5 (latent_em is skipped).
+    """
+    name = "pc_init.h5" if is_text() else "pc_latent.h5"
+    return f"results/{wildcards.run}/k{wildcards.K}/{name}"
+
+
+def figure_names():
+    """The figures evaluate writes into k{K}/figures/ for this data kind."""
+    if is_text():
+        return ["perplexity"]
+    return ["samples", "inpainting", "curves"]
+
+
+def evaluate_figures():
+    """evaluate's figure outputs, each a report item with its caption (report/<name>.rst)."""
+    return {
+        name: report(
+            f"results/{{run}}/k{{K}}/figures/{name}.png",
+            caption=f"../report/{name}.rst",
+            category="Figures",
+            subcategory="k{K}",
+        )
+        for name in figure_names()
+    }
+
+
+def figure_dir(wildcards, output):
+    """--figdir of evaluate: the folder holding its figure outputs."""
+    return os.path.join(os.path.dirname(output.metrics), "figures")
+
+
+def metrics_files():
+    """Every k{K}/metrics.json of this run: the sweep summarize gathers."""
+    return expand("results/{run}/k{K}/metrics.json", run=RUN, K=NUM_STATES)
+
+
+def final_outputs():
+    """Targets of rule all."""
+    summary = expand("results/{run}/summary.{ext}", run=RUN, ext=["tsv", "png"])
+    return summary + metrics_files()

@@ -1,0 +1,61 @@
+# Test metrics and figures for each K, then the sweep summary over all K.
+
+
+rule evaluate:
+    input:
+        data="results/{run}/data.h5",
+        pc="results/{run}/k{K}/pc_final.h5",
+        baseline="results/{run}/k{K}/baseline.h5",
+        teacher_metrics="results/{run}/teacher_metrics.json",
+    output:
+        **evaluate_figures(),
+        metrics="results/{run}/k{K}/metrics.json",
+    log:
+        "logs/{run}/k{K}/evaluate.log",
+    benchmark:
+        "benchmarks/{run}/k{K}/evaluate.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    params:
+        cfg=stage_config("evaluate"),
+        figdir=figure_dir,
+        benchmarks="benchmarks/{run}",
+    shell:
+        "python -m lvd.stages.evaluate --config {params.cfg:q}"
+        " --data {input.data} --pc {input.pc} --baseline {input.baseline}"
+        " --teacher-metrics {input.teacher_metrics} --benchmarks-dir {params.benchmarks}"
+        " --out {output.metrics} --figdir {params.figdir} --threads {threads} --log {log}"
+
+
+rule summarize:
+    input:
+        metrics_files(),
+    output:
+        table=report(
+            "results/{run}/summary.tsv",
+            caption="../report/summary_table.rst",
+            category="Sweep",
+        ),
+        plot=report(
+            "results/{run}/summary.png",
+            caption="../report/summary.rst",
+            category="Sweep",
+        ),
+    log:
+        "logs/{run}/summarize.log",
+    benchmark:
+        "benchmarks/{run}/summarize.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m lvd.stages.summarize --metrics {input} --out {output.table}"
+        " --plot {output.plot} --device cpu --threads {threads} --log {log}"

@@ -1,0 +1,115 @@
+# Training the circuit: the latent-distribution EM step (images only; one job per shard of
+# the training set, then one job merging the shards' counts and training the top circuit),
+# fine-tuning on x alone, and the baseline (same structure, random init, same budget).
+# Checkpoints under finetune_ckpt/ and baseline_ckpt/ are not outputs (see teacher.smk).
+
+
+rule latent_em:
+    input:
+        data="results/{run}/data.h5",
+        latents="results/{run}/k{K}/latents.h5",
+        pc="results/{run}/k{K}/pc_init.h5",
+    output:
+        "results/{run}/k{K}/latent_em/shard{shard}.h5",
+    log:
+        "logs/{run}/k{K}/latent_em/shard{shard}.log",
+    benchmark:
+        "benchmarks/{run}/k{K}/latent_em/shard{shard}.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    params:
+        cfg=stage_config("latent_em"),
+        num_shards=len(SHARDS),
+    shell:
+        "python -m lvd.stages.latent_em --config {params.cfg:q}"
+        " --data {input.data} --latents {input.latents} --pc {input.pc}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards} --out {output}"
+        " --threads {threads} --log {log}"
+
+
+rule latent_top_em:
+    input:
+        data="results/{run}/data.h5",
+        latents="results/{run}/k{K}/latents.h5",
+        pc="results/{run}/k{K}/pc_init.h5",
+        shards=expand(
+            "results/{run}/k{K}/latent_em/shard{shard}.h5",
+            shard=SHARDS,
+            allow_missing=True,
+        ),
+    output:
+        "results/{run}/k{K}/pc_latent.h5",
+    log:
+        "logs/{run}/k{K}/latent_top_em.log",
+    benchmark:
+        "benchmarks/{run}/k{K}/latent_top_em.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    params:
+        cfg=stage_config("latent_em"),
+    shell:
+        "python -m lvd.stages.latent_top_em --config {params.cfg:q}"
+        " --data {input.data} --latents {input.latents} --pc {input.pc}"
+        " --shards {input.shards} --out {output} --threads {threads} --log {log}"
+
+
+rule finetune:
+    input:
+        data="results/{run}/data.h5",
+        pc=finetune_start,
+    output:
+        "results/{run}/k{K}/pc_final.h5",
+    log:
+        "logs/{run}/k{K}/finetune.log",
+    benchmark:
+        "benchmarks/{run}/k{K}/finetune.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    params:
+        cfg=stage_config("finetune"),
+        ckpt_dir="results/{run}/k{K}/finetune_ckpt",
+    shell:
+        "python -m lvd.stages.finetune --config {params.cfg:q}"
+        " --data {input.data} --pc {input.pc} --out {output}"
+        " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"
+
+
+rule train_baseline:
+    input:
+        data="results/{run}/data.h5",
+        pc="results/{run}/k{K}/pc_init.h5",
+    output:
+        "results/{run}/k{K}/baseline.h5",
+    log:
+        "logs/{run}/k{K}/train_baseline.log",
+    benchmark:
+        "benchmarks/{run}/k{K}/train_baseline.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    params:
+        cfg=stage_config("baseline"),
+        ckpt_dir="results/{run}/k{K}/baseline_ckpt",
+    shell:
+        "python -m lvd.stages.train_baseline --config {params.cfg:q}"
+        " --data {input.data} --pc {input.pc} --out {output}"
+        " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"

@@ -1,0 +1,209 @@
+"""Train the teacher (VQ-VAE / MAE for images, transformer LM for text) on data.h5's train split.
+
+Reads ``data.h5`` (lvd.data). Writes ``teacher.pt`` ({"kind", "config", "data_info",
+"state_dict", "epoch", ...}, loadable with weights_only=True; rebuilt by lvd.teachers.load),
+``teacher_metrics.json`` (``teacher_test_bpd`` for images -- an upper bound, see
+lvd.teachers.vqvae -- or ``teacher_test_perplexity`` for text, ``seconds``, per-epoch
+``history`` with validation metrics) and a checkpoint ``last.pt`` in --ckpt-dir after every
+epoch. A killed run started again with the same settings resumes from that checkpoint
+(``epochs`` and ``max_minutes`` may change between runs; any other change starts afresh).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lvd import io, teachers
+from lvd.stages import common
+
+log = logging.getLogger("lvd.train_teacher")
+RESUMABLE_CHANGES = {"epochs", "max_minutes", "valid_max"}  # config fields that may differ on resume
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str = "auto"          # auto | vqvae | mae (images) | lm | mlm (text); auto: vqvae / lm
+    seed: int = 0
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3            # peak AdamW learning rate (warm-up, then cosine to lr / 10)
+    weight_decay: float = 0.0
+    max_minutes: float = 0.0    # cap on total training wall-clock (resumed runs included); 0 = none
+    valid_max: int = 2048       # validation examples scored after each epoch; 0 = all
+    dim: int = 64               # width: conv channels (vqvae) or transformer width (mae, lm, mlm)
+    layers: int = 1             # residual conv blocks (vqvae) or transformer layers
+    heads: int = 4              # attention heads (mae, lm, mlm)
+    latent_dim: int = 16        # vqvae: code vector size = embedding dim
+    codebook_size: int = 128    # vqvae: codes per codebook
+    num_codebooks: int = 1      # vqvae: product quantization groups (latent_dim split evenly)
+    commitment: float = 0.25    # vqvae: commitment loss weight
+    ema_decay: float = 0.95     # vqvae: EMA codebook decay
+    num_mix: int = 4            # vqvae, mae: logistic mixture components per variable
+    mask_ratio: float | None = None  # mae (default 0.75) / mlm (default 0.15): fraction masked
+
+
+def _lr(cfg: Config, step: int, total: int) -> float:
+    warm = max(1, min(100, total // 20))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+
+
+def _batches(data: torch.Tensor, batch_size: int, device, limit: int = 0):
+    n = len(data) if limit <= 0 else min(limit, len(data))
+    for i in range(0, n, batch_size):
+        yield data[i:min(i + batch_size, n)].to(device)
+
+
+def _resume_state(path: Path, kind: str, cfg: Config, info: dict) -> dict | None:
+    """The checkpoint's dict if it continues this run, else None (a stale one is ignored)."""
+    if not path.exists():
+        return None
+    state = io.load_checkpoint(path)  # a corrupt checkpoint is an error naming the file
+    old = {k: v for k, v in state.get("config", {}).items() if k not in RESUMABLE_CHANGES}
+    new = {k: v for k, v in common.config_dict(cfg).items() if k not in RESUMABLE_CHANGES}
+    if state.get("kind") != kind or state.get("data_info") != info or old != new:
+        log.warning("%s: checkpoint is from other settings or data; starting afresh", path)
+        return None
+    return state
+
+
+def check_config(cfg: Config) -> None:
+    """Reject settings that cannot work, naming the field."""
+    positive = {"batch_size": cfg.batch_size, "dim": cfg.dim, "heads": cfg.heads, "latent_dim": cfg.latent_dim,
+                "codebook_size": cfg.codebook_size, "num_codebooks": cfg.num_codebooks, "num_mix": cfg.num_mix,
+                "lr": cfg.lr}
+    bad = {k: v for k, v in positive.items() if not v > 0}
+    if cfg.epochs < 0 or cfg.layers < 0 or cfg.max_minutes < 0:
+        bad.update({k: getattr(cfg, k) for k in ("epochs", "layers", "max_minutes") if getattr(cfg, k) < 0})
+    if bad:
+        raise ValueError(f"train_teacher config: field(s) {bad} must be positive (epochs, layers, "
+                         f"max_minutes: non-negative)")
+    if cfg.mask_ratio is not None and not 0 < cfg.mask_ratio < 1:
+        raise ValueError(f"train_teacher config: field 'mask_ratio' is {cfg.mask_ratio}, expected in (0, 1)")
+
+
+def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") -> dict:
+    check_config(cfg)
+    device = torch.device(device)
+    with io.open_artifact(data_path, "lvd.data") as f:
+        info = teachers.read_data_info(f)
+        kind = teachers.resolve_kind(cfg.kind, info["kind"], where=f"train_teacher config (data {data_path})")
+        train = torch.from_numpy(f["train"][...])
+        # resuming needs the very same training data, not only the same shapes
+        crc = zlib.crc32(np.ascontiguousarray(train.numpy()))
+        info_ckpt = {**info, "train_crc32": crc, "num_train": len(train)}
+        splits = {s: torch.from_numpy(f[s][...]) for s in ("valid", "test") if s in f}
+    if len(train) == 0:
+        raise io.ArtifactError(f"{data_path}: field 'train' is empty")
+    if "test" not in splits:
+        raise io.ArtifactError(f"{data_path}: missing field 'test' (needed for the teacher's test metric)")
+    hp = common.config_dict(cfg)
+    common.seed_everything(cfg.seed)  # the same initial weights however run() is called
+    model = teachers.build(kind, info, hp).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    log.info("%s teacher, %d parameters, %d train examples, %d positions x %d dims", kind,
+             sum(p.numel() for p in model.parameters()), len(train), model.num_positions, model.embedding_dim)
+
+    ckpt_path = Path(ckpt_dir) / "last.pt"
+    state = _resume_state(ckpt_path, kind, cfg, info_ckpt)
+    start, step, history, spent = 0, 0, [], 0.0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start, step, history, spent = state["epoch"], state["step"], list(state["history"]), state["seconds"]
+        log.info("resumed from %s at epoch %d (%.1f s trained so far)", ckpt_path, start, spent)
+    elif hasattr(model, "prepare"):
+        model.prepare(train)
+
+    bs = min(cfg.batch_size, len(train))
+    per_epoch = len(train) // bs  # the last partial batch is dropped
+    total = per_epoch * cfg.epochs
+    cap = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    t0, stopped = time.perf_counter() - spent, False
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        sums, n, last_log = {}, 0, time.perf_counter()
+        for b in range(per_epoch):
+            x = train[perm[b * bs:(b + 1) * bs]].to(device)
+            for group in opt.param_groups:
+                group["lr"] = _lr(cfg, step, total)
+            loss, logs = model.loss(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step, n = step + 1, n + 1
+            for k, v in {"loss": loss.item(), **logs}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if time.perf_counter() - last_log > 30:
+                last_log = time.perf_counter()
+                log.info("epoch %d batch %d/%d loss %.4f", epoch + 1, b + 1, per_epoch, sums["loss"] / n)
+            if time.perf_counter() - t0 > cap:
+                stopped = True
+                log.warning("max_minutes=%g reached during epoch %d (batch %d/%d); stopping",
+                            cfg.max_minutes, epoch + 1, b + 1, per_epoch)
+                break
+        model.eval()
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
+        if "valid" in splits and len(splits["valid"]):
+            with torch.no_grad():
+                valid = model.evaluate(_batches(splits["valid"], 2 * bs, device, cfg.valid_max))
+            row.update({f"valid_{k}": v for k, v in valid.items()})
+        row.update(seconds=time.perf_counter() - t0, partial=stopped)
+        history.append(row)
+        log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
+                 " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+        io.save_checkpoint(ckpt_path, {
+            "kind": kind, "config": hp, "data_info": info_ckpt, "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1, "step": step,
+            "history": history, "seconds": time.perf_counter() - t0})
+        if stopped:
+            break
+    done = history[-1]["epoch"] if history else 0
+
+    model.eval()
+    log.info("scoring the test split (%d examples)", len(splits["test"]))
+    with torch.no_grad():
+        fit = _batches(train, 2 * bs, device) if kind == "vqvae" else None
+        test = model.evaluate(_batches(splits["test"], 2 * bs, device), fit)
+    seconds = time.perf_counter() - t0
+    io.save_checkpoint(out_path, {
+        "kind": kind, "config": hp, "data_info": info, "state_dict": model.state_dict(), "epoch": done,
+        "num_positions": model.num_positions, "embedding_dim": model.embedding_dim, "test": test})
+    metrics = {"kind": kind, "test": test, "seconds": seconds, "epochs_done": done, "stopped_by_time": stopped,
+               "num_params": sum(p.numel() for p in model.parameters()), "history": history}
+    if info["kind"] == "image":
+        metrics["teacher_test_bpd"] = test.get("bpd")  # vqvae: bound (fitted prior); mae: None
+    else:
+        metrics["teacher_test_perplexity"] = test.get("perplexity")  # lm; mlm: None
+    io.write_json(metrics_path, metrics)
+    log.info("test %s; %.1f s", " ".join(f"{k} {v:.4g}" for k, v in test.items()), seconds)
+    return metrics
+
+
+def main(argv=None):
+    p = common.parser(__doc__)
+    p.add_argument("--data", required=True, help="data.h5 (lvd.data)")
+    p.add_argument("--out", required=True, help="teacher.pt to write")
+    p.add_argument("--metrics", required=True, help="teacher_metrics.json to write")
+    p.add_argument("--ckpt-dir", required=True, help="folder for per-epoch checkpoints (resume)")
+    args = p.parse_args(argv)
+    cfg = common.load_config(Config, args.config)
+    device = common.setup(args, seed=cfg.seed)
+    run(cfg, args.data, args.out, args.metrics, args.ckpt_dir, device=device)
+
+
+if __name__ == "__main__":
+    main()

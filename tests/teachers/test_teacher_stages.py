@@ -1,0 +1,167 @@
+"""train_teacher and extract_embeddings on tiny data.h5 files."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from lvd import io, teachers
+from lvd.stages import extract_embeddings as E
+from lvd.stages import train_teacher as T
+
+from teacher_fixtures import write_image_data, write_text_data
+
+TINY = dict(dim=16, latent_dim=8, codebook_size=16, heads=2, batch_size=32, num_mix=2)
+
+
+def _train(tmp_path, data, name="t", **kw):
+    cfg = T.Config(**{**TINY, **kw})
+    out, metrics = tmp_path / f"{name}.pt", tmp_path / f"{name}.json"
+    m = T.run(cfg, data, out, metrics, tmp_path / f"{name}_ckpt")
+    return m, out, metrics
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "mae"])
+def test_image_training_lowers_the_loss(tmp_path, image_data, kind):
+    m, out, metrics_path = _train(tmp_path, image_data, kind=kind, epochs=3, lr=5e-3)
+    losses = [row["train_loss"] for row in m["history"]]
+    assert losses[-1] < losses[0]
+    saved = json.loads(metrics_path.read_text())
+    assert saved["epochs_done"] == 3 and len(saved["history"]) == 3 and saved["seconds"] > 0
+    if kind == "vqvae":
+        assert saved["teacher_test_bpd"] == saved["test"]["bpd_fitted_prior"] > saved["test"]["recon_bpd"]
+        assert saved["history"][-1]["valid_recon_bpd"] < saved["history"][0]["valid_recon_bpd"]
+    else:
+        assert saved["teacher_test_bpd"] is None and saved["test"]["masked_bpd"] > 0
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["kind"] == kind and ckpt["epoch"] == 3 and ckpt["data_info"]["kind"] == "image"
+
+
+def test_text_training_lowers_the_loss_and_reports_perplexity(tmp_path, text_data):
+    m, _, _ = _train(tmp_path, text_data, epochs=3, lr=1e-2)  # kind auto -> lm
+    assert m["kind"] == "lm"
+    assert m["history"][-1]["train_loss"] < m["history"][0]["train_loss"]
+    assert m["history"][-1]["valid_perplexity"] < m["history"][0]["valid_perplexity"]
+    assert 1 < m["teacher_test_perplexity"] < 20  # vocab 20: better than uniform after training
+
+
+def test_resume_after_one_epoch(tmp_path, image_data, caplog):
+    first, _, _ = _train(tmp_path, image_data, epochs=1)
+    with caplog.at_level("INFO", logger="lvd.train_teacher"):
+        second, _, _ = _train(tmp_path, image_data, epochs=2)
+    assert "resumed from" in caplog.text and "at epoch 1" in caplog.text
+    assert [r["epoch"] for r in second["history"]] == [1, 2]
+    assert second["history"][0] == first["history"][0]  # epoch 1 was not trained again
+    # other settings make the checkpoint stale: training starts afresh
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lvd.train_teacher"):
+        third, _, _ = _train(tmp_path, image_data, epochs=2, lr=1e-3)
+    assert "starting afresh" in caplog.text and "resumed" not in caplog.text
+    # so does other training data of the same shapes
+    other = write_image_data(tmp_path / "other.h5", digits=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lvd.train_teacher"):
+        _train(tmp_path, other, epochs=3, lr=1e-3)
+    assert "starting afresh" in caplog.text and "resumed" not in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "lm"])
+def test_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch, kind):
+    data = write_image_data(tmp_path / "img.h5") if kind == "vqvae" else write_text_data(tmp_path / "txt.h5")
+    _, straight, _ = _train(tmp_path, data, name="a", kind=kind, epochs=2)
+
+    class Killed(Exception):
+        pass
+
+    save = io.save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise Killed
+
+    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        _train(tmp_path, data, name="b", kind=kind, epochs=2)
+    monkeypatch.setattr(io, "save_checkpoint", save)
+    assert torch.load(tmp_path / "b_ckpt" / "last.pt", weights_only=True)["epoch"] == 1
+    _, resumed, _ = _train(tmp_path, data, name="b", kind=kind, epochs=2)
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    for k in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=0, atol=0)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, image_data):
+    ckpt = tmp_path / "t_ckpt" / "last.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"not a torch file")
+    with pytest.raises(io.ArtifactError, match="last.pt.*not a loadable checkpoint"):
+        _train(tmp_path, image_data, epochs=1)
+    bad = tmp_path / "teacher.pt"
+    bad.write_bytes(b"\x00" * 10)
+    with pytest.raises(io.ArtifactError, match="teacher.pt"):
+        E.run(E.Config(), image_data, bad, tmp_path / "emb.h5")
+    io.save_checkpoint(bad, {"kind": "vqvae"})  # loadable, but not a teacher file
+    with pytest.raises(io.ArtifactError, match="missing field"):
+        E.run(E.Config(), image_data, bad, tmp_path / "emb.h5")
+
+
+def test_time_cap_stops_training(tmp_path, image_data):
+    m, _, _ = _train(tmp_path, image_data, epochs=50, max_minutes=1e-9)
+    assert m["stopped_by_time"] and m["epochs_done"] == 1 and m["history"][0]["partial"]
+
+
+def test_wrong_kind_is_refused(tmp_path, image_data):
+    text = write_text_data(tmp_path / "text.h5")
+    with pytest.raises(ValueError, match="'lm' is for text data.*'image'"):
+        _train(tmp_path, image_data, kind="lm", epochs=1)
+    with pytest.raises(ValueError, match="field 'kind'"):
+        _train(tmp_path, image_data, kind="gan", epochs=1)
+    _, lm, _ = _train(tmp_path, text, name="lm", epochs=1)
+    with pytest.raises(io.ArtifactError, match="kind 'lm' models text data.*'image'"):
+        E.run(E.Config(), image_data, lm, tmp_path / "emb.h5")
+    assert not (tmp_path / "emb.h5").exists()
+    other = write_image_data(tmp_path / "other.h5", patch_size=4)
+    _, vq, _ = _train(tmp_path, image_data, name="vq", epochs=1)
+    with pytest.raises(io.ArtifactError, match="patch_size"):
+        E.run(E.Config(), other, vq, tmp_path / "emb.h5")
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "mae", "lm", "mlm"])
+def test_embeddings_file(tmp_path, kind):
+    if kind in ("vqvae", "mae"):
+        data = write_image_data(tmp_path / "data.h5", n_train=70)
+        P = 16
+    else:
+        data = write_text_data(tmp_path / "data.h5", n_train=70)
+        P = 8
+    _, teacher, _ = _train(tmp_path, data, kind=kind, epochs=1)
+    out = tmp_path / "emb.h5"
+    r = E.run(E.Config(batch_size=32), data, teacher, out)  # 32 does not divide 70
+    model, _ = teachers.load(teacher)
+    D = model.embedding_dim
+    with h5py.File(data) as f:
+        x = torch.from_numpy(f["train"][...])
+    with torch.no_grad():
+        expect = model.eval().embed(x).numpy()
+    with io.open_artifact(out, "lvd.embeddings") as f:
+        emb = io.require(f, "train", ndim=3, dtype_kind="f")
+        assert emb.shape == (70, P, D) and emb.dtype == np.float16 and emb.chunks == (32, P, D)
+        assert f.attrs["num_positions"] == P and f.attrs["dim"] == D and f.attrs["teacher_kind"] == kind
+        np.testing.assert_allclose(emb[...].astype(np.float32), expect, rtol=2e-3, atol=2e-3)
+    assert r["num_examples"] == 70
+
+
+def test_command_lines(tmp_path, image_data):
+    cfg = json.dumps({**TINY, "epochs": 1})
+    T.main(["--config", cfg, "--data", str(image_data), "--out", str(tmp_path / "t.pt"),
+            "--metrics", str(tmp_path / "m.json"), "--ckpt-dir", str(tmp_path / "ck"), "--device", "cpu"])
+    E.main(["--config", '{"batch_size": 64}', "--data", str(image_data), "--teacher", str(tmp_path / "t.pt"),
+            "--out", str(tmp_path / "e.h5"), "--log", str(tmp_path / "e.log")])
+    assert "teacher_test_bpd" in json.loads((tmp_path / "m.json").read_text())
+    with io.open_artifact(tmp_path / "e.h5", "lvd.embeddings") as f:
+        assert f["train"].shape == (120, 16, 8)
+    with pytest.raises(SystemExit, match="unknown key"):
+        T.main(["--config", '{"epoch": 1}', "--data", str(image_data), "--out", "x", "--metrics", "y",
+                "--ckpt-dir", "z"])

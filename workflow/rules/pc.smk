@@ -1,5 +1,5 @@
-# Training the circuit: the latent-distribution EM step (images only; one job per shard of
-# the training set, then one job merging the shards' counts and training the top circuit),
+# Training the circuit: the patch heads with the latents observed (images only; one job per
+# shard of the patch groups, then one job gathering the shards and training the top circuit),
 # fine-tuning on x alone, and the baseline (same structure, random init, same budget).
 # Checkpoints under finetune_ckpt/ and baseline_ckpt/ are not outputs (see teacher.smk).
 

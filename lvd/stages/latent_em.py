@@ -1,0 +1,166 @@
+"""latent_em: train the patch heads with the latents observed, one shard of the groups per job.
+
+Reads data.h5 (train), latents.h5 (z) and pc_init.h5 (an LVD circuit); writes one shard file
+(format lvd.pc_shard). With z observed, log p(x, z) = log p_top(z) + sum_i log p_i(x_i | z_i),
+so every parameter group of the patch tree is an independent EM problem on its own members
+only (method.md section 2 step 6):
+
+    mode "position": group i = patch position i; members: patch i of every train image,
+                     observed head z[:, i]
+    mode "shared":   group g (H heads); members: every patch (any position) whose state s has
+                     s // H == g, observed head s % H
+
+Each member's flow runs through its own head's root distribution; the sub-circuit below the
+root is shared by the group's heads (pcutil.HeadObserved). Shard i of S trains groups
+i, i+S, i+2S, ...; group g shuffles with a seed derived from (seed, g) alone, so the gathered
+result does not depend on the number of shards. latent_top_em gathers the shards.
+
+Shard file: ``groups`` int64 [g], ``num_examples`` int64 [g], ``history`` float64 [g, epochs]
+(mean log p(patch | observed head) per epoch; NaN for a group without members), the trained
+tables ``params/edges`` [E_t, g, K, K], ``params/root`` [g, H, K], ``params/leaves``
+[L_t, g, C, K]; attrs shard, num_shards, num_groups, pc_fingerprint, latents_fingerprint, seconds.
+
+    python -m lvd.stages.latent_em --config '{"epochs": 10}' --data data.h5 \
+        --latents k16/latents.h5 --pc k16/pc_init.h5 --shard 0 --num-shards 2 --out k16/latent_em/shard0.h5
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from lvd import io, pc
+from lvd.stages import common, pcutil
+
+log = logging.getLogger("lvd.latent_em")
+WRITER = "lvd.stages.latent_em"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Config section ``latent_em``, read by latent_em and latent_top_em."""
+    epochs: int = 10                # patch-head EM epochs (each a pass over the group's members)
+    batch_size: int = 256           # patches per mini-batch
+    step_size: float = 0.1          # annealed linearly to step_size_end over each group's steps
+    step_size_end: float = 0.01
+    pseudocount: float = 0.1        # EM pseudocount (patch heads and top tree)
+    num_shards: int = 1             # jobs the groups are split over (Snakemake makes one per shard)
+    top_epochs: int = 10            # latent_top_em: EM epochs of the top tree on L = log p_i(x_i | k)
+    top_batch_size: int = 256
+    top_step_size: float = 0.1
+    top_step_size_end: float = 0.01
+    lls_memory_gb: float = 2.0      # latent_top_em: L in memory (float32) up to this, else a float16 temp file
+    seed: int = 0                   # group g shuffles with a seed from (seed, g); top EM with seed
+
+    def __post_init__(self):
+        pcutil.check_schedule(self, "latent_em")
+        pcutil.check_schedule(self, "latent_em", prefix="top_")
+        if not isinstance(self.num_shards, int) or self.num_shards < 1:
+            raise ValueError(f"latent_em.num_shards is {self.num_shards!r}, expected an integer >= 1")
+        if not self.lls_memory_gb >= 0:
+            raise ValueError(f"latent_em.lls_memory_gb is {self.lls_memory_gb!r}, expected >= 0")
+
+
+def shard_groups(num_groups: int, shard: int, num_shards: int) -> list[int]:
+    return list(range(shard, num_groups, num_shards))
+
+
+def group_members(c: pc.LVDCircuit, x: np.ndarray, z: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """(patches int64 [n, P], observed heads int64 [n]) of parameter group g."""
+    idx = c.index.numpy()                                              # [m, P]
+    if c.mode == "position":
+        return x[:, idx[g]], z[:, g]
+    H = c.patch.num_heads
+    members = z // H == g                                              # [N, m]
+    rows, pos = np.nonzero(members)
+    patches = x[rows[:, None], idx[pos]]                               # [n, P]
+    return patches, z[rows, pos] % H
+
+
+def train_group(c: pc.LVDCircuit, x, z, g: int, cfg: Config) -> tuple[dict, int, list[float]]:
+    """EM of group g's tables on its members; returns (tables of the one group, n, history)."""
+    sub = c.patch.select_groups([g])
+    patches, heads = group_members(c, x, z, g)
+    if len(patches) == 0:
+        log.warning("group %d has no members: its tables keep their initial values", g)
+        return sub.params, 0, [float("nan")] * cfg.epochs
+    seed = int(np.random.SeedSequence([cfg.seed, g]).generate_state(1)[0])
+    hist = pc.em(pcutil.HeadObserved(sub), patches, heads=heads, epochs=cfg.epochs,
+                 batch_size=cfg.batch_size, step_size=cfg.step_size, step_size_end=cfg.step_size_end,
+                 pseudocount=cfg.pseudocount, seed=seed)
+    return sub.params, len(patches), hist
+
+
+def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shards: int, out: str,
+        device="cpu") -> dict:
+    """Train the groups of one shard; returns a summary (also stored as attributes)."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"--shard {shard} is outside [0, --num-shards {num_shards})")
+    with common.Timer() as timer:
+        info = pcutil.data_info(data)
+        if info.kind != "image":
+            raise ValueError(f"{data}: latent_em is for images (attribute 'kind' is {info.kind!r}); "
+                             f"text HMMs go from materialize_pc straight to finetune")
+        c = pc.load(pc_path, device=device)
+        if not isinstance(c, pc.LVDCircuit):
+            raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd' (expected an LVD circuit)")
+        x = pcutil.load_split(data, "train")
+        z, mode, K = pcutil.load_latents(latents, len(x), c.num_positions)
+        if mode != c.mode or K != c.num_states:
+            raise io.ArtifactError(f"{latents}: mode {mode!r} with {K} states, but {pc_path} was built "
+                                   f"for mode {c.mode!r} with {c.num_states} states")
+        groups = shard_groups(c.patch.num_groups, shard, num_shards)
+        log.info("shard %d/%d: %d of %d groups (%s mode), %d epochs each", shard, num_shards, len(groups),
+                 c.patch.num_groups, mode, cfg.epochs)
+        tables, counts, hists = [], [], []
+        for j, g in enumerate(groups):
+            with common.Timer() as t:
+                params, n, hist = train_group(c, x, z, g, cfg)
+            tables.append(params)
+            counts.append(n)
+            hists.append(hist)
+            log.info("group %d (%d/%d): %d members, mean ll given head %.4f -> %.4f (%.1f s)", g, j + 1,
+                     len(groups), n, hist[0] if hist else float("nan"), hist[-1] if hist else float("nan"),
+                     t.seconds)
+    summary = {"shard": shard, "num_shards": num_shards, "num_groups": c.patch.num_groups,
+               "groups": len(groups), "seconds": timer.seconds,
+               "pc_fingerprint": pcutil.fingerprint(pc_path), "latents_fingerprint": pcutil.fingerprint(latents)}
+    with io.create(out, "lvd.pc_shard", WRITER, asdict(cfg), **summary) as f:
+        f["groups"] = np.asarray(groups, dtype=np.int64)
+        f["num_examples"] = np.asarray(counts, dtype=np.int64)
+        f["history"] = np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs)
+        for name in c.patch.params:
+            dim = 0 if name == "root" else 1
+            if tables:
+                f[f"params/{name}"] = torch.cat([t[name] for t in tables], dim).cpu().numpy()
+            else:
+                shape = list(c.patch.params[name].shape)
+                shape[dim] = 0
+                f[f"params/{name}"] = np.zeros(shape, dtype=np.float32)
+    log.info("wrote %s: %d groups in %.1f s", out, len(groups), timer.seconds)
+    return summary
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
+    p.add_argument("--latents", required=True, help="latents.h5 (format lvd.latents)")
+    p.add_argument("--pc", required=True, help="pc_init.h5 (format lvd.pc, an LVD circuit)")
+    p.add_argument("--shard", type=int, required=True, help="this job's shard index in [0, num_shards)")
+    p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: config num_shards)")
+    p.add_argument("--out", required=True, help="shard file to write (format lvd.pc_shard)")
+    args = p.parse_args(argv)
+    cfg = common.load_config(Config, args.config)
+    device = common.setup(args, seed=cfg.seed)
+    num_shards = cfg.num_shards if args.num_shards is None else args.num_shards
+    if num_shards != cfg.num_shards:
+        log.warning("--num-shards %d differs from latent_em.num_shards %d; using %d", num_shards,
+                    cfg.num_shards, num_shards)
+    run(cfg, args.data, args.latents, args.pc, args.shard, num_shards, args.out, device=device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""latent_top_em: gather the latent_em shards, then train the top tree on the patch likelihoods.
+
+Reads data.h5 (train, valid), latents.h5, pc_init.h5 and the shard files of latent_em; writes
+pc_latent.h5 (format lvd.pc). Settings: config section ``latent_em`` (the ``top_*`` fields).
+
+Gather: every shard 0..S-1 must be given exactly once, all with the same num_shards, all trained
+from this pc_init and these latents (fingerprints), together covering every parameter group;
+anything else is an error naming the shard file. The trained tables replace pc_init's patch
+tables.
+
+Latent distribution step (method.md section 2 step 7): the patch heads are frozen,
+L[n, i, k] = log p_i(x_i(n) | Z_i = k) is computed once (float32 in memory when it fits in
+``lls_memory_gb``; otherwise a float16 temporary HDF5 file beside the output holding L minus its
+per-(n, i) maximum, rows in a seeded random order read sequentially, the float32 maxima kept in
+memory), and the top tree (count-initialized from z by materialize_pc) is trained by mini-batch
+EM on the true marginal sum_z p_top(z) prod_i exp(L[n, i, z_i]). Its valid log-likelihood after
+each epoch is the whole circuit's valid log p(x).
+
+    python -m lvd.stages.latent_top_em --config '{"top_epochs": 10}' --data data.h5 \
+        --latents k16/latents.h5 --pc k16/pc_init.h5 --shards k16/latent_em/shard*.h5 --out k16/pc_latent.h5
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from lvd import io, pc
+from lvd.stages import common, pcutil
+from lvd.stages.latent_em import Config, shard_groups
+
+log = logging.getLogger("lvd.latent_top_em")
+WRITER = "lvd.stages.latent_top_em"
+CHUNK_BYTES = 256 * 2**20  # working memory per chunk of the patch pass
+
+
+class ShardError(io.ArtifactError):
+    """The shards are incomplete or inconsistent with each other or with pc_init."""
+
+
+def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> dict:
+    """Copy the shards' trained tables into ``c.patch`` (in place); returns the per-group records."""
+    if not shards:
+        raise ShardError("no shard files given (--shards)")
+    G = c.patch.num_groups
+    want_pc, want_lat = pcutil.fingerprint(pc_path), pcutil.fingerprint(latents)
+    seen: dict[int, str] = {}
+    num_shards = None
+    hist = np.full((G, 0), np.nan)
+    counts = np.zeros(G, dtype=np.int64)
+    for path in shards:
+        with io.open_artifact(path, "lvd.pc_shard") as f:
+            a = f.attrs
+            for key in ("shard", "num_shards", "pc_fingerprint", "latents_fingerprint"):
+                if key not in a:
+                    raise ShardError(f"{path}: missing attribute {key!r} (not written by latent_em?)")
+            s, S = int(a["shard"]), int(a["num_shards"])
+            if num_shards is None:
+                num_shards = S
+            elif S != num_shards:
+                raise ShardError(f"{path}: attribute 'num_shards' is {S}, but {shards[0]} has {num_shards}")
+            if s in seen:
+                raise ShardError(f"{path}: shard {s} given twice (also {seen[s]})")
+            if a["pc_fingerprint"] != want_pc:
+                raise ShardError(f"{path}: attribute 'pc_fingerprint' does not match {pc_path}: the shard "
+                                 f"was trained from another pc_init; rerun latent_em")
+            if a["latents_fingerprint"] != want_lat:
+                raise ShardError(f"{path}: attribute 'latents_fingerprint' does not match {latents}: the "
+                                 f"shard was trained on other latents; rerun latent_em")
+            groups = io.require(f, "groups", ndim=1, dtype_kind="i")[()]
+            expected = shard_groups(G, s, S)
+            if groups.tolist() != expected:
+                raise ShardError(f"{path}: field 'groups' is {groups.tolist()[:8]}..., expected groups "
+                                 f"{expected[:8]}... of shard {s}/{S} over {G} groups")
+            for name, table in c.patch.params.items():
+                dim = 0 if name == "root" else 1
+                d = io.require(f, f"params/{name}", dtype_kind="f")
+                want = list(table.shape)
+                want[dim] = len(groups)
+                if list(d.shape) != want:
+                    raise ShardError(f"{path}: field 'params/{name}' has shape {d.shape}, expected {tuple(want)}")
+                t = torch.from_numpy(d[()]).to(table.device)
+                table.index_copy_(dim, torch.as_tensor(groups, device=table.device), t)
+            h = f["history"][()]
+            if hist.shape[1] == 0:
+                hist = np.full((G, h.shape[1]), np.nan)
+            if h.shape[1] == hist.shape[1]:
+                hist[groups] = h
+            counts[groups] = f["num_examples"][()]
+            seen[s] = path
+    missing = sorted(set(range(num_shards)) - set(seen))
+    if missing:
+        raise ShardError(f"missing shard(s) {missing} of num_shards={num_shards}; given: {shards}")
+    log.info("gathered %d shards covering %d groups", num_shards, G)
+    return {"history": hist, "num_examples": counts}
+
+
+def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
+    """Rows of images per chunk of the patch pass within ``budget`` bytes (about 4 buffers)."""
+    groups_per_patch = 1 if c.mode == "position" else c.patch.num_groups
+    per_row = 4 * 4 * c.num_positions * c.patch.num_vars * groups_per_patch * c.patch.num_latents
+    return int(max(1, min(4096, budget // per_row)))
+
+
+def latent_lls(c: pc.LVDCircuit, x: np.ndarray, rows: int) -> torch.Tensor:
+    """L [N, m, K] float32 in memory."""
+    out = torch.empty(len(x), c.num_positions, c.num_states)
+    for i in range(0, len(x), rows):
+        out[i:i + rows] = c.latent_lls(x[i:i + rows]).cpu()
+    return out
+
+
+class DiskLLs:
+    """L [N, m, K] in a float16 HDF5 file (minus its per-(n, i) max, kept float32 in memory).
+
+    Row r of the file is example perm[r]; ``rows`` given to __getitem__ are file rows.
+    Indexing returns float32 numpy [len(rows), m, K].
+    """
+
+    def __init__(self, c: pc.LVDCircuit, x: np.ndarray, path: Path, rows: int, seed: int):
+        N, m, K = len(x), c.num_positions, c.num_states
+        self.perm = np.random.default_rng(seed).permutation(N)
+        self.offset = np.empty((N, m), dtype=np.float32)
+        self.path = path
+        self.file = h5py.File(path, "w")
+        self.d = self.file.create_dataset("lls", shape=(N, m, K), dtype=np.float16,
+                                          chunks=(min(N, max(1, 2**20 // (m * K * 2))), m, K))
+        for i in range(0, N, rows):
+            L = c.latent_lls(x[self.perm[i:i + rows]]).cpu()
+            mx = L.amax(-1)
+            self.offset[i:i + len(L)] = mx.numpy()
+            self.d[i:i + len(L)] = (L - mx[..., None]).clamp_min(-6e4).numpy().astype(np.float16)
+            if (i // rows) % 20 == 19:
+                log.info("L on disk: %d / %d rows", i + len(L), N)
+
+    def __len__(self) -> int:
+        return len(self.perm)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.sort(np.asarray(rows))
+        if len(rows) and np.all(np.diff(rows) == 1):
+            a = self.d[rows[0]:rows[-1] + 1]
+        else:
+            a = self.d[rows]
+        return a.astype(np.float32) + self.offset[rows][..., None]
+
+    def close(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], out: str, device="cpu") -> dict:
+    """Gather the shards and train the top tree; returns a summary (also stored as attributes)."""
+    with common.Timer() as timer:
+        c = pc.load(pc_path, device=device)
+        if not isinstance(c, pc.LVDCircuit):
+            raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd' (expected an LVD circuit)")
+        x = pcutil.load_split(data, "train")
+        xv = pcutil.load_split(data, "valid")
+        pcutil.load_latents(latents, len(x), c.num_positions)  # checks z against the data
+        g = gather(c, [str(s) for s in shards], pc_path, latents)
+        n = g["num_examples"]
+        cond = [float(np.nansum(g["history"][:, e] * n) / len(x)) for e in range(g["history"].shape[1])]
+        patch_record = {"stage": "latent_em", "epochs": cfg.epochs, "num_shards": len(shards),
+                        "train_ll_given_z": cond, "group_sizes": n.tolist()}
+        rows = chunk_rows(c)
+        need = len(x) * c.num_positions * c.num_states * 4
+        valid_L = latent_lls(c, xv, rows)
+        disk = None
+        try:
+            if need <= cfg.lls_memory_gb * 2**30:
+                log.info("L: %d x %d x %d float32 in memory (%.2f GB)", len(x), c.num_positions,
+                         c.num_states, need / 2**30)
+                L, shuffle = latent_lls(c, x, rows), True
+            else:
+                tmp = Path(out).with_name(f".{Path(out).name}.lls-{os.getpid()}.h5")
+                log.info("L: %.2f GB float32 > lls_memory_gb=%s: float16 temp file %s", need / 2**30,
+                         cfg.lls_memory_gb, tmp)
+                L = disk = DiskLLs(c, x, tmp, rows, cfg.seed)
+                shuffle = False
+            valid = lambda t: pc.mean_log_likelihood(t, None, evidence=valid_L)  # noqa: E731
+            start = valid(c.top)
+            log.info("before top EM: valid ll %.4f (bpd %.4f)", start, pcutil.bpd(start, c.num_vars))
+            _, record = pcutil.train(c.top, None, pcutil.schedule_from(cfg, "top_"), stage="latent_top_em",
+                                     valid=valid, shuffle=shuffle, evidence=L)
+        finally:
+            if disk is not None:
+                disk.close()
+        record["valid_ll_init"] = start
+    history = pcutil.history_of(pc_path) + [patch_record, record]
+    final = record["valid_ll"][-1] if record["valid_ll"] else start
+    summary = {"seconds": timer.seconds, "valid_ll": final, "valid_bpd": pcutil.bpd(final, c.num_vars),
+               "lls_on_disk": disk is not None}
+    pc.save(c, out, writer=WRITER, config=asdict(cfg), history=history, **summary)
+    log.info("wrote %s in %.1f s: valid bpd %.4f", out, timer.seconds, summary["valid_bpd"])
+    return summary
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
+    p.add_argument("--latents", required=True, help="latents.h5 (format lvd.latents)")
+    p.add_argument("--pc", required=True, help="pc_init.h5 (format lvd.pc)")
+    p.add_argument("--shards", nargs="+", required=True, help="every shard file of latent_em")
+    p.add_argument("--out", required=True, help="pc_latent.h5 to write (format lvd.pc)")
+    args = p.parse_args(argv)
+    cfg = common.load_config(Config, args.config)
+    device = common.setup(args, seed=cfg.seed)
+    run(cfg, args.data, args.latents, args.pc, args.shards, args.out, device=device)
+
+
+if __name__ == "__main__":
+    main()

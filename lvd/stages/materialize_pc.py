@@ -1,0 +1,108 @@
+"""materialize_pc: build the circuit around the teacher's latents and count-initialize it.
+
+Reads data.h5 (train split) and latents.h5 (``z`` [N, num_positions], attrs mode, num_states);
+writes pc_init.h5 (format lvd.pc).
+
+Images: an LVD circuit p(x) = sum_z p_top(z) prod_i p_i(x_i | z_i) (lvd.pc.lvd_circuit): the
+patch tree is the Chow-Liu tree of the training patches with ``num_latents`` hidden states, the
+top tree the Chow-Liu tree of z with num_states states; the latents' ``mode`` decides
+"position" (one parameter group of num_states heads per patch position) or "shared"
+(``num_groups`` groups of num_states / num_groups heads shared by all positions). The top tree
+is count-initialized from z (method.md section 2 step 6); the patch heads stay random until
+latent_em trains them.
+
+Text: a homogeneous HMM with num_states hidden states over windows of seq_len tokens,
+count-initialized from z and the windows: initial #(z_1 = a), transitions #(z_t = a, z_t+1 = b),
+emissions #(z_t = a, x_t = w), plus ``pseudocount`` (method.md section 4).
+
+    python -m lvd.stages.materialize_pc --config '{"num_latents": 16}' \
+        --data data.h5 --latents k16/latents.h5 --out k16/pc_init.h5
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import torch
+
+from lvd import pc
+from lvd.stages import common, pcutil
+
+log = logging.getLogger("lvd.materialize_pc")
+WRITER = "lvd.stages.materialize_pc"
+COUNT_CHUNK = 65536  # rows of z counted at a time (text: millions of windows)
+
+
+@dataclass(frozen=True)
+class Config:
+    num_latents: int = 16      # images: hidden states of every patch-tree node (text: unused, H = num_states)
+    num_groups: int = 1        # images, shared mode: patch sub-circuits; must divide num_states
+    pseudocount: float = 0.1   # added to the counts (spread evenly over each distribution)
+    seed: int = 0              # random patch parameters, Chow-Liu subsampling
+
+    def __post_init__(self):
+        for name in ("num_latents", "num_groups"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"pc.{name} is {v!r}, expected an integer >= 1")
+        if not isinstance(self.pseudocount, (int, float)) or self.pseudocount < 0:
+            raise ValueError(f"pc.pseudocount is {self.pseudocount!r}, expected a number >= 0")
+
+
+def chunked_count_init(tc, z, x=None, pseudocount: float = 0.1, chunk: int = COUNT_CHUNK) -> None:
+    """pc.count_init in chunks of rows (the same result: counts add up)."""
+    total = None
+    for i in range(0, len(z), chunk):
+        c = pc.counts(tc, z[i:i + chunk], None if x is None else x[i:i + chunk])
+        total = c if total is None else {k: total[k] + c[k] for k in total}
+    pc.update(tc, {k: v.to(tc.device) for k, v in total.items()}, 1.0, pseudocount)
+
+
+def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
+    """Build and count-initialize the circuit; returns a summary (also stored as attributes)."""
+    with common.Timer() as timer:
+        info = pcutil.data_info(data)
+        x = pcutil.load_split(data, "train")
+        z, mode, K = pcutil.load_latents(latents, len(x), pcutil.num_positions(info))
+        log.info("%s: %d train rows of %d variables; %s: %s mode, %d states", data, len(x),
+                 info.num_vars, latents, mode, K)
+        if info.kind == "image":
+            if mode == "shared" and K % cfg.num_groups:
+                raise ValueError(f"pc.num_groups={cfg.num_groups} must divide num_states={K} "
+                                 f"(from {latents}) in shared mode")
+            c = pc.lvd_circuit(info.image_shape, info.patch_size, num_states=K, num_latents=cfg.num_latents,
+                               num_cats=info.num_cats, mode=mode, num_groups=cfg.num_groups, data=x, z=z,
+                               seed=cfg.seed, device=device)
+            chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
+            log.info("LVD circuit: patch tree %d vars x %d groups x %d heads, K_h=%d; top tree over %d "
+                     "positions, K=%d", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,
+                     cfg.num_latents, c.num_positions, K)
+        else:
+            c = pc.hmm(info.seq_len, num_latents=K, vocab_size=info.num_cats, homogeneous=True,
+                       seed=cfg.seed, device=device)
+            chunked_count_init(c, z, x, pseudocount=cfg.pseudocount)
+            log.info("HMM: %d hidden states, vocabulary %d, seq_len %d", K, info.num_cats, info.seq_len)
+    summary = {"kind": info.kind, "mode": mode, "num_states": K, "num_params": c.num_params,
+               "seconds": timer.seconds}
+    if info.kind == "image":
+        with torch.no_grad():
+            summary["top_mean_ll_z"] = float(c.top.log_likelihood(z=torch.as_tensor(z)).mean())
+    pc.save(c, out, writer=WRITER, config=asdict(cfg), history=[], **summary)
+    log.info("wrote %s (%d params) in %.1f s", out, c.num_params, timer.seconds)
+    return summary
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
+    p.add_argument("--latents", required=True, help="latents.h5 (format lvd.latents)")
+    p.add_argument("--out", required=True, help="pc_init.h5 to write (format lvd.pc)")
+    args = p.parse_args(argv)
+    cfg = common.load_config(Config, args.config)
+    device = common.setup(args, seed=cfg.seed)
+    run(cfg, args.data, args.latents, args.out, device=device)
+
+
+if __name__ == "__main__":
+    main()

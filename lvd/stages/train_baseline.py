@@ -1,0 +1,80 @@
+"""train_baseline: the same circuit, randomly initialized, trained by EM on x alone.
+
+Reads data.h5 (train, valid) and pc_init.h5 for its structure and sizes only (the patch and
+top trees of an LVD circuit, or the HMM); every parameter is re-drawn at random with ``seed``
+(method.md section 2 step 9). Then the same EM as finetune: ``epochs`` mini-batch epochs
+(step size annealed linearly from ``step_size`` to ``step_size_end``) and ``full_batch_epochs``
+full-batch epochs. Writes baseline.h5 (format lvd.pc) with the same attributes as pc_final.h5.
+
+Budget: set the epochs equal to the LVD pipeline's passes over the training set:
+    images: epochs = latent_em.epochs + latent_em.top_epochs + finetune.epochs
+    text:   epochs = finetune.epochs
+    full_batch_epochs = finetune.full_batch_epochs
+(every pass of EM counts as an epoch, whichever part of the circuit it trains; a patch-head or
+top-tree epoch costs the LVD pipeline less than a whole-circuit epoch, so this favours the
+baseline). The baseline shares the top tree's structure, which materialize_pc built from the
+teacher's latents (Chow-Liu over z): a structural head start the baseline keeps.
+
+Optional ``--ckpt-dir``: per-epoch checkpoint and resume, as in finetune.
+
+    python -m lvd.stages.train_baseline --config '{"epochs": 25}' --data data.h5 \
+        --pc k16/pc_init.h5 --out k16/baseline.h5
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lvd import pc
+from lvd.stages import common, pcutil
+from lvd.stages.finetune import train_and_save
+
+log = logging.getLogger("lvd.train_baseline")
+WRITER = "lvd.stages.train_baseline"
+
+
+@dataclass(frozen=True)
+class Config:
+    epochs: int = 25               # mini-batch EM epochs (= the LVD budget, see the docstring)
+    full_batch_epochs: int = 1     # then full-batch EM epochs (step 1.0)
+    batch_size: int = 256
+    step_size: float = 0.1         # annealed linearly to step_size_end over all mini-batch steps
+    step_size_end: float = 0.01
+    pseudocount: float = 0.1
+    max_valid: int = 0             # valid rows scored after every epoch (seeded subset); 0 = all
+    seed: int = 1                  # the random parameters (patch tree: seed, top tree: seed + 1), shuffling
+
+    def __post_init__(self):
+        pcutil.check_schedule(self, "baseline")
+
+
+def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
+    """Train the randomly initialized circuit; returns a summary (also stored as attributes)."""
+    c = pcutil.random_like(pc.load(pc_path, device=device), cfg.seed)
+    log.info("random parameters with seed %d for the structure of %s", cfg.seed, pc_path)
+    ckpt = None if ckpt_dir is None else Path(ckpt_dir) / "train_baseline.h5"
+    key = pcutil.resume_key("train_baseline", pcutil.fingerprint(pc_path),
+                            pcutil.fingerprint(data, contents=False), cfg)
+    summary = train_and_save(c, cfg, data, out, source=pc_path, stage="train_baseline", writer=WRITER,
+                             history=[], ckpt=ckpt, key=key)
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+    return summary
+
+
+def main(argv=None) -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
+    p.add_argument("--pc", required=True, help="pc_init.h5: the structure to copy (its parameters are not used)")
+    p.add_argument("--out", required=True, help="baseline.h5 to write (format lvd.pc)")
+    p.add_argument("--ckpt-dir", default=None, help="directory for a per-epoch checkpoint (resume); optional")
+    args = p.parse_args(argv)
+    cfg = common.load_config(Config, args.config)
+    device = common.setup(args, seed=cfg.seed)
+    run(cfg, args.data, args.pc, args.out, args.ckpt_dir, device=device)
+
+
+if __name__ == "__main__":
+    main()

@@ -56,9 +56,12 @@ def split_metrics(c, info: pcutil.DataInfo, mean_ll: float, prefix: str) -> dict
 
 
 def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writer: str, history: list,
-                   ckpt=None, key: str = "", extra: dict | None = None) -> dict:
+                   ckpt_dir: str | None = None, extra: dict | None = None) -> dict:
     """EM of ``c`` (read from ``source``) on data's train split by cfg's schedule, valid ll per
-    epoch; save to ``out``."""
+    epoch; save to ``out``. With ``ckpt_dir``: a per-epoch checkpoint ``<stage>.h5`` there,
+    resumed when its key (stage, source, data layout, config) matches, deleted at the end."""
+    ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{stage}.h5"
+    key = pcutil.resume_key(stage, pcutil.fingerprint(source), pcutil.fingerprint(data, contents=False), cfg)
     info = pcutil.data_info(data)
     pcutil.check_circuit(c, info, source)
     with common.Timer() as timer:
@@ -77,20 +80,16 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
     pc.save(c, out, writer=writer, config=asdict(cfg), history=history + [record], **summary)
     log.info("wrote %s in %.1f s: %s", out, timer.seconds,
              ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("valid_")))
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
     return summary
 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
     """Fine-tune the circuit in ``pc_path``; returns a summary (also stored as attributes)."""
     c = pc.load(pc_path, device=device)
-    ckpt = None if ckpt_dir is None else Path(ckpt_dir) / "finetune.h5"
-    key = pcutil.resume_key("finetune", pcutil.fingerprint(pc_path),
-                            pcutil.fingerprint(data, contents=False), cfg)
-    summary = train_and_save(c, cfg, data, out, source=pc_path, stage="finetune", writer=WRITER,
-                             history=pcutil.history_of(pc_path), ckpt=ckpt, key=key)
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
-    return summary
+    return train_and_save(c, cfg, data, out, source=pc_path, stage="finetune", writer=WRITER,
+                          history=pcutil.history_of(pc_path), ckpt_dir=ckpt_dir)
 
 
 def main(argv=None) -> None:

@@ -79,6 +79,10 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
                      "positions, K=%d", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,
                      cfg.num_latents, c.num_positions, K)
         else:
+            if mode != "shared":
+                raise ValueError(f"{latents}: attribute 'mode' is {mode!r}; text needs 'shared' latents "
+                                 "(the HMM is homogeneous, so a state must mean the same at every "
+                                 "position): set latents.mode: shared")
             c = pc.hmm(info.seq_len, num_latents=K, vocab_size=info.num_cats, homogeneous=True,
                        seed=cfg.seed, device=device)
             chunked_count_init(c, z, x, pseudocount=cfg.pseudocount)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from lvd import pc
 from lvd.stages import common, pcutil
@@ -54,14 +53,8 @@ def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = N
     """Train the randomly initialized circuit; returns a summary (also stored as attributes)."""
     c = pcutil.random_like(pc.load(pc_path, device=device), cfg.seed)
     log.info("random parameters with seed %d for the structure of %s", cfg.seed, pc_path)
-    ckpt = None if ckpt_dir is None else Path(ckpt_dir) / "train_baseline.h5"
-    key = pcutil.resume_key("train_baseline", pcutil.fingerprint(pc_path),
-                            pcutil.fingerprint(data, contents=False), cfg)
-    summary = train_and_save(c, cfg, data, out, source=pc_path, stage="train_baseline", writer=WRITER,
-                             history=[], ckpt=ckpt, key=key)
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
-    return summary
+    return train_and_save(c, cfg, data, out, source=pc_path, stage="train_baseline", writer=WRITER,
+                          history=[], ckpt_dir=ckpt_dir)
 
 
 def main(argv=None) -> None:

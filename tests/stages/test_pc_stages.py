@@ -237,7 +237,11 @@ def test_text_count_init_finetune_and_perplexity(tmp_path):
     windows = {s: rng.integers(0, V, size=(n, T)) for s, n in (("train", 60), ("valid", 20), ("test", 25))}
     data = fx.write_text(tmp_path / "data.h5", windows, V)
     z = rng.integers(0, H, size=(60, T))
-    lat = fx.write_latents(tmp_path / "latents.h5", z, H)
+    pos = fx.write_latents(tmp_path / "latents_position.h5", z, H)
+    with pytest.raises(ValueError, match="latents_position.h5.*mode.*shared"):
+        materialize_pc.run(materialize_pc.Config(), data, pos, tmp_path / "pc_bad.h5")
+    assert not (tmp_path / "pc_bad.h5").exists()
+    lat = fx.write_latents(tmp_path / "latents.h5", z, H, mode="shared")
     a = 0.5
     materialize_pc.run(materialize_pc.Config(pseudocount=a), data, lat, tmp_path / "pc_init.h5")
     h = pc.load(tmp_path / "pc_init.h5")

@@ -44,13 +44,12 @@ def update(circuit, flow: dict, step_size: float, pseudocount: float) -> None:
         dim = circuit.norm_dims[name.split(".")[-1]]
         n = F.shape[dim]
         p = circuit.params[name]
-        denom = F.sum(dim, keepdim=True) + pseudocount
-        # a distribution with no flow and no pseudocount has no estimate: it keeps its values
-        new = torch.where(denom > 0, (F + pseudocount / n) / denom, p)
-        if step_size >= 1.0:
-            p.copy_(new)
-        else:
-            p.mul_(1.0 - step_size).add_(new, alpha=step_size)
+        denom = F.sum(dim, keepdim=True).add_(pseudocount)
+        new = (F + pseudocount / n).div_(denom)
+        if not bool((denom > 0).all()):
+            # a distribution with no flow and no pseudocount has no estimate: it keeps its values
+            new = torch.where(denom > 0, new, p)
+        p.lerp_(new, min(step_size, 1.0))                  # (1 - s) p + s new, one pass
 
 
 def _batches(N: int, batch_size: int, shuffle: bool, gen: np.random.Generator):

@@ -17,7 +17,7 @@ rule latent_em:
         "benchmarks/{run}/k{K}/latent_em/shard{shard}.tsv"
     conda:
         "../../envs/lvd.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,

@@ -92,16 +92,22 @@ def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = N
                           history=pcutil.history_of(pc_path), ckpt_dir=ckpt_dir)
 
 
-def main(argv=None) -> None:
-    p = common.parser(__doc__)
+def em_stage_main(argv, doc, config_cls, run_fn, pc_help: str, out_help: str) -> None:
+    """The command line of the EM stages (finetune, train_baseline): data, pc, out, ckpt-dir."""
+    p = common.parser(doc)
     p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
-    p.add_argument("--pc", required=True, help="circuit to start from (pc_latent.h5; text: pc_init.h5)")
-    p.add_argument("--out", required=True, help="pc_final.h5 to write (format lvd.pc)")
+    p.add_argument("--pc", required=True, help=pc_help)
+    p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--ckpt-dir", default=None, help="directory for the per-epoch checkpoint (resume)")
     args = p.parse_args(argv)
-    cfg = common.load_config(Config, args.config)
+    cfg = common.load_config(config_cls, args.config)
     device = common.setup(args, seed=cfg.seed)
-    run(cfg, args.data, args.pc, args.out, args.ckpt_dir, device=device)
+    run_fn(cfg, args.data, args.pc, args.out, args.ckpt_dir, device=device)
+
+
+def main(argv=None) -> None:
+    em_stage_main(argv, __doc__, Config, run, "circuit to start from (pc_latent.h5; text: pc_init.h5)",
+                  "pc_final.h5 to write (format lvd.pc)")
 
 
 if __name__ == "__main__":

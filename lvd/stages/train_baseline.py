@@ -27,8 +27,8 @@ import logging
 from dataclasses import asdict, dataclass
 
 from lvd import pc
-from lvd.stages import common, pcutil
-from lvd.stages.finetune import train_and_save
+from lvd.stages import pcutil
+from lvd.stages.finetune import em_stage_main, train_and_save
 
 log = logging.getLogger("lvd.train_baseline")
 WRITER = "lvd.stages.train_baseline"
@@ -58,15 +58,8 @@ def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = N
 
 
 def main(argv=None) -> None:
-    p = common.parser(__doc__)
-    p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
-    p.add_argument("--pc", required=True, help="pc_init.h5: the structure to copy (its parameters are not used)")
-    p.add_argument("--out", required=True, help="baseline.h5 to write (format lvd.pc)")
-    p.add_argument("--ckpt-dir", default=None, help="directory for a per-epoch checkpoint (resume); optional")
-    args = p.parse_args(argv)
-    cfg = common.load_config(Config, args.config)
-    device = common.setup(args, seed=cfg.seed)
-    run(cfg, args.data, args.pc, args.out, args.ckpt_dir, device=device)
+    em_stage_main(argv, __doc__, Config, run, "pc_init.h5: the structure to copy (its parameters are not used)",
+                  "baseline.h5 to write (format lvd.pc)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Every artifact between stages is an HDF5 file whose root attributes say what it 
     writer          "lvd <version> <module>"
     created         ISO time (UTC)
     config          JSON of the stage config that wrote it
-    host, device, slurm_job_id   where it was computed (see lvd.devices.provenance)
+    host, device, slurm_job_id, cuda_visible_devices   where it was computed (lvd.devices.provenance)
 
 Files are written to a temporary name beside the target and renamed when complete,
 so a killed job never leaves a half-written artifact under the final name, and an

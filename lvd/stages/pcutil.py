@@ -187,36 +187,6 @@ def random_like(circuit, seed: int):
     return fresh(circuit, seed)
 
 
-class HeadObserved:
-    """A one-group TreeCircuit whose head is observed per example (batch key ``heads`` [B]).
-
-    The objective is log p_h(x) for the example's own head h, so every example's flow runs
-    through its head's root distribution only; the sub-circuit below is shared by the heads.
-    EM needs only ``params``, ``norm_dims``, ``device`` and ``objective``; the tables are the
-    wrapped circuit's own, so EM trains it in place.
-    """
-
-    norm_dims = TreeCircuit.norm_dims
-
-    def __init__(self, tc: TreeCircuit):
-        if tc.num_groups != 1:
-            raise ValueError(f"HeadObserved needs a one-group circuit, got {tc.num_groups} groups")
-        self.tc = tc
-
-    @property
-    def params(self):
-        return self.tc.params
-
-    @property
-    def device(self):
-        return self.tc.device
-
-    def objective(self, logp, batch: dict) -> torch.Tensor:
-        lls = self.tc.group_lls(logp, batch["x"], batch.get("missing"))       # [B, 1, H]
-        heads = batch["heads"].to(lls.device).long().view(-1, 1, 1)
-        return lls.gather(2, heads)[:, 0, 0]                                  # [B]
-
-
 # --------------------------------------------------------------------------------- EM runs
 @dataclass(frozen=True)
 class Schedule:

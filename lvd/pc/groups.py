@@ -44,20 +44,23 @@ def _block_size(tc, batch_size: int, max_bytes: float) -> int:
 
 
 def em_groups(tc, xs: list, heads: list, *, epochs: int, batch_size: int, step_size: float,
-              step_size_end: float | None = None, pseudocount: float = 0.1, group_seeds=None,
-              max_bytes: float = 512 * 2**20, progress_seconds: float = 30.0) -> np.ndarray:
-    """Train the G groups of TreeCircuit ``tc`` in place; returns history float64 [G, epochs].
+              step_size_end: float | None = None, pseudocount: float = 0.1, full_batch_epochs: int = 0,
+              group_seeds=None, max_bytes: float = 512 * 2**20, progress_seconds: float = 30.0) -> np.ndarray:
+    """Train the G groups of TreeCircuit ``tc`` in place; returns history [G, epochs + full_batch_epochs].
 
     xs[g]: int64 [n_g, V] the members of group g; heads[g]: int64 [n_g] each member's head.
+    ``epochs`` mini-batch epochs, then ``full_batch_epochs`` full-batch epochs (every group's
+    flows accumulated over its members, one update with step 1: exact EM per group).
     history[g, e] = mean log p_{g, head}(x) of group g's members during epoch e (NaN when
-    n_g = 0). group_seeds[g]: seed of group g's shuffling (default g).
+    n_g = 0; a full-batch epoch's is at its start). group_seeds[g]: seed of group g's
+    shuffling (default g).
     """
     G = tc.num_groups
     if len(xs) != G or len(heads) != G:
         raise ValueError(f"em_groups: {len(xs)} member arrays and {len(heads)} head arrays for {G} groups")
     end = step_size if step_size_end is None else step_size_end
     seeds = list(range(G)) if group_seeds is None else [int(s) for s in group_seeds]
-    hist = np.full((G, epochs), np.nan)
+    hist = np.full((G, epochs + full_batch_epochs), np.nan)
     sizes = np.array([len(a) for a in xs])
     for g in range(G):
         if len(heads[g]) != sizes[g]:
@@ -72,8 +75,8 @@ def em_groups(tc, xs: list, heads: list, *, epochs: int, batch_size: int, step_s
     for b0 in range(0, len(active), block):
         groups = active[b0:b0 + block]
         _train_block(tc, groups, [xs[g] for g in groups], [heads[g] for g in groups],
-                     [seeds[g] for g in groups], epochs, batch_size, step_size, end, pseudocount,
-                     hist)
+                     [seeds[g] for g in groups], epochs, full_batch_epochs, batch_size, step_size, end,
+                     pseudocount, hist)
         if time.perf_counter() - t_last > progress_seconds or b0 + block >= len(active):
             log.info("groups: %d / %d trained (%d epochs each)", min(b0 + block, len(active)),
                      len(active), epochs)
@@ -81,7 +84,8 @@ def em_groups(tc, xs: list, heads: list, *, epochs: int, batch_size: int, step_s
     return hist
 
 
-def _train_block(tc, groups, xs, heads, seeds, epochs, batch_size, s0, s1, pseudocount, hist):
+def _train_block(tc, groups, xs, heads, seeds, epochs, full_batch_epochs, batch_size, s0, s1,
+                 pseudocount, hist):
     dev, Gb, V = tc.device, len(groups), tc.num_vars
     gidx = torch.as_tensor(groups, device=dev)
     # the block's tables as a circuit of Gb groups (copies; written back at the end)
@@ -92,9 +96,12 @@ def _train_block(tc, groups, xs, heads, seeds, epochs, batch_size, s0, s1, pseud
     total_steps = epochs * nb
     X = [torch.as_tensor(np.asarray(a), dtype=torch.long) for a in xs]
     Hd = [torch.as_tensor(np.asarray(h), dtype=torch.long) for h in heads]
-    for e in range(epochs):
-        chunks = [np.array_split(r.permutation(k), m) for r, k, m in zip(rngs, n, nb)]
+    for e in range(epochs + full_batch_epochs):
+        full = e >= epochs
+        chunks = [np.array_split(np.arange(k) if full else r.permutation(k), m)
+                  for r, k, m in zip(rngs, n, nb)]
         ll_sum = torch.zeros(Gb, dtype=torch.float64, device=dev)
+        acc = None
         for t in range(int(nb.max())):
             live = [j for j in range(Gb) if t < nb[j]]
             B = max(len(chunks[j][t]) for j in live)
@@ -113,6 +120,9 @@ def _train_block(tc, groups, xs, heads, seeds, epochs, batch_size, s0, s1, pseud
             names = list(logp)
             grads = torch.autograd.grad(ll.sum(), [logp[k] for k in names])
             ll_sum += ll.detach().double().sum(0)
+            if full:
+                acc = list(grads) if acc is None else [a + g for a, g in zip(acc, grads)]
+                continue
             step = torch.zeros(Gb, device=dev)
             for j in live:
                 step[j] = s0 + (s1 - s0) * (e * nb[j] + t) / max(int(total_steps[j]) - 1, 1)
@@ -124,6 +134,11 @@ def _train_block(tc, groups, xs, heads, seeds, epochs, batch_size, s0, s1, pseud
                     shape[d] = Gb
                     p.lerp_(target(F, p, sub.norm_dims[k], pseudocount),
                             step.clamp(max=1.0).view(shape))
+        if full:
+            with torch.no_grad():
+                for k, F in zip(names, acc):
+                    p = sub.params[k]
+                    p.copy_(target(F, p, sub.norm_dims[k], pseudocount))
         mean = (ll_sum.cpu().numpy() / n)
         for j, g in enumerate(groups):
             hist[g, e] = mean[j]

@@ -44,7 +44,8 @@ WRITER = "lvd.stages.latent_em"
 @dataclass(frozen=True)
 class Config:
     """Config section ``latent_em``, read by latent_em and latent_top_em."""
-    epochs: int = 10                # patch-head EM epochs (each a pass over the group's members)
+    epochs: int = 10                # patch-head mini-batch EM epochs (each a pass over the group's members)
+    full_batch_epochs: int = 0      # then full-batch EM epochs of every group (exact EM, step 1)
     batch_size: int = 256           # patches per mini-batch
     step_size: float = 0.1          # annealed linearly to step_size_end over each group's steps
     step_size_end: float = 0.01
@@ -97,7 +98,8 @@ def train_groups(c: pc.LVDCircuit, x, z, groups: list[int], cfg: Config):
             log.warning("group %d has no members: its tables keep their initial values", g)
     hist = pc.em_groups(sub, list(xs), list(hs), epochs=cfg.epochs, batch_size=cfg.batch_size,
                         step_size=cfg.step_size, step_size_end=cfg.step_size_end,
-                        pseudocount=cfg.pseudocount, group_seeds=[group_seed(cfg.seed, g) for g in groups])
+                        pseudocount=cfg.pseudocount, full_batch_epochs=cfg.full_batch_epochs,
+                        group_seeds=[group_seed(cfg.seed, g) for g in groups])
     return sub.params, sizes, hist
 
 
@@ -134,7 +136,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
     with io.create(out, "lvd.pc_shard", WRITER, asdict(cfg), **summary) as f:
         f["groups"] = np.asarray(groups, dtype=np.int64)
         f["num_examples"] = np.asarray(counts, dtype=np.int64)
-        f["history"] = np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs)
+        f["history"] = np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs + cfg.full_batch_epochs)
         for name in c.patch.params:
             f[f"params/{name}"] = params[name].cpu().numpy()
     log.info("wrote %s: %d groups in %.1f s", out, len(groups), timer.seconds)

@@ -156,9 +156,13 @@ def fingerprint(path, contents: bool = True) -> str:
 
 def check_circuit(c, info: DataInfo, pc_path) -> None:
     """Raise ArtifactError when the circuit in ``pc_path`` does not model ``info``'s data."""
-    if info.kind == "image":
+    if info.kind == "image" and not isinstance(c, pc.LVDCircuit) and getattr(c, "kind", "") == "hclt":
+        got, want = (c.num_vars, c.num_cats), (info.num_vars, info.num_cats)
+        fields = "(num_vars, num_cats) of the HCLT"
+    elif info.kind == "image":
         if not isinstance(c, pc.LVDCircuit):
-            raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd', but {info.path} holds images")
+            raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd' (nor an HCLT), but "
+                                   f"{info.path} holds images")
         got, want = (c.image_shape, c.patch_size, c.num_cats), (info.image_shape, info.patch_size, info.num_cats)
         fields = "(image shape, patch_size, num_cats)"
     else:

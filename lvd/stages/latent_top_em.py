@@ -167,7 +167,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
         g = gather(c, [str(s) for s in shards], pc_path, latents)
         n = g["num_examples"]
         cond = [float(np.nansum(g["history"][:, e] * n) / len(x)) for e in range(g["history"].shape[1])]
-        patch_record = {"stage": "latent_em", "epochs": cfg.epochs, "num_shards": len(shards),
+        patch_record = {"stage": "latent_em", "epochs": cfg.epochs + cfg.full_batch_epochs, "num_shards": len(shards),
                         "train_ll_given_z": cond, "group_sizes": n.tolist()}
         rows = chunk_rows(c)
         need = len(x) * c.num_positions * c.num_states * 4

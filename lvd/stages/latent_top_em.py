@@ -129,15 +129,19 @@ class DiskLLs:
         self.offset = np.empty((N, m), dtype=np.float32)
         self.path = path
         self.file = h5py.File(path, "w")
-        self.d = self.file.create_dataset("lls", shape=(N, m, K), dtype=np.float16,
-                                          chunks=(min(N, max(1, 2**20 // (m * K * 2))), m, K))
-        for i in range(0, N, rows):
-            L = c.latent_lls(x[self.perm[i:i + rows]]).cpu()
-            mx = L.amax(-1)
-            self.offset[i:i + len(L)] = mx.numpy()
-            self.d[i:i + len(L)] = (L - mx[..., None]).clamp_min(-6e4).numpy().astype(np.float16)
-            if (i // rows) % 20 == 19:
-                log.info("L on disk: %d / %d rows", i + len(L), N)
+        try:  # an error or SIGTERM while filling removes the file too
+            self.d = self.file.create_dataset("lls", shape=(N, m, K), dtype=np.float16,
+                                              chunks=(min(N, max(1, 2**20 // (m * K * 2))), m, K))
+            for i in range(0, N, rows):
+                L = c.latent_lls(x[self.perm[i:i + rows]]).cpu()
+                mx = L.amax(-1)
+                self.offset[i:i + len(L)] = mx.numpy()
+                self.d[i:i + len(L)] = (L - mx[..., None]).clamp_min(-6e4).numpy().astype(np.float16)
+                if (i // rows) % 20 == 19:
+                    log.info("L on disk: %d / %d rows", i + len(L), N)
+        except BaseException:
+            self.close()
+            raise
 
     def __len__(self) -> int:
         return len(self.perm)

@@ -26,6 +26,7 @@ tables ``params/edges`` [E_t, g, K, K], ``params/root`` [g, H, K], ``params/leav
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from lvd import io, pc
+from lvd.pc import validate
 from lvd.stages import common, pcutil
 
 log = logging.getLogger("lvd.latent_em")
@@ -140,6 +142,8 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
                 shape = list(c.patch.params[name].shape)
                 shape[dim] = 0
                 f[f"params/{name}"] = np.zeros(shape, dtype=np.float32)
+        fields = ["groups", "num_examples", "history", *(f"params/{n}" for n in c.patch.params)]
+        f.attrs[validate.CHECKSUM_ATTR] = json.dumps(validate.checksums({k: f[k][()] for k in fields}))
     log.info("wrote %s: %d groups in %.1f s", out, len(groups), timer.seconds)
     return summary
 

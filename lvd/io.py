@@ -147,6 +147,25 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str = "a JSON file") -> Any:
+    """The JSON value in ``path``; ArtifactError naming the file for a missing file, bytes that
+    are not UTF-8, or invalid JSON (with its line and column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found (expected {what})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected {what}") from e
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read ({e.strerror}); expected {what}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                            f"expected {what}") from e
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()

@@ -142,3 +142,13 @@ def test_use_gpu_never_claims_no_gpu(tmp_path, monkeypatch):
     finally:
         devices.release()
         os.close(fd)
+
+
+@pytest.mark.parametrize("mode", ["position", "shared"])
+def test_nan_or_inf_embeddings_name_the_file_and_field(tmp_path, mode):
+    emb, _ = position_blobs(n=60, p=2)
+    emb[7, 1, 2] = np.nan if mode == "position" else np.inf
+    src = write_embeddings(tmp_path / "embeddings.h5", emb)
+    with pytest.raises(ValueError, match=r"embeddings\.h5: field 'train' \(60, 2, 3\): 1 NaN or infinite values"):
+        stage.run(stage.Config(mode=mode, num_states=3), str(src), str(tmp_path / "l.h5"))
+    assert not (tmp_path / "l.h5").exists()

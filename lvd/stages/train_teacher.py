@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lvd import io, teachers
+from lvd.progress import Progress
 from lvd.stages import common
 
 log = logging.getLogger("lvd.train_teacher")
@@ -150,7 +151,8 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
     for epoch in range(start, cfg.epochs if not stopped else start):
         model.train()
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-        sums, n, last_log = {}, 0, time.perf_counter()
+        sums, n = {}, 0
+        bar = Progress(per_epoch, f"epoch {epoch + 1}/{cfg.epochs}: batch", log)  # tqdm or log lines
         for b in range(per_epoch):
             x = train[perm[b * bs:(b + 1) * bs]].to(device)
             for group in opt.param_groups:
@@ -163,14 +165,13 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
             step, n = step + 1, n + 1
             for k, v in {"loss": loss.item(), **logs}.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if time.perf_counter() - last_log > 30:
-                last_log = time.perf_counter()
-                log.info("epoch %d batch %d/%d loss %.4f", epoch + 1, b + 1, per_epoch, sums["loss"] / n)
+            bar.update(loss=sums["loss"] / n)
             if time.perf_counter() - t0 > cap:
                 stopped = True
                 log.warning("max_minutes=%g reached during epoch %d (batch %d/%d); stopping",
                             cfg.max_minutes, epoch + 1, b + 1, per_epoch)
                 break
+        bar.close()
         model.eval()
         row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
         if "valid" in splits and len(splits["valid"]):

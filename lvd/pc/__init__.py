@@ -15,13 +15,14 @@ Public API::
 from lvd.pc.circuit import TreeCircuit, latent_evidence
 from lvd.pc.counting import count_init, counts
 from lvd.pc.em import em, flows, mean_log_likelihood, update
+from lvd.pc.groups import em_groups
 from lvd.pc.lvdcircuit import LVDCircuit, lvd_circuit
 from lvd.pc.serialize import load, load_attrs, save
 from lvd.pc.structures import chow_liu_tree, hclt, hmm, mutual_information, tree_structure
 from lvd.pc.tree import TreeStructure, tree_lls
 
 __all__ = [
-    "LVDCircuit", "TreeCircuit", "TreeStructure", "load", "load_attrs", "lvd_circuit", "save", "chow_liu_tree", "count_init", "counts", "em", "flows",
+    "LVDCircuit", "TreeCircuit", "TreeStructure", "load", "load_attrs", "lvd_circuit", "save", "chow_liu_tree", "count_init", "counts", "em", "em_groups", "flows",
     "hclt", "hmm", "latent_evidence", "mean_log_likelihood", "mutual_information",
     "tree_lls", "tree_structure", "update",
 ]

@@ -39,19 +39,24 @@ def _selected(name: str, names) -> bool:
     return any(name == n or name.startswith(n) for n in names)
 
 
+def target(F: torch.Tensor, p: torch.Tensor, dim: int, pseudocount: float) -> torch.Tensor:
+    """The EM estimate (F + a / n) / (sum F + a) over ``dim``; a distribution with no flow and
+    no pseudocount has no estimate and keeps its values ``p``."""
+    n = F.shape[dim]
+    denom = F.sum(dim, keepdim=True).add_(pseudocount)
+    new = (F + pseudocount / n).div_(denom)
+    if not bool((denom > 0).all()):
+        new = torch.where(denom > 0, new, p)
+    return new
+
+
 @torch.no_grad()
 def update(circuit, flow: dict, step_size: float, pseudocount: float) -> None:
     """Apply the EM update to every table that has flows."""
     for name, F in flow.items():
         dim = circuit.norm_dims[name.split(".")[-1]]
-        n = F.shape[dim]
         p = circuit.params[name]
-        denom = F.sum(dim, keepdim=True).add_(pseudocount)
-        new = (F + pseudocount / n).div_(denom)
-        if not bool((denom > 0).all()):
-            # a distribution with no flow and no pseudocount has no estimate: it keeps its values
-            new = torch.where(denom > 0, new, p)
-        p.lerp_(new, min(step_size, 1.0))                  # (1 - s) p + s new, one pass
+        p.lerp_(target(F, p, dim, pseudocount), min(step_size, 1.0))   # (1 - s) p + s new, one pass
 
 
 def _batches(N: int, batch_size: int, shuffle: bool, gen: np.random.Generator):

@@ -1,14 +1,18 @@
 """The LVD image circuit: p(x) = sum_z p_top(z) prod_i p_i(x_i | z_i).
 
 Two latent trees (lvd.pc.tree):
-  * ``patch``: a tree over the P = p*p*Ch variables of one patch with ``num_latents`` states,
-    G parameter groups of H heads each. Head h of group g is p(x_patch | Z = state) for one
-    state of a patch latent: its own root distribution [G, H, K] over the patch tree's root
-    states, with every sub-circuit below the root shared by the heads of the group.
-      mode "position" (LVD): group i serves patch position i; H = num_states.
-      mode "shared" (LVD-PG): one vocabulary of num_states = G * H states at every position;
-                              state s uses head s % H of group s // H; every group's
-                              sub-circuit is evaluated on every patch.
+  * ``patch``: a tree over the P = p*p*Ch variables of one patch with ``num_latents`` hidden
+    states per node, G parameter groups of H heads each. A group is a patch circuit with
+    parameters of its own (edges, leaves, root); head h of group g is one root distribution
+    over the group's root states, so the H heads of a group share every sub-circuit below
+    the root and nothing else. State k of a patch latent is served by one (group, head):
+      mode "position" (LVD): R = K / H groups per position, state k of position i is head
+          k % H of group i * R + k // H. H = 1 (the default) gives every state of every
+          position a patch circuit of its own, fitted on that state's members only
+          (method.md section 2, steps 5-6); H = K is the older design where all states of
+          a position share one circuit and differ only in the root mixture.
+      mode "shared" (LVD-PG): one vocabulary of K = G * H states at every position; state s
+          is head s % H of group s // H, and every group is evaluated on every patch.
   * ``top``: a tree over the num_positions patch latents Z_i with ``num_states`` states and no
     leaves of its own; its evidence is L[b, i, k] = log p_i(x_i(b) | Z_i = k).
 Z is materialized: hard evidence (z observed), soft evidence (log-potentials) or none.
@@ -38,13 +42,15 @@ class LVDCircuit:
         if top.num_vars != m or patch.num_vars != P:
             raise ValueError(f"top tree has {top.num_vars} nodes and patch tree {patch.num_vars}; "
                              f"the image has {m} patches of {P} variables")
-        G, H = patch.num_groups, patch.num_heads
-        if mode == "position" and (G != m or H != top.num_latents):
-            raise ValueError(f"mode 'position' needs {m} groups of {top.num_latents} heads, got {G} x {H}")
-        if mode == "shared" and G * H != top.num_latents:
-            raise ValueError(f"mode 'shared' needs groups x heads = num_states = {top.num_latents}")
+        G, H, K = patch.num_groups, patch.num_heads, top.num_latents
         if mode not in ("position", "shared"):
             raise ValueError(f"mode must be 'position' or 'shared', got {mode!r}")
+        if K % H:
+            raise ValueError(f"{H} heads per group do not divide num_states = {K}")
+        want = m * (K // H) if mode == "position" else K // H
+        if G != want:
+            raise ValueError(f"mode {mode!r} with {K} states and {H} heads per group needs {want} "
+                             f"patch groups, got {G}")
 
     # ----------------------------------------------------------------- basics
     @property
@@ -67,6 +73,23 @@ class LVDCircuit:
     @property
     def num_states(self) -> int:
         return self.top.num_latents
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.patch.num_heads
+
+    @property
+    def groups_per_position(self) -> int:
+        """R: patch groups serving one position (mode "position"); 1 group = H states."""
+        return self.num_states // self.patch.num_heads if self.mode == "position" else 0
+
+    def state_group(self, position, state):
+        """(group, head) of the patch circuit serving ``state`` at ``position`` (arrays or ints)."""
+        H = self.patch.num_heads
+        g = state // H
+        if self.mode == "position":
+            g = position * self.groups_per_position + g
+        return g, state % H
 
     @property
     def num_cats(self) -> int:
@@ -102,7 +125,10 @@ class LVDCircuit:
         mp = None if missing is None else self._patches(torch.as_tensor(missing).bool())
         B, m, P = xp.shape
         if self.mode == "position":
-            return self.patch.group_lls(logp_patch, xp, mp)          # [B, m, H]
+            R = self.groups_per_position                             # groups of one position
+            xg = xp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
+            mg = None if mp is None else mp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
+            return self.patch.group_lls(logp_patch, xg, mg).reshape(B, m, -1)   # [B, m, R * H]
         lls = self.patch.group_lls(logp_patch, xp.reshape(B * m, P),
                                    None if mp is None else mp.reshape(B * m, P))
         return lls.reshape(B, m, -1)                                 # [B, m, G * H]
@@ -153,33 +179,80 @@ class LVDCircuit:
         z = z[:, 0]                                                  # [B, m]
         xp, mp = self._patches(x), self._patches(missing)
         seed2 = None if gen_seed is None else gen_seed + 1
+        H, P = self.patch.num_heads, xp.shape[-1]
+        pos = torch.arange(m, device=dev)[None, :]
+        g, h = self.state_group(pos, z)                              # [B, m] each
         if self.mode == "position":
-            out, _ = queries.tree_sample(self.patch, B, xp, mp, heads=z, seed=seed2)
+            R = self.groups_per_position
+            xg = xp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
+            mg = mp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
+            heads = h.repeat_interleave(R, dim=1)                    # [B, G]: head of each group
+            allg, _ = queries.tree_sample(self.patch, B, xg, mg, heads=heads, seed=seed2)  # [B, G, P]
+            out = allg[torch.arange(B, device=dev)[:, None], g]       # [B, m, P]
         else:
-            H, P = self.patch.num_heads, xp.shape[-1]
-            heads = (z % H).reshape(-1, 1).expand(-1, self.patch.num_groups)
+            heads = h.reshape(-1, 1).expand(-1, self.patch.num_groups)
             allg, _ = queries.tree_sample(self.patch, B * m, xp.reshape(-1, P), mp.reshape(-1, P),
                                           heads=heads, seed=seed2)     # [B*m, G, P]
-            g = (z // H).reshape(-1)
-            out = allg[torch.arange(B * m, device=dev), g].reshape(B, m, P)
+            out = allg[torch.arange(B * m, device=dev), g.reshape(-1)].reshape(B, m, P)
         result = x.clone()
         result[:, self.index.to(dev)] = out
         return result
 
 
+def distinguishable(num_heads: int, num_latents: int) -> str | None:
+    """Why heads sharing a patch circuit cannot carry distinct states, or None when they can.
+
+    The H heads of a group are mixtures over the group's ``num_latents`` root states: with one
+    root state they are all the same distribution; with more heads than root states they are
+    confined to a num_latents-dimensional family (the design issue 8 measured: 64 heads,
+    32 root states, 1.3% of a position's parameters seeing the assignment)."""
+    if num_heads > 1 and num_latents == 1:
+        return (f"{num_heads} heads per group over a patch circuit with num_latents = 1 are all the "
+                f"same distribution: the states cannot be told apart")
+    if num_heads > num_latents:
+        return (f"{num_heads} heads per group share one patch circuit with only {num_latents} root "
+                f"states: the heads span at most {num_latents} directions, so states are only "
+                f"weakly distinguished (use heads_per_group <= num_latents, ideally 1)")
+    return None
+
+
 def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int, num_cats: int, *,
-                mode: str = "position", num_groups: int | None = None, top_parents=None,
-                patch_parents=None, data=None, z=None, seed: int = 0, device="cpu") -> LVDCircuit:
+                mode: str = "position", num_groups: int | None = None, heads_per_group: int | None = None,
+                top_parents=None, patch_parents=None, data=None, z=None, seed: int = 0,
+                device="cpu") -> LVDCircuit:
     """Build an LVD circuit with random (seeded) parameters.
 
     Structures: ``patch_parents`` (tree over one patch's P variables) defaults to the Chow-Liu
     tree of the training patches pooled over positions (needs ``data`` [N, num_vars]);
     ``top_parents`` (tree over positions) to the Chow-Liu tree of the latents ``z`` [N, m]
-    (method.md section 2 step 5). Mode "shared" needs ``num_groups`` dividing num_states.
+    (method.md section 2 step 5).
+
+    Heads: ``heads_per_group`` H states share one patch circuit (H must divide num_states).
+    Mode "position": default H = 1, every state of every position owns its patch circuit.
+    Mode "shared": H = num_states / num_groups (``num_groups`` default 1) unless
+    ``heads_per_group`` is given. A configuration whose heads cannot be told apart
+    (``distinguishable``) raises ValueError.
     """
     H_img, W_img, Ch = image_shape
     idx = patch_index(H_img, W_img, Ch, patch_size)
     m, P = idx.shape
+    if mode not in ("position", "shared"):
+        raise ValueError(f"mode must be 'position' or 'shared', got {mode!r}")
+    if heads_per_group is None:
+        if mode == "position":
+            heads_per_group = 1
+        else:
+            G = int(num_groups or 1)
+            if num_states % G:
+                raise ValueError(f"num_groups={G} must divide num_states={num_states}")
+            heads_per_group = num_states // G
+    H = int(heads_per_group)
+    if H < 1 or num_states % H:
+        raise ValueError(f"heads_per_group={H} must be >= 1 and divide num_states={num_states}")
+    why = distinguishable(H, num_latents)
+    if why is not None and num_latents == 1:
+        raise ValueError(why)
+    G = m * (num_states // H) if mode == "position" else num_states // H
     if patch_parents is None:
         if data is None:
             raise ValueError("lvd_circuit: give patch_parents or training data to build the patch tree")
@@ -189,13 +262,6 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
         if z is None:
             raise ValueError("lvd_circuit: give top_parents or latents z to build the top tree")
         top_parents = chow_liu_tree(np.asarray(z), num_states, num_bins=None, seed=seed)
-    if mode == "position":
-        G, H = m, num_states
-    else:
-        G = int(num_groups or 1)
-        if num_states % G:
-            raise ValueError(f"num_groups={G} must divide num_states={num_states}")
-        H = num_states // G
     patch = TreeCircuit(tree_structure(patch_parents), num_latents, num_cats, num_groups=G,
                         num_heads=H, kind="patch", seed=seed, device=device)
     top = TreeCircuit(tree_structure(top_parents), num_states, 0, kind="top", seed=seed + 1,

@@ -52,6 +52,8 @@ SECTIONS = {
     "latent_top_em": "latent_em",
     "finetune": "finetune",
     "train_baseline": "baseline",
+    "train_hclt": "hclt",
+    "random_latents": None,
     "evaluate": "evaluate",
     "summarize": None,
 }

@@ -1,27 +1,36 @@
-"""evaluate: test metrics of the LVD circuit and the baseline, and the figures.
+"""evaluate: test metrics of LVD and of every control, with their spread over seeds; figures.
 
-Reads data.h5 (valid, test), pc_final.h5, baseline.h5, teacher_metrics.json and the Snakemake
-benchmark files; writes metrics.json and figures into --figdir.
+Reads data.h5 (valid, test), the circuits of every arm and seed (``--pc``: LVD's pc_final.h5
+files, ``--random``: the random-latent arm's, ``--baseline``, ``--hclt``; one file per seed
+each, seed order), teacher_metrics.json and the Snakemake benchmark files; writes metrics.json
+and figures into --figdir.
 
-Images: ``test_bpd`` / ``baseline_test_bpd`` = - mean test log-likelihood / (ln 2 * num_vars)
-over whole test images (``valid_bpd`` likewise), ``inpaint_bpd``: bits per hidden pixel of the
-bottom half given the top half (exact: log p(x) - log p(x_top)); figures samples.png (LVD,
-baseline, test images), inpainting.png (bottom half hidden: originals, masked, conditional
-samples of both circuits), curves.png (valid and train bpd per epoch of latent_top_em,
-finetune and the baseline on one epoch axis, the LVD curve starting after latent_em's epochs).
+Images: ``test_bpd`` = - mean test log-likelihood / (ln 2 * num_vars) over whole test images,
+the mean over LVD's seeds; ``<arm>_test_bpd`` the same for arm in random_latents, baseline,
+hclt; ``test_bpd_std`` / ``<arm>_test_bpd_std`` the sample standard deviation over seeds (0
+with one seed), ``*_test_bpd_seeds`` the values per seed, ``num_seeds``; ``valid_bpd`` likewise.
+``inpaint_bpd`` / ``baseline_inpaint_bpd`` (seed 0): bits per hidden pixel of the bottom half
+given the top half (exact: log p(x) - log p(x_top)). ``hclt_num_params``,
+``hclt_num_latents``, ``hclt_seconds`` (mean training wall time over seeds, from the HCLT
+files). ``controls``: for every control arm, ``margin`` (its mean minus LVD's: > 0 means LVD
+is better), ``spread`` (the larger of the two standard deviations), ``beats`` (margin >
+spread) and ``beats_3std`` (margin > 3 spread); the report states these in words. Figures
+(seed 0): samples.png (LVD, baseline, test images), inpainting.png (bottom half hidden),
+curves.png (valid and train bpd per epoch of every arm on one epoch axis).
 
-Text: ``test_perplexity`` = exp(- sum over test windows of log p(window) / (num_windows *
-seq_len)): every window is scored on its own from the HMM's initial distribution and each of
-its tokens counts once per window holding it (with stride-1 windows a token is scored in up to
-seq_len windows). This equals exp(- mean over windows of ll / seq_len) and the teacher LM's
-definition (lvd.teachers.lm). Figure perplexity.png.
+Text: the same with ``test_perplexity`` = exp(- sum over test windows of log p(window) /
+(num_windows * seq_len)) (every window scored on its own from the HMM's initial distribution;
+equal to exp(- mean window ll / seq_len), the teacher LM's definition, lvd.teachers.lm); the
+controls are random_latents and baseline (the random-init HMM). Figure perplexity.png.
 
 Both: ``teacher_test_bpd`` / ``teacher_test_perplexity`` copied from teacher_metrics.json (may
 be null), ``num_params``, ``num_states``, ``seconds`` ({stage: seconds} from the ``s`` column
 of every ``*.tsv`` under --benchmarks-dir: run-level files and those under k<num_states>/, the
-prefix removed; a missing directory gives {}), ``total_seconds``.
+prefix removed; a missing directory gives {}), ``total_seconds``. A metric that cannot be (a
+NaN or negative bpd, a perplexity below 1) is an error naming the circuit file.
 
-    python -m lvd.stages.evaluate --data data.h5 --pc k16/pc_final.h5 --baseline k16/baseline.h5 \
+    python -m lvd.stages.evaluate --data data.h5 --pc k16/lvd/s0/pc_final.h5 \
+        --random k16/random/s0/pc_final.h5 --baseline k16/baseline/s0.h5 --hclt k16/hclt/s0.h5 \
         --teacher-metrics teacher_metrics.json --benchmarks-dir benchmarks/run \
         --out k16/metrics.json --figdir k16/figures
 """
@@ -46,6 +55,7 @@ log = logging.getLogger("lvd.evaluate")
 
 @dataclass(frozen=True)
 class Config:
+    num_seeds: int = 1         # seeds of every arm (the workflow trains each arm this many times)
     num_samples: int = 16      # unconditional samples per circuit in samples.png
     num_inpaint: int = 6       # test images in inpainting.png (3 conditional samples each per circuit)
     batch_size: int = 512      # examples per likelihood batch
@@ -53,9 +63,9 @@ class Config:
     seed: int = 0              # subsets and samples
 
     def __post_init__(self):
-        for name in ("num_samples", "num_inpaint", "batch_size", "max_test", "seed"):
+        for name in ("num_seeds", "num_samples", "num_inpaint", "batch_size", "max_test", "seed"):
             v = getattr(self, name)
-            lo = 1 if name == "batch_size" else 0
+            lo = 1 if name in ("batch_size", "num_seeds") else 0
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"evaluate.{name} is {v!r}, expected an integer >= {lo}")
 
@@ -123,55 +133,136 @@ def curve_series(history: list, label: str, to_metric, num_vars: int, style: str
             {"label": f"{label} train", "x": xs, "y": conv(ts), "style": style + "--", "color": color}]
 
 
-def run(cfg: Config, data: str, pc_path: str, baseline: str, teacher_metrics: str, benchmarks_dir: str | None,
+ARMS = ("lvd", "random_latents", "baseline", "hclt")    # metrics prefix: "" for lvd, else "<arm>_"
+CONTROLS = ARMS[1:]
+
+
+def prefix(arm: str) -> str:
+    return "" if arm == "lvd" else f"{arm}_"
+
+
+def spread(values) -> float:
+    """Sample standard deviation over seeds (0.0 for a single seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def check_metric(value: float, kind: str, path) -> float:
+    """Refuse a metric no model can have: NaN, a negative bpd, a perplexity below 1."""
+    if not np.isfinite(value) or (kind == "image" and value < 0) or (kind == "text" and value < 1):
+        what = "bpd" if kind == "image" else "perplexity"
+        raise io.ArtifactError(f"{path}: test {what} {value!r} is impossible; the circuit is corrupt "
+                               f"(rerun the stage that wrote it)")
+    return float(value)
+
+
+def compare(m: dict, key: str) -> dict:
+    """LVD against every control present: margin (> 0: LVD better), spread, verdicts (None with
+    a single seed: no spread was measured)."""
+    out = {}
+    for arm in CONTROLS:
+        if m.get(f"{arm}_{key}") is None:
+            continue
+        margin = m[f"{arm}_{key}"] - m[key]
+        sd = max(m[f"{key}_std"], m[f"{arm}_{key}_std"])
+        one = m["num_seeds"] < 2
+        out[arm] = {"margin": margin, "spread": sd, "beats": None if one else bool(margin > sd),
+                    "beats_3std": None if one else bool(margin > 3 * sd)}
+    return out
+
+
+def verdict(m: dict, key: str, unit: str) -> str:
+    """The comparison in words (log and report)."""
+    parts = []
+    for arm, c in m["controls"].items():
+        how = ("(one seed: no spread measured)" if c["beats"] is None else
+               "by more than 3 seed standard deviations" if c["beats_3std"] else
+               "by more than the seeds' spread" if c["beats"] else
+               "but not by more than the seeds' spread" if c["margin"] > 0 else "no: it is worse")
+        parts.append(f"LVD vs {arm}: {m[key]:.4f} vs {m[f'{arm}_{key}']:.4f} {unit} "
+                     f"(margin {c['margin']:+.4f}, spread {c['spread']:.4f}): "
+                     f"{'LVD better ' if c['margin'] > 0 else ''}{how}")
+    return "; ".join(parts) + f" [{m['num_seeds']} seed(s)]"
+
+
+def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir: str | None,
         out: str, figdir: str, device="cpu") -> dict:
-    """Score both circuits, draw the figures, write metrics.json; returns the metrics."""
+    """Score every arm's circuits, draw the figures, write metrics.json; returns the metrics.
+
+    arms: {"lvd": [pc_final.h5 per seed], "random_latents": [...], "baseline": [...],
+    "hclt": [...]}; every arm but lvd may be absent or empty.
+    """
     with common.Timer() as timer:
         info = pcutil.data_info(data)
-        c, b = pc.load(pc_path, device=device), pc.load(baseline, device=device)
-        pcutil.check_circuit(c, info, pc_path)
-        pcutil.check_circuit(b, info, baseline)
+        files = {arm: [str(p) for p in arms.get(arm) or []] for arm in ARMS}
+        if not files["lvd"]:
+            raise ValueError("evaluate: no LVD circuit given (--pc)")
+        lens = {arm: len(v) for arm, v in files.items() if v}
+        if len(set(lens.values())) != 1:
+            raise ValueError(f"evaluate: every arm needs one circuit per seed, got {lens}")
         xt = pcutil.load_split(data, "test", cfg.max_test, cfg.seed)
         xv = pcutil.load_split(data, "valid", cfg.max_test, cfg.seed)
-        ll = {}
-        for name, circuit in (("", c), ("baseline_", b)):
-            for split, x in (("test", xt), ("valid", xv)):
-                ll[name + split] = pc.mean_log_likelihood(circuit, x, batch_size=cfg.batch_size)
-                log.info("%s%s: mean ll %.4f over %d rows", name or "lvd_", split, ll[name + split], len(x))
-        K = c.num_states if info.kind == "image" else c.num_latents
-        m = {"kind": info.kind, "num_states": int(K), "num_params": int(c.num_params),
-             "baseline_num_params": int(b.num_params), "num_test": len(xt), "num_valid": len(xv),
-             **{f"{k}_ll": v for k, v in ll.items()}}
-        history = pcutil.history_of(pc_path)
-        base_history = pcutil.history_of(baseline)
+        image = info.kind == "image"
+        unit = "bpd" if image else "perplexity"
+        to = (lambda v: pcutil.bpd(v, info.num_vars)) if image else \
+            (lambda v: pcutil.perplexity(v, info.seq_len))  # noqa: E731
+        m = {"kind": info.kind, "num_test": len(xt), "num_valid": len(xv), "num_seeds": lens["lvd"]}
+        first, histories = {}, {}
+        for arm, paths in files.items():
+            if not paths:
+                continue
+            per = {"test": [], "valid": []}
+            for j, path in enumerate(paths):
+                circuit = pc.load(path, device=device)
+                pcutil.check_circuit(circuit, info, path)
+                for split, x in (("test", xt), ("valid", xv)):
+                    ll = pc.mean_log_likelihood(circuit, x, batch_size=cfg.batch_size)
+                    per[split].append(check_metric(to(ll), info.kind, path))
+                    if j == 0:
+                        m[f"{prefix(arm)}{split}_ll"] = ll
+                log.info("%s seed %d (%s): test %s %.4f", arm, j, path, unit, per["test"][-1])
+                if j == 0:
+                    first[arm] = circuit
+                    histories[arm] = pcutil.history_of(path)
+            for split in ("test", "valid"):
+                key = f"{prefix(arm)}{split}_{unit}"
+                m[key], m[key + "_std"], m[key + "_seeds"] = float(np.mean(per[split])), spread(per[split]), per[split]
+            m[f"{prefix(arm)}num_params"] = int(first[arm].num_params)
+        if files["hclt"]:
+            attrs = [pc.load_attrs(p) for p in files["hclt"]]
+            m["hclt_num_latents"] = int(first["hclt"].num_latents)
+            m["hclt_seconds"] = float(np.mean([a.get("seconds", np.nan) for a in attrs]))
+        c = first["lvd"]
+        K = c.num_states if image else c.num_latents
+        m["num_states"] = int(K)
+        m["controls"] = compare(m, f"test_{unit}")
         fig = Path(figdir)
-        if info.kind == "image":
-            to = pcutil.bpd
-            m.update({k + "_bpd": to(v, info.num_vars) for k, v in ll.items()})
+        styles = {"lvd": ("LVD", "o", "C0"), "random_latents": ("random latents", "v", "C2"),
+                  "baseline": ("baseline", "s", "C1"), "hclt": ("HCLT", "^", "C3")}
+        if image:
             m["teacher_test_bpd"] = read_teacher(teacher_metrics, "teacher_test_bpd")
+            b = first.get("baseline", c)
+            ll = {"test": m["test_ll"], "baseline_test": m.get("baseline_test_ll", m["test_ll"])}
             m.update(_image_extras(cfg, info, c, b, xt, ll, fig))
-            series = (curve_series(history, "LVD", to, info.num_vars, "o", "C0")
-                      + curve_series(base_history, "baseline", to, info.num_vars, "s", "C1"))
+            series = []
+            for arm, h in histories.items():
+                series += curve_series(h, styles[arm][0], pcutil.bpd, info.num_vars, *styles[arm][1:])
             plots.curves_figure(fig / "curves.png", series, m["teacher_test_bpd"])
         else:
-            to = lambda v, n: pcutil.perplexity(v, info.seq_len)  # noqa: E731
-            m.update({k + "_perplexity": to(v, 0) for k, v in ll.items()})
+            tp = lambda v, n: pcutil.perplexity(v, info.seq_len)  # noqa: E731
             m["teacher_test_perplexity"] = read_teacher(teacher_metrics, "teacher_test_perplexity")
             m["test_tokens_scored"] = len(xt) * info.seq_len
-            series = [curve_series(history, "LVD", to, 0, "o", "C0")[0],
-                      curve_series(base_history, "baseline", to, 0, "s", "C1")[0]]
-            plots.perplexity_figure(fig / "perplexity.png",
-                                    {"LVD": m["test_perplexity"], "baseline": m["baseline_test_perplexity"],
-                                     "teacher": m["teacher_test_perplexity"]}, series)
-        m["history"] = {"lvd": history, "baseline": base_history}
+            series = [curve_series(h, styles[arm][0], tp, 0, *styles[arm][1:])[0] for arm, h in histories.items()]
+            bars = {styles[arm][0]: m[f"{prefix(arm)}test_perplexity"] for arm in histories}
+            plots.perplexity_figure(fig / "perplexity.png", {**bars, "teacher": m["teacher_test_perplexity"]},
+                                    series)
+        m["history"] = histories
+        m["verdict"] = verdict(m, f"test_{unit}", unit)
     seconds = read_benchmarks(benchmarks_dir, int(K))
     seconds["evaluate"] = timer.seconds
     m["seconds"], m["total_seconds"] = seconds, float(sum(seconds.values()))
     m["config"] = asdict(cfg)
     io.write_json(out, m)
-    main_key = "test_bpd" if info.kind == "image" else "test_perplexity"
-    log.info("wrote %s: %s %.4f, baseline %.4f, teacher %s", out, main_key, m[main_key],
-             m["baseline_" + main_key], m["teacher_" + main_key])
+    log.info("wrote %s: %s", out, m["verdict"])
     return m
 
 
@@ -204,8 +295,10 @@ def _image_extras(cfg: Config, info, c, b, xt: np.ndarray, ll: dict, fig: Path) 
 def main(argv=None) -> None:
     p = common.parser(__doc__)
     p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
-    p.add_argument("--pc", required=True, help="pc_final.h5 (format lvd.pc)")
-    p.add_argument("--baseline", required=True, help="baseline.h5 (format lvd.pc)")
+    p.add_argument("--pc", nargs="+", required=True, help="LVD's pc_final.h5, one per seed")
+    p.add_argument("--random", nargs="*", default=[], help="the random-latent arm's pc_final.h5, one per seed")
+    p.add_argument("--baseline", nargs="*", default=[], help="baseline circuits, one per seed")
+    p.add_argument("--hclt", nargs="*", default=[], help="plain HCLTs, one per seed (images)")
     p.add_argument("--teacher-metrics", required=True, help="teacher_metrics.json")
     p.add_argument("--benchmarks-dir", default=None, help="Snakemake benchmark directory of the run")
     p.add_argument("--out", required=True, help="metrics.json to write")
@@ -213,8 +306,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     cfg = common.load_config(Config, args.config)
     device = common.setup(args, seed=cfg.seed)
-    run(cfg, args.data, args.pc, args.baseline, args.teacher_metrics, args.benchmarks_dir, args.out,
-        args.figdir, device=device)
+    arms = {"lvd": args.pc, "random_latents": args.random, "baseline": args.baseline, "hclt": args.hclt}
+    run(cfg, args.data, arms, args.teacher_metrics, args.benchmarks_dir, args.out, args.figdir, device=device)
 
 
 if __name__ == "__main__":

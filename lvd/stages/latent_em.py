@@ -3,15 +3,18 @@
 Reads data.h5 (train), latents.h5 (z) and pc_init.h5 (an LVD circuit); writes one shard file
 (format lvd.pc_shard). With z observed, log p(x, z) = log p_top(z) + sum_i log p_i(x_i | z_i),
 so every parameter group of the patch tree is an independent EM problem on its own members
-only (method.md section 2 step 6):
+only (method.md section 2 step 6). With H heads per group (lvd.pc.lvdcircuit):
 
-    mode "position": group i = patch position i; members: patch i of every train image,
-                     observed head z[:, i]
-    mode "shared":   group g (H heads); members: every patch (any position) whose state s has
-                     s // H == g, observed head s % H
+    mode "position": group i * (K / H) + c serves states c * H .. c * H + H - 1 of position i;
+                     members: patch i of every train image with z[:, i] // H == c, observed
+                     head z[:, i] % H (H = 1: one group per (position, state), its members
+                     exactly that state's patches)
+    mode "shared":   group g serves states g * H .. g * H + H - 1 at every position; members:
+                     every patch (any position) whose state s has s // H == g, head s % H
 
-Each member's flow runs through its own head's root distribution; the sub-circuit below the
-root is shared by the group's heads (pcutil.HeadObserved). Shard i of S trains groups
+Each member's flow runs through its own head; the sub-circuit below the root is shared by the
+group's heads only. The shard's groups train together in one batched EM (lvd.pc.groups:
+every group keeps the schedule it would have alone). Shard i of S trains groups
 i, i+S, i+2S, ...; group g shuffles with a seed derived from (seed, g) alone, so the gathered
 result does not depend on the number of shards. latent_top_em gathers the shards.
 
@@ -31,7 +34,6 @@ import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from lvd import io, pc
 from lvd.pc import validate
@@ -44,7 +46,8 @@ WRITER = "lvd.stages.latent_em"
 @dataclass(frozen=True)
 class Config:
     """Config section ``latent_em``, read by latent_em and latent_top_em."""
-    epochs: int = 10                # patch-head EM epochs (each a pass over the group's members)
+    epochs: int = 10                # patch-head mini-batch EM epochs (each a pass over the group's members)
+    full_batch_epochs: int = 0      # then full-batch EM epochs of every group (exact EM, step 1)
     batch_size: int = 256           # patches per mini-batch
     step_size: float = 0.1          # annealed linearly to step_size_end over each group's steps
     step_size_end: float = 0.01
@@ -73,27 +76,33 @@ def shard_groups(num_groups: int, shard: int, num_shards: int) -> list[int]:
 def group_members(c: pc.LVDCircuit, x: np.ndarray, z: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
     """(patches int64 [n, P], observed heads int64 [n]) of parameter group g."""
     idx = c.index.numpy()                                              # [m, P]
-    if c.mode == "position":
-        return x[:, idx[g]], z[:, g]
     H = c.patch.num_heads
-    members = z // H == g                                              # [N, m]
-    rows, pos = np.nonzero(members)
-    patches = x[rows[:, None], idx[pos]]                               # [n, P]
-    return patches, z[rows, pos] % H
+    if c.mode == "position":
+        R = c.groups_per_position
+        pos, cluster = divmod(g, R)
+        rows = np.flatnonzero(z[:, pos] // H == cluster)
+        return x[rows][:, idx[pos]], z[rows, pos] % H
+    rows, pos = np.nonzero(z // H == g)                                # [n] each
+    return x[rows[:, None], idx[pos]], z[rows, pos] % H
 
 
-def train_group(c: pc.LVDCircuit, x, z, g: int, cfg: Config) -> tuple[dict, int, list[float]]:
-    """EM of group g's tables on its members; returns (tables of the one group, n, history)."""
-    sub = c.patch.select_groups([g])
-    patches, heads = group_members(c, x, z, g)
-    if len(patches) == 0:
-        log.warning("group %d has no members: its tables keep their initial values", g)
-        return sub.params, 0, [float("nan")] * cfg.epochs
-    seed = int(np.random.SeedSequence([cfg.seed, g]).generate_state(1)[0])
-    hist = pc.em(pcutil.HeadObserved(sub), patches, heads=heads, epochs=cfg.epochs,
-                 batch_size=cfg.batch_size, step_size=cfg.step_size, step_size_end=cfg.step_size_end,
-                 pseudocount=cfg.pseudocount, seed=seed)
-    return sub.params, len(patches), hist
+def group_seed(seed: int, g: int) -> int:
+    return int(np.random.SeedSequence([seed, g]).generate_state(1)[0])
+
+
+def train_groups(c: pc.LVDCircuit, x, z, groups: list[int], cfg: Config):
+    """Batched EM of ``groups``' tables on their members; returns (tables, sizes, history)."""
+    sub = c.patch.select_groups(groups)
+    xs, hs = zip(*(group_members(c, x, z, g) for g in groups)) if groups else ((), ())
+    sizes = [len(a) for a in xs]
+    for g, n in zip(groups, sizes):
+        if n == 0:
+            log.warning("group %d has no members: its tables keep their initial values", g)
+    hist = pc.em_groups(sub, list(xs), list(hs), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                        step_size=cfg.step_size, step_size_end=cfg.step_size_end,
+                        pseudocount=cfg.pseudocount, full_batch_epochs=cfg.full_batch_epochs,
+                        group_seeds=[group_seed(cfg.seed, g) for g in groups])
+    return sub.params, sizes, hist
 
 
 def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shards: int, out: str,
@@ -117,31 +126,21 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
         groups = shard_groups(c.patch.num_groups, shard, num_shards)
         log.info("shard %d/%d: %d of %d groups (%s mode), %d epochs each", shard, num_shards, len(groups),
                  c.patch.num_groups, mode, cfg.epochs)
-        tables, counts, hists = [], [], []
-        for j, g in enumerate(groups):
-            with common.Timer() as t:
-                params, n, hist = train_group(c, x, z, g, cfg)
-            tables.append(params)
-            counts.append(n)
-            hists.append(hist)
-            log.info("group %d (%d/%d): %d members, mean ll given head %.4f -> %.4f (%.1f s)", g, j + 1,
-                     len(groups), n, hist[0] if hist else float("nan"), hist[-1] if hist else float("nan"),
-                     t.seconds)
+        params, counts, hists = train_groups(c, x, z, groups, cfg)
+        if groups:
+            n = np.asarray(counts)
+            first, last = (float(np.nansum(hists[:, e] * n) / max(n.sum(), 1)) for e in (0, -1))
+            log.info("%d groups, %d members: mean ll given the state %.4f -> %.4f", len(groups),
+                     n.sum(), first, last)
     summary = {"shard": shard, "num_shards": num_shards, "num_groups": c.patch.num_groups,
                "groups": len(groups), "seconds": timer.seconds,
                "pc_fingerprint": pcutil.fingerprint(pc_path), "latents_fingerprint": pcutil.fingerprint(latents)}
     with io.create(out, "lvd.pc_shard", WRITER, asdict(cfg), **summary) as f:
         f["groups"] = np.asarray(groups, dtype=np.int64)
         f["num_examples"] = np.asarray(counts, dtype=np.int64)
-        f["history"] = np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs)
+        f["history"] = np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs + cfg.full_batch_epochs)
         for name in c.patch.params:
-            dim = 0 if name == "root" else 1
-            if tables:
-                f[f"params/{name}"] = torch.cat([t[name] for t in tables], dim).cpu().numpy()
-            else:
-                shape = list(c.patch.params[name].shape)
-                shape[dim] = 0
-                f[f"params/{name}"] = np.zeros(shape, dtype=np.float32)
+            f[f"params/{name}"] = params[name].cpu().numpy()
         fields = ["groups", "num_examples", "history", *(f"params/{n}" for n in c.patch.params)]
         f.attrs[validate.CHECKSUM_ATTR] = json.dumps(validate.checksums({k: f[k][()] for k in fields}))
     log.info("wrote %s: %d groups in %.1f s", out, len(groups), timer.seconds)

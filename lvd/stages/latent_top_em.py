@@ -109,7 +109,7 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
 
 def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
     """Rows of images per chunk of the patch pass within ``budget`` bytes (about 4 buffers)."""
-    groups_per_patch = 1 if c.mode == "position" else c.patch.num_groups
+    groups_per_patch = c.groups_per_position if c.mode == "position" else c.patch.num_groups
     per_row = 4 * 4 * c.num_positions * c.patch.num_vars * groups_per_patch * c.patch.num_latents
     return int(max(1, min(4096, budget // per_row)))
 

@@ -38,14 +38,17 @@ COUNT_CHUNK = 65536  # rows of z counted at a time (text: millions of windows)
 class Config:
     num_latents: int = 16      # images: hidden states of every patch-tree node (text: unused, H = num_states)
     num_groups: int = 1        # images, shared mode: patch sub-circuits; must divide num_states
+    heads_per_group: int = 0   # images: states sharing one patch circuit; 0 = the mode's default
+                               # (position: 1, every state its own circuit; shared: K / num_groups)
     pseudocount: float = 0.1   # added to the counts (spread evenly over each distribution)
     seed: int = 0              # random patch parameters, Chow-Liu subsampling
 
     def __post_init__(self):
-        for name in ("num_latents", "num_groups"):
+        for name in ("num_latents", "num_groups", "heads_per_group"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"pc.{name} is {v!r}, expected an integer >= 1")
+            lo = 0 if name == "heads_per_group" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"pc.{name} is {v!r}, expected an integer >= {lo}")
         if not isinstance(self.pseudocount, (int, float)) or self.pseudocount < 0:
             raise ValueError(f"pc.pseudocount is {self.pseudocount!r}, expected a number >= 0")
 
@@ -71,9 +74,16 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
             if mode == "shared" and K % cfg.num_groups:
                 raise ValueError(f"pc.num_groups={cfg.num_groups} must divide num_states={K} "
                                  f"(from {latents}) in shared mode")
+            H = cfg.heads_per_group or None
+            if H is not None and K % H:
+                raise ValueError(f"pc.heads_per_group={H} must divide num_states={K} (from {latents})")
+            why = pc.lvdcircuit.distinguishable(H or (1 if mode == "position" else K // cfg.num_groups),
+                                                cfg.num_latents)
+            if why:
+                log.warning("pc: %s", why)
             c = pc.lvd_circuit(info.image_shape, info.patch_size, num_states=K, num_latents=cfg.num_latents,
-                               num_cats=info.num_cats, mode=mode, num_groups=cfg.num_groups, data=x, z=z,
-                               seed=cfg.seed, device=device)
+                               num_cats=info.num_cats, mode=mode, num_groups=cfg.num_groups,
+                               heads_per_group=H, data=x, z=z, seed=cfg.seed, device=device)
             chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
             log.info("LVD circuit: patch tree %d vars x %d groups x %d heads, K_h=%d; top tree over %d "
                      "positions, K=%d", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,

@@ -156,9 +156,13 @@ def fingerprint(path, contents: bool = True) -> str:
 
 def check_circuit(c, info: DataInfo, pc_path) -> None:
     """Raise ArtifactError when the circuit in ``pc_path`` does not model ``info``'s data."""
-    if info.kind == "image":
+    if info.kind == "image" and not isinstance(c, pc.LVDCircuit) and getattr(c, "kind", "") == "hclt":
+        got, want = (c.num_vars, c.num_cats), (info.num_vars, info.num_cats)
+        fields = "(num_vars, num_cats) of the HCLT"
+    elif info.kind == "image":
         if not isinstance(c, pc.LVDCircuit):
-            raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd', but {info.path} holds images")
+            raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd' (nor an HCLT), but "
+                                   f"{info.path} holds images")
         got, want = (c.image_shape, c.patch_size, c.num_cats), (info.image_shape, info.patch_size, info.num_cats)
         fields = "(image shape, patch_size, num_cats)"
     else:
@@ -185,36 +189,6 @@ def random_like(circuit, seed: int):
         return pc.LVDCircuit(fresh(circuit.patch, seed), fresh(circuit.top, seed + 1),
                              circuit.image_shape, circuit.patch_size, circuit.mode)
     return fresh(circuit, seed)
-
-
-class HeadObserved:
-    """A one-group TreeCircuit whose head is observed per example (batch key ``heads`` [B]).
-
-    The objective is log p_h(x) for the example's own head h, so every example's flow runs
-    through its head's root distribution only; the sub-circuit below is shared by the heads.
-    EM needs only ``params``, ``norm_dims``, ``device`` and ``objective``; the tables are the
-    wrapped circuit's own, so EM trains it in place.
-    """
-
-    norm_dims = TreeCircuit.norm_dims
-
-    def __init__(self, tc: TreeCircuit):
-        if tc.num_groups != 1:
-            raise ValueError(f"HeadObserved needs a one-group circuit, got {tc.num_groups} groups")
-        self.tc = tc
-
-    @property
-    def params(self):
-        return self.tc.params
-
-    @property
-    def device(self):
-        return self.tc.device
-
-    def objective(self, logp, batch: dict) -> torch.Tensor:
-        lls = self.tc.group_lls(logp, batch["x"], batch.get("missing"))       # [B, 1, H]
-        heads = batch["heads"].to(lls.device).long().view(-1, 1, 1)
-        return lls.gather(2, heads)[:, 0, 0]                                  # [B]
 
 
 # --------------------------------------------------------------------------------- EM runs

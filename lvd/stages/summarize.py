@@ -1,9 +1,12 @@
 """summarize: gather the sweep. Reads every k{K}/metrics.json of a run, writes summary.tsv
-(one row per K, sorted by K) and a plot of the main metric against num_states for the LVD
-circuit, the baseline and the teacher.
+(one row per K, sorted by K) and a plot of the main metric of every arm (LVD, random latents,
+baseline, HCLT; mean over seeds with the seeds' standard deviation as error bars) and the
+teacher, against num_states (left) and against the number of parameters (right: the size
+study's view, where each arm sits at its own size).
 
 The main metric is ``test_bpd`` (images) or ``test_perplexity`` (text), whichever every
-metrics file has; the baseline's is ``baseline_<main>``, the teacher's ``teacher_<main>``.
+metrics file has; arm ``a``'s is ``a_<main>`` (``a_<main>_std`` its spread), the teacher's
+``teacher_<main>``.
 K comes from the file's directory name (``k16`` -> 16); a ``num_states`` entry in the file,
 if present, must agree with it.
 
@@ -27,6 +30,10 @@ log = logging.getLogger("lvd.summarize")
 
 MAIN_METRICS = ("test_bpd", "test_perplexity")  # images, text
 LEADING = ("num_states",)
+ARMS = (("", "LVD", "o-", "C0", "num_params"),
+        ("random_latents_", "random latents", "v-.", "C2", "num_params"),
+        ("baseline_", "baseline (random-init EM)", "s--", "C1", "baseline_num_params"),
+        ("hclt_", "plain HCLT", "^:", "C3", "hclt_num_params"))
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,8 @@ def columns(rows: list[dict], main: str) -> list[str]:
 
     Only scalar entries (numbers, strings, booleans) become columns; curves and tables do not.
     """
-    first = [*LEADING, main, f"baseline_{main}", f"teacher_{main}"]
+    first = [*LEADING, *(f"{a}{main}{sd}" for a, *_ in ARMS for sd in ("", "_std")), f"teacher_{main}",
+             "num_seeds"]
     scalar = {key for row in rows for key, v in row.items() if isinstance(v, (int, float, str, bool))}
     return [c for c in first if c in scalar] + sorted(scalar - set(first))
 
@@ -95,29 +103,51 @@ def write_table(path: str | Path, rows: list[dict], cols: list[str]) -> None:
 
 
 def plot(path: str | Path, rows: list[dict], main: str, title: str = "") -> None:
-    """main metric vs num_states: LVD (solid), baseline (dashed), teacher (dotted, flat)."""
+    """main metric of every arm (error bars: std over seeds) and the teacher (flat), against
+    num_states (left) and against the number of parameters (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ks = [row["num_states"] for row in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    series = [(main, "LVD", "o-"), (f"baseline_{main}", "baseline (random init EM)", "s--")]
-    for key, label, style in series:
-        points = [(k, row[key]) for k, row in zip(ks, rows) if _finite(row.get(key))]
-        if points:
-            ax.plot(*zip(*points), style, label=label)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    values = []
+    for prefix, label, style, color, size_key in ARMS:
+        key = prefix + main
+        pts = [(k, row.get(size_key), row[key], row.get(key + "_std") or 0.0)
+               for k, row in zip(ks, rows) if _finite(row.get(key))]
+        if not pts:
+            continue
+        k, size, y, err = zip(*pts)
+        values += [v + sign * e for v, e in zip(y, err) for sign in (-1, 1)]
+        axes[0].errorbar(k, y, yerr=err, fmt=style, color=color, label=label, capsize=3, markersize=4)
+        sized = [(n, v, e) for n, v, e in zip(size, y, err) if _finite(n)]
+        if sized:
+            n, v, e = zip(*sized)
+            axes[1].errorbar(n, v, yerr=e, fmt=style, color=color, label=label, capsize=3, markersize=4)
     teacher = [row[f"teacher_{main}"] for row in rows if _finite(row.get(f"teacher_{main}"))]
-    if teacher:
-        ax.axhline(teacher[0], color="grey", linestyle=":", label="teacher")
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = max(hi - lo, 1e-3) * 0.15
+    for ax in axes:
+        ax.set_ylim(lo - pad, hi + pad)
+        if teacher and lo - 3 * pad <= teacher[0] <= hi + 3 * pad:
+            ax.set_ylim(min(lo, teacher[0]) - pad, max(hi, teacher[0]) + pad)
+            ax.axhline(teacher[0], color="grey", linestyle=":", label="teacher")
+        elif teacher:   # far off the arms' scale: say so instead of flattening every curve
+            ax.plot([], [], color="grey", linestyle=":", label=f"teacher {teacher[0]:.4g} (off scale)")
+        ax.set_ylabel(main.replace("_", " "))
+        ax.grid(alpha=0.3)
     if len(set(ks)) > 1 and min(ks) > 0:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("num_states (K)")
-    ax.set_ylabel(main.replace("_", " "))
-    ax.set_title(title or f"{main} vs num_states")
-    ax.legend()
+        axes[0].set_xscale("log", base=2)
+    axes[0].set_xticks(ks, [str(k) for k in ks])
+    axes[0].set_xlabel("num_states (K)")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("parameters")
+    seeds = {row.get("num_seeds") for row in rows}
+    axes[0].set_title(title or f"{main} vs num_states")
+    axes[1].set_title(f"the same against model size ({'/'.join(str(s) for s in seeds if s)} seed(s))")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -146,8 +176,8 @@ def run(cfg: Config, metrics: list[str], out: str | Path, plot_path: str | Path,
         write_table(out, rows, cols)
         plot(plot_path, rows, main, title=f"{Path(out).parent.name}: {main} vs num_states")
     for row in rows:
-        log.info("K=%d: %s %s, baseline %s", row["num_states"], main, row.get(main),
-                 row.get(f"baseline_{main}"))
+        log.info("K=%d: %s", row["num_states"], row.get("verdict") or
+                 f"{main} {row.get(main)}, baseline {row.get(f'baseline_{main}')}")
     log.info("wrote %s and %s (%d rows) in %.1f s", out, plot_path, len(rows), timer.seconds)
     return {"main_metric": main, "columns": cols, "rows": rows, "seconds": timer.seconds}
 

@@ -185,9 +185,9 @@ def patch_cols(image_shape, p):
 
 def lvd_state_head(m, i, s):
     """(group, head) of the patch circuit that serves state s at position i."""
-    if m.mode == "position":
-        return i, s
     H = m.patch.num_heads
+    if m.mode == "position":                       # K / H groups per position, in state order
+        return i * (m.num_states // H) + s // H, s % H
     return s // H, s % H
 
 
@@ -257,6 +257,8 @@ LVD_CONFIGS = {
                  top_parents=[-1, 0, 0, 1], patch_parents=[-1], mode="position"),
     "pos1": dict(image_shape=(2, 2, 1), patch_size=2, num_states=2, num_latents=3, num_cats=3,
                  top_parents=[-1], patch_parents=[1, -1, 1, 0], mode="position"),
+    "posH": dict(image_shape=(2, 2, 1), patch_size=2, num_states=4, num_latents=2, num_cats=3,
+                 top_parents=[-1], patch_parents=[1, -1, 1, 0], mode="position", heads_per_group=2),
     "shared": dict(image_shape=(2, 2, 1), patch_size=1, num_states=4, num_latents=2, num_cats=3,
                    top_parents=[1, -1, 1, 2], patch_parents=[-1], mode="shared", num_groups=2),
     "chan": dict(image_shape=(2, 2, 2), patch_size=1, num_states=3, num_latents=2, num_cats=2,

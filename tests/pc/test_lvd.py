@@ -2,7 +2,9 @@
 
 Configurations (tiny images, [H, W, Ch]):
   pos4   (2, 2, 1), patch 1: 4 positions of 1 pixel, 3 states, 3 values, position mode
-  pos1   (2, 2, 1), patch 2: 1 position of 4 pixels (a real patch tree), 2 states
+         (one patch circuit per (position, state): 12 groups of 1 head)
+  pos1   (2, 2, 1), patch 2: 1 position of 4 pixels (a real patch tree), 2 states, 2 groups
+  posH   (2, 2, 1), patch 2: 1 position, 4 states served by 2 groups of 2 heads each
   shared (2, 2, 1), patch 1: shared vocabulary of 4 states = 2 groups x 2 heads
   chan   (2, 2, 2), patch 1: 4 positions of 2 channels (8 binary pixels), shared, 1 group
 (defined in pc_bruteforce.LVD_CONFIGS, shared with the EM and I/O tests)
@@ -95,14 +97,83 @@ def test_observed_latents_give_the_clamped_sum(name):
             pytest.approx(np.log(J[tuple(zall[0])]), abs=2e-5)
 
 
-@pytest.mark.parametrize("name", ["pos4", "shared"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_state_is_a_normalized_patch_distribution(name):
+    m = make(name, seed=11)
+    P = m.patch.num_vars
+    X = all_configs(P, m.num_cats)                        # every value of one patch
+    img = np.zeros((len(X), m.num_vars), np.int64)
+    img[:, m.index[0].numpy()] = X                        # ... placed at position 0
+    L = m.latent_lls(as_t(img)).double().numpy()[:, 0]    # [configs, K]
+    np.testing.assert_allclose(np.exp(L).sum(0), np.ones(m.num_states), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pos4", "pos1"])
+def test_each_state_owns_its_parameters(name):
+    """Position mode, one head per group: changing the tables of (position i, state k) changes
+    L[:, i, k] and nothing else."""
+    m = make(name, seed=12)
+    rng = np.random.default_rng(12)
+    X = rng.integers(0, m.num_cats, (6, m.num_vars))
+    before = m.latent_lls(as_t(X)).numpy()
+    i, k = m.num_positions - 1, m.num_states - 1
+    g, h = m.state_group(i, k)
+    assert h == 0
+    for name_, t in m.patch.params.items():
+        dim = 0 if name_ == "root" else 1
+        fresh = torch.rand_like(t.select(dim, g)) + 0.1
+        t.select(dim, g).copy_(fresh / fresh.sum(m.patch.norm_dims[name_], keepdim=True))
+    after = m.latent_lls(as_t(X)).numpy()
+    changed = np.abs(after - before).max(0) > 1e-6                       # [m, K]
+    want = np.zeros_like(changed)
+    want[i, k] = True
+    np.testing.assert_array_equal(changed, want)
+
+
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
+def test_observed_z_decomposes(name):
+    """log p(x, z) = log p_top(z) + sum_i log p_i(x_i | z_i) (method.md section 2 step 6)."""
+    m = make(name, seed=13)
+    rng = np.random.default_rng(13)
+    X = rng.integers(0, m.num_cats, (5, m.num_vars))
+    z = rng.integers(0, m.num_states, (5, m.num_positions))
+    got = m.log_likelihood(as_t(X), z=as_t(z)).double().numpy()
+    top = m.top.log_likelihood(z=as_t(z)).double().numpy()
+    for b in range(5):
+        L = lvd_patch_evidence(m, X[b])
+        want = top[b] + sum(L[i, z[b, i]] for i in range(m.num_positions))
+        assert got[b] == pytest.approx(want, abs=2e-5)
+
+
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
+def test_soft_evidence_equals_the_explicit_sum(name):
+    m = make(name, seed=14)
+    rng = np.random.default_rng(14)
+    X = rng.integers(0, m.num_cats, (3, m.num_vars))
+    E = rng.normal(size=(3, m.num_positions, m.num_states)).astype(np.float32)
+    got = m.log_likelihood(as_t(X), evidence=torch.from_numpy(E)).double().numpy()
+    tt = tables(m.top)
+    for b in range(3):
+        L = lvd_patch_evidence(m, X[b]) + E[b]
+        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
+        assert got[b] == pytest.approx(np.log(J.sum()), abs=2e-5)
+
+
+def test_indistinguishable_heads_are_refused():
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        pc.lvd_circuit(**{**CONFIGS["posH"], "num_latents": 1})
+    assert pc.lvdcircuit.distinguishable(4, 2) is not None
+    assert pc.lvdcircuit.distinguishable(1, 1) is None and pc.lvdcircuit.distinguishable(2, 2) is None
+
+
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
 def test_map_latents_equals_brute_force_argmax(name):
     m = make(name, seed=4)
     rng = np.random.default_rng(4)
     X = rng.integers(0, 3, (8, 4))
     miss = rng.random((8, 4)) < 0.3
     zs = m.map_latents(as_t(X), as_t(miss, torch.bool)).numpy()
-    assert zs.shape == (8, 4)
+    assert zs.shape == (8, m.num_positions)
     tt = tables(m.top)
     for b in range(8):
         L = lvd_patch_evidence(m, X[b], miss[b])
@@ -135,13 +206,13 @@ def test_flows_with_observed_latents():
         np.testing.assert_allclose(f[k].double().numpy(), want[k], atol=3e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("name", ["pos4", "shared"])
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
 def test_sample_frequencies(name):
     m = sharpen(make(name), seed=7)
     p = np.exp(m.log_likelihood(as_t(configs(m))).double().numpy())
     s = m.sample(40_000, seed=7).numpy()
     assert s.shape == (40_000, 4)
-    assert tv(frequencies(s, 3), p) < 0.03
+    assert tv(frequencies(s, m.num_cats), p) < 0.03
 
 
 @pytest.mark.parametrize("name", ["pos4", "shared"])

@@ -37,7 +37,7 @@ def test_materialize_top_counts_equal_hand_counts(run_dir):
     c = pc.load(run_dir["dir"] / "pc_init.h5")
     z, a = run_dir["z"], materialize_pc.Config().pseudocount
     assert isinstance(c, pc.LVDCircuit) and c.mode == "position"
-    assert (c.patch.num_groups, c.patch.num_heads, c.patch.num_latents, c.num_states) == (16, K, KH, K)
+    assert (c.patch.num_groups, c.patch.num_heads, c.patch.num_latents, c.num_states) == (16 * K, 1, KH, K)
     st = c.top.structure
     root = int(st.order[0])
     want_root = fx.normalize_counts(np.bincount(z[:, root], minlength=K), 0, a)
@@ -62,21 +62,23 @@ def test_materialize_shared_mode_and_bad_num_groups(run_dir, tmp_path):
         materialize_pc.run(materialize_pc.Config(), run_dir["data"], bad, tmp_path / "bad.h5")
 
 
-@pytest.mark.parametrize("mode", ["position", "shared"])
-def test_head_observed_groups_sum_to_log_p_x_given_z(run_dir, mode):
-    """sum over groups of log p(member patch | its head) = log p(x, z) - log p_top(z), summed over images."""
+@pytest.mark.parametrize("mode,H", [("position", 1), ("position", 2), ("shared", 2)])
+def test_group_members_sum_to_log_p_x_given_z(run_dir, mode, H):
+    """sum over groups of log p(member patch | its head) = log p(x, z) - log p_top(z), summed over
+    images: every patch is a member of exactly the group serving its state."""
     x = run_dir["x"][:50]
     z = np.random.default_rng(0).integers(0, K, size=(50, 16))
-    G = 16 if mode == "position" else 2
-    c = pc.lvd_circuit((8, 8, 1), 2, num_states=K, num_latents=3, num_cats=17, mode=mode, num_groups=G,
-                       data=x, z=z, seed=3)
+    c = pc.lvd_circuit((8, 8, 1), 2, num_states=K, num_latents=3, num_cats=17, mode=mode,
+                       heads_per_group=H, data=x, z=z, seed=3)
     want = float((c.log_likelihood(x, z=z) - c.top.log_likelihood(z=torch.as_tensor(z))).double().sum())
-    total = 0.0
-    for g in range(G):
+    total, members = 0.0, 0
+    for g in range(c.patch.num_groups):
         patches, heads = latent_em.group_members(c, x, z, g)
-        sub = pcutil.HeadObserved(c.patch.select_groups([g]))
-        batch = {"x": torch.as_tensor(patches), "heads": torch.as_tensor(heads)}
-        total += float(sub.objective(sub.tc.log_params(), batch).double().sum())
+        sub = c.patch.select_groups([g])
+        lls = sub.group_lls(sub.log_params(), torch.as_tensor(patches))[:, 0]      # [n, H]
+        total += float(lls.gather(1, torch.as_tensor(heads)[:, None]).double().sum())
+        members += len(patches)
+    assert members == z.size
     assert total == pytest.approx(want, rel=1e-5)
 
 
@@ -89,9 +91,12 @@ def test_sharded_latent_em_equals_unsharded(run_dir):
         assert torch.equal(t, sharded.patch.params[name]), name
         assert not torch.equal(t, init.patch.params[name]), f"{name} was not trained"
     with io.open_artifact(d / "shard1.h5", "lvd.pc_shard") as f:
-        assert f["groups"][()].tolist() == list(range(1, 16, 2))
+        assert f["groups"][()].tolist() == list(range(1, 16 * K, 2))
         hist = f["history"][()]
-    assert hist.shape == (8, LCFG.epochs) and np.all(hist[:, -1] > hist[:, 0])  # EM raised every group's ll
+        n = f["num_examples"][()]
+    assert hist.shape == (8 * K, LCFG.epochs)
+    trained = n > 0
+    assert np.all(hist[trained, -1] > hist[trained, 0])  # EM raised every trained group's ll
 
 
 def test_gather_rejects_missing_duplicate_and_foreign_shards(run_dir, tmp_path):

@@ -15,6 +15,8 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 # keys the workflow reads itself and hands to the stage another way (the sweep: --num-states K)
 SWEEP_KEYS = {("latents", "num_states")}
+# "auto" in the config, resolved by the workflow (common.smk lvd_budget) before the stage sees it
+AUTO_KEYS = {(section, name) for section in ("baseline", "hclt") for name in ("epochs", "full_batch_epochs")}
 JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
 
 
@@ -98,6 +100,10 @@ def test_schema_section_matches_stage_config_dataclass(stage):
         if (section, name) in SWEEP_KEYS:
             assert schema_default == [default], f"{section}.{name}"
             continue
+        if (section, name) in AUTO_KEYS:
+            assert schema_default == "auto" and hints[name] is int, f"{section}.{name}"
+            assert props[name]["anyOf"] == [{"type": "integer", "minimum": 0}, {"const": "auto"}]
+            continue
         if isinstance(default, tuple):
             default = list(default)
         assert schema_default == default, f"{section}.{name}: schema default {schema_default!r} != {default!r}"
@@ -135,11 +141,9 @@ def test_presets_are_valid_and_name_their_own_run(preset):
 
 
 @pytest.mark.parametrize("preset", [None, *PRESETS])
-def test_baseline_gets_the_lvd_training_budget(preset):
-    """Same number of passes over the training set as the LVD pipeline (train_baseline's rule)."""
+def test_controls_get_the_lvd_training_budget(preset):
+    """Same number of passes over the training set as the LVD pipeline: `auto` everywhere, and
+    the workflow resolves it to latent_em (mini- and full-batch) + top + finetune epochs."""
     cfg = validated(merged_config(preset))
-    lvd_epochs = cfg["finetune"]["epochs"]
-    if cfg["data"]["dataset"] != "wikitext2":
-        lvd_epochs += cfg["latent_em"]["epochs"] + cfg["latent_em"]["top_epochs"]
-    assert cfg["baseline"]["epochs"] == lvd_epochs
-    assert cfg["baseline"]["full_batch_epochs"] == cfg["finetune"]["full_batch_epochs"]
+    for section in ("baseline", "hclt"):
+        assert cfg[section]["epochs"] == "auto" and cfg[section]["full_batch_epochs"] == "auto", section

@@ -51,12 +51,12 @@ def test_every_rule_calls_its_own_stage_with_its_own_section():
             assert flag in body, f"rule {name}: no {flag}"
         section = STAGE_SECTIONS[name]
         if section is not None:
-            assert re.search(rf'cfg=stage_config\("{section}"', body), f"rule {name}: not section {section}"
+            assert re.search(rf'cfg=(stage|seeded)_config\("{section}"', body), f"rule {name}: not section {section}"
             assert "--config {params.cfg:q}" in body, f"rule {name}: settings not passed"
     for name in ("train_teacher", "extract_embeddings", "latent_em", "latent_top_em", "finetune",
-                 "train_baseline", "evaluate"):
+                 "train_baseline", "train_hclt", "evaluate"):
         assert "gpu=1" in blocks[name], f"rule {name} trains or runs torch models: gpu=1"
-    for name in ("prepare_data", "materialize_pc", "summarize"):
+    for name in ("prepare_data", "materialize_pc", "random_latents", "summarize"):
         assert "gpu=" not in blocks[name], f"rule {name} should not claim a GPU"
     assert not re.search(r"\blambda\b", (REPO / "workflow" / "rules" / "common.smk").read_text())
 
@@ -86,7 +86,7 @@ def test_dry_run_lists_the_expected_jobs(workdir, preset):
     for k in config["latents"]["num_states"]:
         assert f"results/{run}/k{k}/metrics.json" in proc.stdout
     start = "pc_init.h5" if text else "pc_latent.h5"
-    assert re.search(rf"rule finetune:\n\s+input: results/{run}/data.h5, results/{run}/k\d+/{start}",
+    assert re.search(rf"rule finetune:\n\s+input: results/{run}/data.h5, results/{run}/k\d+/(lvd|random)/s\d+/{start}",
                      proc.stdout), "finetune starts from the wrong circuit"
 
 

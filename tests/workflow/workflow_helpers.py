@@ -38,6 +38,8 @@ STAGE_SECTIONS = {
     "latent_top_em": "latent_em",
     "finetune": "finetune",
     "train_baseline": "baseline",
+    "train_hclt": "hclt",
+    "random_latents": None,
     "evaluate": "evaluate",
     "summarize": None,
 }
@@ -148,14 +150,18 @@ def job_stats(text: str) -> dict[str, int]:
 
 
 def expected_jobs(config: dict, text: bool) -> dict[str, int]:
-    """Job counts of a full run computed by hand from the config."""
+    """Job counts of a full run computed by hand from the config: per K, the teacher's latents,
+    and for every seed: the random-latent control, both arms' circuits (lvd, random), the
+    baseline and (images) the HCLT."""
     k = len(config["latents"]["num_states"])
+    s = config["evaluate"]["num_seeds"]
     jobs = {"prepare_data": 1, "train_teacher": 1, "extract_embeddings": 1, "assign_latents": k,
-            "materialize_pc": k, "finetune": k, "train_baseline": k, "evaluate": k,
-            "summarize": 1, "all": 1}
+            "random_latents": k * s, "materialize_pc": 2 * k * s, "finetune": 2 * k * s,
+            "train_baseline": k * s, "evaluate": k, "summarize": 1, "all": 1}
     if not text:
-        jobs["latent_em"] = k * config["latent_em"]["num_shards"]
-        jobs["latent_top_em"] = k
+        jobs["latent_em"] = 2 * k * s * config["latent_em"]["num_shards"]
+        jobs["latent_top_em"] = 2 * k * s
+        jobs["train_hclt"] = k * s
     return jobs
 
 

@@ -3,6 +3,11 @@
 # Paths: results/{run}/ for artifacts, logs/{run}/ and benchmarks/{run}/ beside them, one
 # k{K}/ directory below each for every K in latents.num_states. The wildcard `run` is
 # pinned to config["run"], so a path of another run can never be built with this config.
+# Below k{K}/, the arms of the comparison, each once per seed s in 0 .. evaluate.num_seeds-1:
+#   lvd/s{seed}/      the teacher's latents -> pc_init, latent_em shards, pc_latent, pc_final
+#   random/s{seed}/   the same pipeline on random latents (random_latents: z permuted per position)
+#   baseline/s{seed}.h5   the LVD structure, random init, EM on x alone
+#   hclt/s{seed}.h5       a plain HCLT of about the LVD circuit's size (images only)
 
 import json
 import os
@@ -11,6 +16,8 @@ import re
 RUN = config["run"]
 NUM_STATES = config["latents"]["num_states"]
 SHARDS = list(range(config["latent_em"]["num_shards"]))
+SEEDS = list(range(config["evaluate"]["num_seeds"]))
+ARMS = ("lvd", "random")
 TEXT_DATASETS = ("wikitext2",)
 
 
@@ -18,15 +25,50 @@ wildcard_constraints:
     run=re.escape(RUN),
     K=r"[1-9][0-9]*",
     shard=r"[0-9]+",
+    seed=r"[0-9]+",
+    arm="lvd|random",
 
 
 def stage_config(section, drop=()):
     """The JSON of one config section (minus `drop`): a stage's only settings.
 
     Passed as params, so editing the section reruns that stage and what follows it.
+    `epochs: auto` and `full_batch_epochs: auto` (baseline, hclt) are resolved to LVD's
+    budget (lvd_budget).
     """
     settings = {key: value for key, value in config[section].items() if key not in drop}
+    for key, value in lvd_budget().items():
+        if key in settings and settings[key] == "auto":
+            settings[key] = value
     return json.dumps(settings, sort_keys=True)
+
+
+def lvd_budget():
+    """LVD's passes over the training set, the budget of the controls trained from scratch.
+
+    Every pass of EM counts as an epoch, whichever part of the circuit it trains. Images:
+    latent_em epochs (mini-batch and full-batch) + top epochs + finetune epochs; text:
+    finetune epochs. Then the same full-batch epochs as finetune.
+    """
+    epochs = config["finetune"]["epochs"]
+    if not is_text():
+        em = config["latent_em"]
+        epochs += em["epochs"] + em["full_batch_epochs"] + em["top_epochs"]
+    return {
+        "epochs": epochs,
+        "full_batch_epochs": config["finetune"]["full_batch_epochs"],
+    }
+
+
+def seeded_config(section):
+    """params function: the section's JSON with `seed` raised by the {seed} wildcard."""
+
+    def seeded(wildcards):
+        settings = json.loads(stage_config(section))
+        settings["seed"] = settings["seed"] + int(wildcards.seed)
+        return json.dumps(settings, sort_keys=True)
+
+    return seeded
 
 
 def is_text():
@@ -39,6 +81,18 @@ def latents_gpus():
     return 0 if config["latents"]["use_gpu"] == "never" else 1
 
 
+def arm_dir(wildcards):
+    """results/{run}/k{K}/{arm}/s{seed}: one arm's circuits for one seed."""
+    return f"results/{wildcards.run}/k{wildcards.K}/{wildcards.arm}/s{wildcards.seed}"
+
+
+def arm_latents(wildcards):
+    """The latents an arm materializes: the teacher's, or their per-seed permutation."""
+    if wildcards.arm == "random":
+        return f"{arm_dir(wildcards)}/latents.h5"
+    return f"results/{wildcards.run}/k{wildcards.K}/latents.h5"
+
+
 def finetune_start(wildcards):
     """The circuit fine-tuning starts from.
 
@@ -46,7 +100,23 @@ def finetune_start(wildcards):
     count-initialized by materialize_pc, so pc_init.h5 (latent_em is skipped).
     """
     name = "pc_init.h5" if is_text() else "pc_latent.h5"
-    return f"results/{wildcards.run}/k{wildcards.K}/{name}"
+    return f"{arm_dir(wildcards)}/{name}"
+
+
+def arm_files(name, arm):
+    """evaluate's inputs: file `name` of arm `arm` for every seed (K and run left open)."""
+    return expand(
+        "results/{{run}}/k{{K}}/{arm}/s{seed}/{name}", arm=arm, seed=SEEDS, name=name
+    )
+
+
+def control_files(control):
+    """evaluate's inputs: baseline/s{seed}.h5 or hclt/s{seed}.h5 for every seed."""
+    if control == "hclt" and is_text():
+        return []
+    return expand(
+        "results/{{run}}/k{{K}}/{control}/s{seed}.h5", control=control, seed=SEEDS
+    )
 
 
 def figure_names():

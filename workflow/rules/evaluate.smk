@@ -1,11 +1,13 @@
-# Test metrics and figures for each K, then the sweep summary over all K.
+# Test metrics of every arm and seed and the figures for each K, then the sweep summary.
 
 
 rule evaluate:
     input:
         data="results/{run}/data.h5",
-        pc="results/{run}/k{K}/pc_final.h5",
-        baseline="results/{run}/k{K}/baseline.h5",
+        pc=arm_files("pc_final.h5", "lvd"),
+        random=arm_files("pc_final.h5", "random"),
+        baseline=control_files("baseline"),
+        hclt=control_files("hclt"),
         teacher_metrics="results/{run}/teacher_metrics.json",
     output:
         **evaluate_figures(),
@@ -27,7 +29,8 @@ rule evaluate:
         benchmarks="benchmarks/{run}",
     shell:
         "python -m lvd.stages.evaluate --config {params.cfg:q}"
-        " --data {input.data} --pc {input.pc} --baseline {input.baseline}"
+        " --data {input.data} --pc {input.pc} --random {input.random}"
+        " --baseline {input.baseline} --hclt {input.hclt}"
         " --teacher-metrics {input.teacher_metrics} --benchmarks-dir {params.benchmarks}"
         " --out {output.metrics} --figdir {params.figdir} --threads {threads} --log {log}"
 

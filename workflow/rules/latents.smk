@@ -1,6 +1,6 @@
-# One k{K}/ directory per K in latents.num_states: k-means latents, then the count-initialized PC.
-# num_states reaches the stage as --num-states K (not through params), so adding a K to the
-# list leaves the other K's results alone.
+# One k{K}/ directory per K in latents.num_states: k-means latents, their random control, then
+# the count-initialized PC of each arm and seed. num_states reaches the stage as --num-states K
+# (not through params), so adding a K to the list leaves the other K's results alone.
 
 
 rule assign_latents:
@@ -27,16 +27,36 @@ rule assign_latents:
         " --threads {threads} --log {log}"
 
 
+rule random_latents:
+    input:
+        "results/{run}/k{K}/latents.h5",
+    output:
+        "results/{run}/k{K}/random/s{seed}/latents.h5",
+    log:
+        "logs/{run}/k{K}/random/s{seed}/random_latents.log",
+    benchmark:
+        "benchmarks/{run}/k{K}/random/s{seed}/random_latents.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m lvd.stages.random_latents --latents {input} --seed {wildcards.seed}"
+        " --out {output} --device cpu --threads {threads} --log {log}"
+
+
 rule materialize_pc:
     input:
         data="results/{run}/data.h5",
-        latents="results/{run}/k{K}/latents.h5",
+        latents=arm_latents,
     output:
-        "results/{run}/k{K}/pc_init.h5",
+        "results/{run}/k{K}/{arm}/s{seed}/pc_init.h5",
     log:
-        "logs/{run}/k{K}/materialize_pc.log",
+        "logs/{run}/k{K}/{arm}/s{seed}/materialize_pc.log",
     benchmark:
-        "benchmarks/{run}/k{K}/materialize_pc.tsv"
+        "benchmarks/{run}/k{K}/{arm}/s{seed}/materialize_pc.tsv"
     conda:
         "../../envs/lvd.yaml"
     threads: 2
@@ -44,7 +64,7 @@ rule materialize_pc:
         mem_mb=8000,
         runtime=60,
     params:
-        cfg=stage_config("pc"),
+        cfg=seeded_config("pc"),
     shell:
         "python -m lvd.stages.materialize_pc --config {params.cfg:q}"
         " --data {input.data} --latents {input.latents} --out {output}"

@@ -1,20 +1,22 @@
-# Training the circuit: the patch heads with the latents observed (images only; one job per
+# Training the circuits of each arm (lvd: the teacher's latents, random: the random-latent
+# control) and seed: the patch heads with the latents observed (images only; one job per
 # shard of the patch groups, then one job gathering the shards and training the top circuit),
-# fine-tuning on x alone, and the baseline (same structure, random init, same budget).
-# Checkpoints under finetune_ckpt/ and baseline_ckpt/ are not outputs (see teacher.smk).
+# fine-tuning on x alone; and the controls trained from scratch with LVD's budget: the
+# baseline (LVD's structure, random init) and a plain HCLT of the same size (images).
+# Checkpoints under *_ckpt/ are not outputs (see teacher.smk).
 
 
 rule latent_em:
     input:
         data="results/{run}/data.h5",
-        latents="results/{run}/k{K}/latents.h5",
-        pc="results/{run}/k{K}/pc_init.h5",
+        latents=arm_latents,
+        pc="results/{run}/k{K}/{arm}/s{seed}/pc_init.h5",
     output:
-        "results/{run}/k{K}/latent_em/shard{shard}.h5",
+        "results/{run}/k{K}/{arm}/s{seed}/latent_em/shard{shard}.h5",
     log:
-        "logs/{run}/k{K}/latent_em/shard{shard}.log",
+        "logs/{run}/k{K}/{arm}/s{seed}/latent_em/shard{shard}.log",
     benchmark:
-        "benchmarks/{run}/k{K}/latent_em/shard{shard}.tsv"
+        "benchmarks/{run}/k{K}/{arm}/s{seed}/latent_em/shard{shard}.tsv"
     conda:
         "../../envs/lvd.yaml"
     threads: 1
@@ -23,7 +25,7 @@ rule latent_em:
         runtime=120,
         gpu=1,
     params:
-        cfg=stage_config("latent_em"),
+        cfg=seeded_config("latent_em"),
         num_shards=len(SHARDS),
     shell:
         "python -m lvd.stages.latent_em --config {params.cfg:q}"
@@ -35,19 +37,19 @@ rule latent_em:
 rule latent_top_em:
     input:
         data="results/{run}/data.h5",
-        latents="results/{run}/k{K}/latents.h5",
-        pc="results/{run}/k{K}/pc_init.h5",
+        latents=arm_latents,
+        pc="results/{run}/k{K}/{arm}/s{seed}/pc_init.h5",
         shards=expand(
-            "results/{run}/k{K}/latent_em/shard{shard}.h5",
+            "results/{run}/k{K}/{arm}/s{seed}/latent_em/shard{shard}.h5",
             shard=SHARDS,
             allow_missing=True,
         ),
     output:
-        "results/{run}/k{K}/pc_latent.h5",
+        "results/{run}/k{K}/{arm}/s{seed}/pc_latent.h5",
     log:
-        "logs/{run}/k{K}/latent_top_em.log",
+        "logs/{run}/k{K}/{arm}/s{seed}/latent_top_em.log",
     benchmark:
-        "benchmarks/{run}/k{K}/latent_top_em.tsv"
+        "benchmarks/{run}/k{K}/{arm}/s{seed}/latent_top_em.tsv"
     conda:
         "../../envs/lvd.yaml"
     threads: 4
@@ -56,7 +58,7 @@ rule latent_top_em:
         runtime=120,
         gpu=1,
     params:
-        cfg=stage_config("latent_em"),
+        cfg=seeded_config("latent_em"),
     shell:
         "python -m lvd.stages.latent_top_em --config {params.cfg:q}"
         " --data {input.data} --latents {input.latents} --pc {input.pc}"
@@ -68,11 +70,11 @@ rule finetune:
         data="results/{run}/data.h5",
         pc=finetune_start,
     output:
-        "results/{run}/k{K}/pc_final.h5",
+        "results/{run}/k{K}/{arm}/s{seed}/pc_final.h5",
     log:
-        "logs/{run}/k{K}/finetune.log",
+        "logs/{run}/k{K}/{arm}/s{seed}/finetune.log",
     benchmark:
-        "benchmarks/{run}/k{K}/finetune.tsv"
+        "benchmarks/{run}/k{K}/{arm}/s{seed}/finetune.tsv"
     conda:
         "../../envs/lvd.yaml"
     threads: 4
@@ -81,8 +83,8 @@ rule finetune:
         runtime=240,
         gpu=1,
     params:
-        cfg=stage_config("finetune"),
-        ckpt_dir="results/{run}/k{K}/finetune_ckpt",
+        cfg=seeded_config("finetune"),
+        ckpt_dir="results/{run}/k{K}/{arm}/s{seed}/finetune_ckpt",
     shell:
         "python -m lvd.stages.finetune --config {params.cfg:q}"
         " --data {input.data} --pc {input.pc} --out {output}"
@@ -92,13 +94,13 @@ rule finetune:
 rule train_baseline:
     input:
         data="results/{run}/data.h5",
-        pc="results/{run}/k{K}/pc_init.h5",
+        pc="results/{run}/k{K}/lvd/s{seed}/pc_init.h5",
     output:
-        "results/{run}/k{K}/baseline.h5",
+        "results/{run}/k{K}/baseline/s{seed}.h5",
     log:
-        "logs/{run}/k{K}/train_baseline.log",
+        "logs/{run}/k{K}/baseline/s{seed}/train_baseline.log",
     benchmark:
-        "benchmarks/{run}/k{K}/train_baseline.tsv"
+        "benchmarks/{run}/k{K}/baseline/s{seed}/train_baseline.tsv"
     conda:
         "../../envs/lvd.yaml"
     threads: 4
@@ -107,9 +109,35 @@ rule train_baseline:
         runtime=240,
         gpu=1,
     params:
-        cfg=stage_config("baseline"),
-        ckpt_dir="results/{run}/k{K}/baseline_ckpt",
+        cfg=seeded_config("baseline"),
+        ckpt_dir="results/{run}/k{K}/baseline/s{seed}_ckpt",
     shell:
         "python -m lvd.stages.train_baseline --config {params.cfg:q}"
+        " --data {input.data} --pc {input.pc} --out {output}"
+        " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"
+
+
+rule train_hclt:
+    input:
+        data="results/{run}/data.h5",
+        pc="results/{run}/k{K}/lvd/s{seed}/pc_init.h5",
+    output:
+        "results/{run}/k{K}/hclt/s{seed}.h5",
+    log:
+        "logs/{run}/k{K}/hclt/s{seed}/train_hclt.log",
+    benchmark:
+        "benchmarks/{run}/k{K}/hclt/s{seed}/train_hclt.tsv"
+    conda:
+        "../../envs/lvd.yaml"
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    params:
+        cfg=seeded_config("hclt"),
+        ckpt_dir="results/{run}/k{K}/hclt/s{seed}_ckpt",
+    shell:
+        "python -m lvd.stages.train_hclt --config {params.cfg:q}"
         " --data {input.data} --pc {input.pc} --out {output}"
         " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"

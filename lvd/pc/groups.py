@@ -1,0 +1,147 @@
+"""EM of the independent parameter groups of one tree, each on its own examples, in one batch.
+
+With the latents observed, every parameter group of the LVD patch circuit (one per
+(position, state) or per cluster of states) is an EM problem of its own: its members are the
+patches assigned to its states, and each member's flow runs through its own head only
+(method.md section 2 step 6). ``em_groups`` trains G such groups together instead of looping
+over them: each step stacks one mini-batch of every group into x [B, G, V] (rows beyond a
+group's batch are padding with weight 0) and runs one pass of the tree for all groups.
+
+Every group follows exactly the schedule it would follow alone, so the result does not depend
+on which other groups share its batch (up to floating-point summation order):
+    group g with n_g members takes nb_g = ceil(n_g / batch_size) steps per epoch; epoch e
+    splits a permutation of its members (drawn from its own generator, seeded by
+    ``group_seeds[g]``) into nb_g near-equal chunks; its step size is annealed linearly from
+    step_size to step_size_end over its own epochs * nb_g steps; in a batch step where it has
+    no chunk left its step size is 0 (its tables do not move).
+Groups without members keep their tables. Groups are processed in blocks that bound the
+working memory (``max_bytes``); blocks are independent, so blocking changes nothing either.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+from lvd.pc.em import target
+
+log = logging.getLogger("lvd.pc.groups")
+
+
+def _group_dim(name: str) -> int:
+    return 0 if name == "root" else 1           # root [G, H, K]; edges, leaves [.., G, ..]
+
+
+def _block_size(tc, batch_size: int, max_bytes: float) -> int:
+    per_group = batch_size * tc.num_vars * tc.num_latents * 4 * 8    # about 8 float buffers
+    table = sum(t[0:1].numel() if _group_dim(k) == 0 else t[:, 0:1].numel()
+                for k, t in tc.params.items()) * 4 * 4               # tables, logs, grads, targets
+    return max(1, int(max_bytes // (per_group + table)))
+
+
+def em_groups(tc, xs: list, heads: list, *, epochs: int, batch_size: int, step_size: float,
+              step_size_end: float | None = None, pseudocount: float = 0.1, full_batch_epochs: int = 0,
+              group_seeds=None, max_bytes: float = 512 * 2**20, progress_seconds: float = 30.0) -> np.ndarray:
+    """Train the G groups of TreeCircuit ``tc`` in place; returns history [G, epochs + full_batch_epochs].
+
+    xs[g]: int64 [n_g, V] the members of group g; heads[g]: int64 [n_g] each member's head.
+    ``epochs`` mini-batch epochs, then ``full_batch_epochs`` full-batch epochs (every group's
+    flows accumulated over its members, one update with step 1: exact EM per group).
+    history[g, e] = mean log p_{g, head}(x) of group g's members during epoch e (NaN when
+    n_g = 0; a full-batch epoch's is at its start). group_seeds[g]: seed of group g's
+    shuffling (default g).
+    """
+    G = tc.num_groups
+    if len(xs) != G or len(heads) != G:
+        raise ValueError(f"em_groups: {len(xs)} member arrays and {len(heads)} head arrays for {G} groups")
+    end = step_size if step_size_end is None else step_size_end
+    seeds = list(range(G)) if group_seeds is None else [int(s) for s in group_seeds]
+    hist = np.full((G, epochs + full_batch_epochs), np.nan)
+    sizes = np.array([len(a) for a in xs])
+    for g in range(G):
+        if len(heads[g]) != sizes[g]:
+            raise ValueError(f"em_groups: group {g} has {sizes[g]} members and {len(heads[g])} heads")
+        if sizes[g] and (int(np.min(heads[g])) < 0 or int(np.max(heads[g])) >= tc.num_heads):
+            raise ValueError(f"em_groups: group {g} has heads outside [0, {tc.num_heads})")
+    active = [g for g in range(G) if sizes[g] > 0]
+    if not active:
+        return hist
+    block = _block_size(tc, batch_size, max_bytes)
+    t_last = time.perf_counter()
+    for b0 in range(0, len(active), block):
+        groups = active[b0:b0 + block]
+        _train_block(tc, groups, [xs[g] for g in groups], [heads[g] for g in groups],
+                     [seeds[g] for g in groups], epochs, full_batch_epochs, batch_size, step_size, end,
+                     pseudocount, hist)
+        if time.perf_counter() - t_last > progress_seconds or b0 + block >= len(active):
+            log.info("groups: %d / %d trained (%d epochs each)", min(b0 + block, len(active)),
+                     len(active), epochs)
+            t_last = time.perf_counter()
+    return hist
+
+
+def _train_block(tc, groups, xs, heads, seeds, epochs, full_batch_epochs, batch_size, s0, s1,
+                 pseudocount, hist):
+    dev, Gb, V = tc.device, len(groups), tc.num_vars
+    gidx = torch.as_tensor(groups, device=dev)
+    # the block's tables as a circuit of Gb groups (copies; written back at the end)
+    sub = tc.select_groups(groups)
+    rngs = [np.random.default_rng(s) for s in seeds]
+    n = np.array([len(a) for a in xs])
+    nb = np.maximum(1, -(-n // batch_size))                          # steps per epoch per group
+    total_steps = epochs * nb
+    X = [torch.as_tensor(np.asarray(a), dtype=torch.long) for a in xs]
+    Hd = [torch.as_tensor(np.asarray(h), dtype=torch.long) for h in heads]
+    for e in range(epochs + full_batch_epochs):
+        full = e >= epochs
+        chunks = [np.array_split(np.arange(k) if full else r.permutation(k), m)
+                  for r, k, m in zip(rngs, n, nb)]
+        ll_sum = torch.zeros(Gb, dtype=torch.float64, device=dev)
+        acc = None
+        for t in range(int(nb.max())):
+            live = [j for j in range(Gb) if t < nb[j]]
+            B = max(len(chunks[j][t]) for j in live)
+            x = torch.zeros(B, Gb, V, dtype=torch.long)
+            h = torch.zeros(B, Gb, dtype=torch.long)
+            w = torch.zeros(B, Gb)
+            for j in live:
+                rows = torch.from_numpy(np.sort(chunks[j][t]))
+                x[:len(rows), j] = X[j][rows]
+                h[:len(rows), j] = Hd[j][rows]
+                w[:len(rows), j] = 1.0
+            x, h, w = x.to(dev), h.to(dev), w.to(dev)
+            logp = {k: v.clamp_min(1e-38).log().requires_grad_(True) for k, v in sub.params.items()}
+            lls = sub.group_lls(logp, x)                              # [B, Gb, H]
+            ll = lls.gather(2, h[..., None])[..., 0] * w              # [B, Gb]
+            names = list(logp)
+            grads = torch.autograd.grad(ll.sum(), [logp[k] for k in names])
+            ll_sum += ll.detach().double().sum(0)
+            if full:
+                acc = list(grads) if acc is None else [a + g for a, g in zip(acc, grads)]
+                continue
+            step = torch.zeros(Gb, device=dev)
+            for j in live:
+                step[j] = s0 + (s1 - s0) * (e * nb[j] + t) / max(int(total_steps[j]) - 1, 1)
+            with torch.no_grad():
+                for k, F in zip(names, grads):
+                    p = sub.params[k]
+                    d = _group_dim(k)
+                    shape = [1] * p.dim()
+                    shape[d] = Gb
+                    p.lerp_(target(F, p, sub.norm_dims[k], pseudocount),
+                            step.clamp(max=1.0).view(shape))
+        if full:
+            with torch.no_grad():
+                for k, F in zip(names, acc):
+                    p = sub.params[k]
+                    p.copy_(target(F, p, sub.norm_dims[k], pseudocount))
+        mean = (ll_sum.cpu().numpy() / n)
+        for j, g in enumerate(groups):
+            hist[g, e] = mean[j]
+    with torch.no_grad():
+        for k, p in tc.params.items():
+            p.index_copy_(_group_dim(k), gidx, sub.params[k])

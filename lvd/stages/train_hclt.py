@@ -1,0 +1,90 @@
+"""train_hclt: the control users would pick instead of LVD, a plain HCLT over all pixels.
+
+Reads data.h5 (train, valid) and the LVD circuit pc_init.h5 (for its parameter count only);
+writes hclt.h5 (format lvd.pc, a tree circuit of kind "hclt"). The HCLT is a Chow-Liu tree
+over every pixel with one hidden variable of ``num_latents`` states per pixel (lvd.pc.hclt),
+randomly initialized with ``seed`` and trained by the same EM as the baseline: the same
+number of passes over the training set (``epochs`` mini-batch epochs, then
+``full_batch_epochs``), the same step sizes, batch size and pseudocount.
+
+Size: ``num_latents: 0`` (the default) picks the number of hidden states whose HCLT has the
+parameter count nearest to the LVD circuit's (``matched_num_latents``); a positive value
+fixes it. The output's attributes record ``num_params``, ``target_num_params`` and
+``seconds`` (the wall time of the training, reported next to LVD's in metrics.json).
+
+    python -m lvd.stages.train_hclt --config '{"epochs": 15}' --data data.h5 \
+        --pc k16/pc_init.h5 --out k16/hclt/s0.h5
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from lvd import pc
+from lvd.stages import pcutil
+from lvd.stages.finetune import em_stage_main, train_and_save
+
+log = logging.getLogger("lvd.train_hclt")
+WRITER = "lvd.stages.train_hclt"
+
+
+@dataclass(frozen=True)
+class Config:
+    num_latents: int = 0           # hidden states per pixel; 0 = the parameter count nearest LVD's
+    epochs: int = 15               # mini-batch EM epochs (the baseline's budget)
+    full_batch_epochs: int = 1
+    batch_size: int = 256
+    step_size: float = 0.1
+    step_size_end: float = 0.01
+    pseudocount: float = 0.1
+    max_valid: int = 0
+    seed: int = 1                  # Chow-Liu subsample, random parameters, shuffling
+
+    def __post_init__(self):
+        pcutil.check_schedule(self, "hclt")
+        if not isinstance(self.num_latents, int) or isinstance(self.num_latents, bool) or self.num_latents < 0:
+            raise ValueError(f"hclt.num_latents is {self.num_latents!r}, expected an integer >= 0")
+
+
+def hclt_num_params(num_vars: int, num_cats: int, K: int) -> int:
+    """Free parameters of an HCLT: leaves V (C - 1) K, edges (V - 1) K (K - 1), root K - 1."""
+    return num_vars * (num_cats - 1) * K + (num_vars - 1) * K * (K - 1) + (K - 1)
+
+
+def matched_num_latents(num_vars: int, num_cats: int, target: int, max_k: int = 4096) -> int:
+    """The K >= 1 whose HCLT parameter count is nearest ``target`` (the smaller K on a tie)."""
+    best, best_gap = 1, None
+    for k in range(1, max_k + 1):
+        gap = abs(hclt_num_params(num_vars, num_cats, k) - target)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = k, gap
+        if hclt_num_params(num_vars, num_cats, k) > target:
+            break
+    return best
+
+
+def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
+    """Build and train the HCLT; returns a summary (also stored as attributes)."""
+    info = pcutil.data_info(data)
+    if info.kind != "image":
+        raise ValueError(f"{data}: train_hclt is the image control (attribute 'kind' is {info.kind!r}); "
+                         f"for text the random-init HMM (train_baseline) is the plain model")
+    target = int(pc.load(pc_path).num_params)
+    K = cfg.num_latents or matched_num_latents(info.num_vars, info.num_cats, target)
+    x = pcutil.load_split(data, "train")
+    c = pc.hclt(x, num_latents=K, num_cats=info.num_cats, seed=cfg.seed, device=device)
+    log.info("HCLT over %d pixels, %d hidden states: %d params (LVD circuit: %d)", info.num_vars, K,
+             c.num_params, target)
+    return train_and_save(c, cfg, data, out, source=pc_path, stage="train_hclt", writer=WRITER,
+                          history=[], ckpt_dir=ckpt_dir,
+                          extra={"hclt_num_latents": K, "target_num_params": target})
+
+
+def main(argv=None) -> None:
+    em_stage_main(argv, __doc__, Config, run, "pc_init.h5: the LVD circuit whose size to match",
+                  "hclt.h5 to write (format lvd.pc)")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lvd.pc import queries
-from lvd.pc.tree import TreeStructure, tree_lls
+from lvd.pc.tree import NodeMajor, TreeStructure, tree_lls
 
 
 def _as_long(x, device) -> torch.Tensor:
@@ -84,8 +84,9 @@ class TreeCircuit:
 
     # ------------------------------------------------------------ core forward
     def group_lls(self, logp, x=None, missing=None, evidence=None) -> torch.Tensor:
-        """[B, G, H] log-likelihoods; x [B, G, V] or [B, V] (broadcast to every group)."""
-        if x is not None:
+        """[B, G, H] log-likelihoods; x [B, G, V] or [B, V] (broadcast to every group), or a
+        tree.NodeMajor the caller built and checked."""
+        if x is not None and not isinstance(x, NodeMajor):
             x = _as_long(x, self.device)
             if missing is not None:
                 missing = torch.as_tensor(missing, device=self.device).bool()

@@ -27,6 +27,7 @@ from lvd.pc import queries
 from lvd.pc.circuit import TreeCircuit, _as_long, latent_evidence
 from lvd.pc.patches import patch_index
 from lvd.pc.structures import chow_liu_tree, tree_structure
+from lvd.pc.tree import node_major
 
 
 class LVDCircuit:
@@ -125,10 +126,10 @@ class LVDCircuit:
         mp = None if missing is None else self._patches(torch.as_tensor(missing).bool())
         B, m, P = xp.shape
         if self.mode == "position":
-            R = self.groups_per_position                             # groups of one position
-            xg = xp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
-            mg = None if mp is None else mp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
-            return self.patch.group_lls(logp_patch, xg, mg).reshape(B, m, -1)   # [B, m, R * H]
+            # every position's patch goes to its R groups: laid out once in the passes' order
+            queries.check_values(xp, mp, P, self.num_cats)
+            xg = node_major(self.patch.structure, xp, mp, self.num_cats, repeat=self.groups_per_position)
+            return self.patch.group_lls(logp_patch, xg).reshape(B, m, -1)   # [B, m, R * H]
         lls = self.patch.group_lls(logp_patch, xp.reshape(B * m, P),
                                    None if mp is None else mp.reshape(B * m, P))
         return lls.reshape(B, m, -1)                                 # [B, m, G * H]

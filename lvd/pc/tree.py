@@ -114,18 +114,46 @@ class TreeStructure:
         return self._device_cache[key]
 
 
-def _leaf_scores(idx, a, b, logleaf_flat, C, G, B, K, xs, miss):
+def _mm(a, b, out=None):
+    """torch.matmul, with an inner dimension of 1 done as a broadcast product (num_latents = 1:
+    batched matmuls of 1x1 matrices run far below the speed of one elementwise pass)."""
+    if a.shape[-1] == 1 and b.shape[-2] == 1:
+        return torch.mul(a, b, out=out) if out is not None else a * b
+    return torch.matmul(a, b, out=out) if out is not None else torch.matmul(a, b)
+
+
+def leaf_rows(idx, a, b, G, C, xs, repeat: int = 1):
+    """Flat rows of the leaf table (layout [L_t, G, C]) read by BFS positions [a, b): [n, G, B].
+
+    xs [V, G / repeat, B]: group g0's values serve groups g0 * repeat .. + repeat - 1."""
+    n = b - a
+    base = (idx["leaf_rows"][a:b, None] * G + torch.arange(G, device=xs.device)[None, :]) * C   # [n, G]
+    if repeat == 1:
+        return base[:, :, None] + xs[a:b]
+    G0 = G // repeat
+    return (base.view(n, G0, repeat, 1) + xs[a:b].view(n, G0, 1, -1)).view(n, G, -1)
+
+
+def _repeat(miss, a, b, repeat: int):
+    """miss [V, G0, B] -> rows [a, b) as [n, G0 * repeat, B]."""
+    m = miss[a:b]
+    if repeat == 1:
+        return m
+    n, G0, B = m.shape
+    return m[:, :, None].expand(n, G0, repeat, B).reshape(n, G0 * repeat, B)
+
+
+def _leaf_scores(idx, a, b, logleaf_flat, C, G, B, K, xs, miss, repeat=1):
     """Gathered leaf log-probabilities of BFS positions [a, b): [n, G, B, K]."""
     n = b - a
-    rows = (idx["leaf_rows"][a:b, None, None] * G
-            + torch.arange(G, device=xs.device)[None, :, None]) * C + xs[a:b]  # [n, G, B]
+    rows = leaf_rows(idx, a, b, G, C, xs, repeat)                                     # [n, G, B]
     out = index_select(logleaf_flat, rows.reshape(-1)).view(n, G, B, K)
     if miss is not None:
-        out.masked_fill_(miss[a:b, :, :, None], 0.0)
+        out.masked_fill_(_repeat(miss, a, b, repeat)[:, :, :, None], 0.0)
     return out
 
 
-def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False):
+def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False, repeat=1):
     """Bottom-up pass. Returns (u [V,G,B,K] scaled, s [V,G,B] log-scales, M or None).
 
     W: edges [E_t,G,K,K] (probabilities); logleaf: [L_t,G,C,K] or None; xs: [V,G,B] values
@@ -144,7 +172,7 @@ def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False):
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
         if flat is not None:
-            score = _leaf_scores(idx, a, b, flat, C, G, B, K, xs, miss)
+            score = _leaf_scores(idx, a, b, flat, C, G, B, K, xs, miss, repeat)
         else:
             score = W.new_zeros(b - a, G, B, K)
         if ev is not None:
@@ -153,10 +181,10 @@ def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False):
             c0, c1 = st.levels[d + 1]
             Wl = index_select(W, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
             if M is not None:                                        # [nc, G, B, K]
-                m = torch.matmul(u[c0:c1], Wl.transpose(-1, -2), out=M[c0:c1])
+                m = _mm(u[c0:c1], Wl.transpose(-1, -2), out=M[c0:c1])
                 logm = m.clamp_min(TINY)
             else:
-                logm = torch.matmul(u[c0:c1], Wl.transpose(-1, -2)).clamp_min_(TINY)
+                logm = _mm(u[c0:c1], Wl.transpose(-1, -2)).clamp_min_(TINY)
             logm = logm.log_().add_(s[c0:c1, :, :, None])
             index_add(score, idx["parent_local"][d + 1], logm)
         s[a:b] = score.amax(-1)
@@ -165,12 +193,43 @@ def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False):
     return u, s, M
 
 
+@dataclass
+class NodeMajor:
+    """Observed values already in the passes' layout: xs int64 [V, G, B] in BFS node order,
+    clamped to [0, C); miss bool [V, G, B] or None. Lets a caller that builds many groups from
+    one small tensor (the LVD patch circuits) skip the reordering copies of [B, G, V] inputs;
+    the caller has checked the values."""
+
+    xs: torch.Tensor
+    miss: torch.Tensor | None = None
+    repeat: int = 1   # xs [V, G / repeat, B]: group g0's values serve groups g0 * repeat .. + repeat - 1
+
+    @property
+    def batch_size(self) -> int:
+        return self.xs.shape[2]
+
+
+def node_major(st: TreeStructure, x, missing, C: int, repeat: int = 1) -> NodeMajor:
+    """NodeMajor of x [B, G0, V] (missing like x or None) serving G0 * repeat groups: group g0's
+    values are read by groups g0 * repeat .. g0 * repeat + repeat - 1 (never copied per group)."""
+    order = st.on(x.device)["order"]
+
+    def lay(a):
+        return a.index_select(2, order).permute(2, 1, 0).contiguous()   # [V, G0, B]
+
+    return NodeMajor(lay(x.clamp(0, C - 1)), None if missing is None else lay(missing), repeat)
+
+
 def _prepare(st: TreeStructure, x, missing, evidence, C, G, device):
     """Move batch inputs into BFS node-major layout."""
     idx = st.on(device)
     order = idx["order"]
     xs = miss = ev = None
-    if x is not None:
+    if isinstance(x, NodeMajor):
+        xs, miss = x.xs, x.miss
+        if x.repeat * xs.shape[1] != G:
+            raise ValueError(f"NodeMajor input serves {x.repeat * xs.shape[1]} groups, the circuit has {G}")
+    elif x is not None:
         xs = x.index_select(2, order).permute(2, 1, 0)                 # [V, G, B]
         xs = xs.clamp(0, C - 1).contiguous()
         if missing is not None:
@@ -185,25 +244,27 @@ class TreeLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, st, log_edges, log_root, log_leaves, x, missing, evidence):
-        B = x.shape[0] if x is not None else evidence.shape[0]
+        B = (x.batch_size if isinstance(x, NodeMajor) else x.shape[0]) if x is not None else evidence.shape[0]
         G = log_edges.shape[1]
         C = log_leaves.shape[2] if log_leaves is not None else None
         W = log_edges.exp()
         root = log_root.exp()
         xs, miss, ev = _prepare(st, x, missing, evidence, C, G, W.device)
-        u, s, M = upward(st, W, log_leaves, xs, miss, ev, B, keep_messages=True)
-        q = torch.matmul(u[0], root.transpose(-1, -2))                   # [G, B, H]
+        repeat = x.repeat if isinstance(x, NodeMajor) else 1
+        u, s, M = upward(st, W, log_leaves, xs, miss, ev, B, keep_messages=True, repeat=repeat)
+        q = _mm(u[0], root.transpose(-1, -2))                            # [G, B, H]
         lls = q.clamp_min(TINY).log() + s[0, :, :, None]
         ctx.st = st
         ctx.save_for_backward(W, root, u, M, q, xs, miss)
-        ctx.shapes = (B, G, C, None if log_leaves is None else log_leaves.shape[0], evidence is not None)
+        ctx.shapes = (B, G, C, None if log_leaves is None else log_leaves.shape[0], evidence is not None,
+                      repeat)
         return lls.permute(1, 0, 2)
 
     @staticmethod
     def backward(ctx, grad):
         st = ctx.st
         W, root, u, M, q, xs, miss = ctx.saved_tensors
-        B, G, C, L_t, has_ev = ctx.shapes
+        B, G, C, L_t, has_ev, repeat = ctx.shapes
         K = W.shape[-1]
         idx = st.on(W.device)
         rq = grad.permute(1, 0, 2) / q.clamp_min(TINY)                    # [G, B, H]
@@ -214,13 +275,12 @@ class TreeLL(torch.autograd.Function):
             g_leaves = W.new_zeros(L_t * G * C + 1, K)                   # last row: missing sink
         g_ev = W.new_empty(st.num_nodes, G, B, K) if has_ev and ctx.needs_input_grad[6] else None
         a_lvl = u[0:1] * torch.matmul(rq, root)[None]                    # [1, G, B, K]
-        garange = torch.arange(G, device=W.device)[None, :, None]
         for d in range(st.depth):
             a, b = st.levels[d]
             if g_leaves is not None:
-                rows = (idx["leaf_rows"][a:b, None, None] * G + garange) * C + xs[a:b]
+                rows = leaf_rows(idx, a, b, G, C, xs, repeat)
                 if miss is not None:
-                    rows = rows.masked_fill(miss[a:b], L_t * G * C)
+                    rows = rows.masked_fill(_repeat(miss, a, b, repeat), L_t * G * C)
                 index_add(g_leaves, rows.reshape(-1), a_lvl.reshape(-1, K))
             if g_ev is not None:
                 g_ev[a:b] = a_lvl
@@ -232,7 +292,7 @@ class TreeLL(torch.autograd.Function):
                 torch.div(index_select(a_lvl, idx["parent_local"][d + 1]), r.clamp_min_(TINY), out=r)
                 uc = u[c0:c1]
                 index_add(g_edges, rows_e, Wl * torch.matmul(r.transpose(-1, -2), uc))
-                a_lvl = uc * torch.matmul(r, Wl)
+                a_lvl = uc * _mm(r, Wl)
         if g_leaves is not None:
             g_leaves = g_leaves[:-1].view(-1, G, C, K)
         if g_ev is not None:

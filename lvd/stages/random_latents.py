@@ -14,6 +14,7 @@ difference between this arm and LVD is the teacher's information alone. Attribut
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +23,11 @@ from lvd.stages import common, pcutil
 
 log = logging.getLogger("lvd.random_latents")
 WRITER = "lvd.stages.random_latents"
+
+
+@dataclass(frozen=True)
+class Config:
+    """No settings: the seed comes from the {seed} wildcard (--seed)."""
 
 
 def permute_per_position(z: np.ndarray, seed: int) -> np.ndarray:

@@ -216,6 +216,7 @@ def test_evaluate_images_metrics_and_figures(run_dir, tmp_path):
     out = tmp_path / f"k{K}" / "metrics.json"
     evaluate.main(["--config", json.dumps({"num_samples": 4, "num_inpaint": 2}), "--data", str(data),
                    "--pc", str(tmp_path / "pc_final.h5"), "--baseline", str(tmp_path / "baseline.h5"),
+                   "--random", "--hclt",
                    "--teacher-metrics", str(teacher), "--benchmarks-dir", str(bench), "--out", str(out),
                    "--figdir", str(tmp_path / "fig"), "--device", "cpu", "--threads", "1"])
     m = json.loads(out.read_text())
@@ -231,10 +232,12 @@ def test_evaluate_images_metrics_and_figures(run_dir, tmp_path):
         {"prepare_data": 3.0, "finetune": 7.5, "latent_em/shard0": 1.25}
     for name in ("samples", "inpainting", "curves"):
         assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 1000
+    assert m["num_seeds"] == 1 and m["test_bpd_std"] == 0.0
+    assert m["controls"]["baseline"]["beats"] is None and "one seed" in m["verdict"]
     with pytest.raises(io.ArtifactError, match="missing field 'teacher_test_bpd'"):
-        evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), data, tmp_path / "pc_final.h5",
-                     tmp_path / "baseline.h5", fx.write_teacher_metrics(tmp_path / "t2.json"), None,
-                     tmp_path / "m2.json", tmp_path / "fig2")
+        evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), data,
+                     {"lvd": [tmp_path / "pc_final.h5"], "baseline": [tmp_path / "baseline.h5"]},
+                     fx.write_teacher_metrics(tmp_path / "t2.json"), None, tmp_path / "m2.json", tmp_path / "fig2")
 
 
 def test_text_count_init_finetune_and_perplexity(tmp_path):
@@ -260,8 +263,8 @@ def test_text_count_init_finetune_and_perplexity(tmp_path):
     train_baseline.run(train_baseline.Config(epochs=3, batch_size=16), data, tmp_path / "pc_init.h5",
                        tmp_path / "base.h5")
     teacher = fx.write_teacher_metrics(tmp_path / "teacher.json", teacher_test_perplexity=5.5)
-    m = evaluate.run(evaluate.Config(), data, tmp_path / "final.h5", tmp_path / "base.h5", teacher,
-                     tmp_path / "nowhere", tmp_path / "metrics.json", tmp_path / "fig")
+    m = evaluate.run(evaluate.Config(), data, {"lvd": [tmp_path / "final.h5"], "baseline": [tmp_path / "base.h5"]},
+                     teacher, tmp_path / "nowhere", tmp_path / "metrics.json", tmp_path / "fig")
     p = pc.load(tmp_path / "final.h5").params
     ll = fx.hmm_forward_ll(p["root"][0, 0].double().numpy(), p["edges"][0, 0].double().numpy(),
                            p["leaves"][0, 0].double().numpy().T, windows["test"])

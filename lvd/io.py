@@ -147,12 +147,50 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str = "a JSON file") -> Any:
+    """The JSON value in ``path``; ArtifactError naming the file for a missing file, bytes that
+    are not UTF-8, or invalid JSON (with its line and column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found (expected {what})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected {what}") from e
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read ({e.strerror}); expected {what}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                            f"expected {what}") from e
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+_CODE_DIGEST: str | None = None
+
+
+def code_digest() -> str:
+    """SHA-256 (first 20 hex digits) of the lvd package's Python sources (relative paths and
+    bytes, sorted): the code version a resumable job's checkpoint must match. Computed once."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import hashlib
+
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256(__version__.encode())
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+        _CODE_DIGEST = h.hexdigest()[:20]
+    return _CODE_DIGEST
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:

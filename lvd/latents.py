@@ -80,6 +80,16 @@ def _as_f32(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def check_finite(x: np.ndarray, where: str) -> None:
+    """ValueError naming ``where`` when x holds NaN or infinite values (FAISS would stop with
+    "input contains NaN's or Inf's" and no file name). float16 embeddings overflow to inf."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{int(bad.sum())} NaN or infinite values in {where} (first at index {first} "
+                         f"of that block); the teacher's embeddings overflowed or are corrupt")
+
+
 def train(x: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0,
           device: str = "cpu", max_points_per_centroid: int | None = 256) -> np.ndarray:
     """Centroids float32 [k, d] of k-means on ``x`` [n, d] (FAISS Lloyd, best of ``nredo``)."""
@@ -138,6 +148,7 @@ def kmeans(x: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0
     show up as zeros in ``sizes`` (and a warning).
     """
     x = _as_f32(x)
+    check_finite(x, "the k-means input [rows, dim]")
     device = faiss_device(use_gpu, gpu_id)
     centroids = train(x, k, niter, nredo, seed, device, max_points_per_centroid)
     assigner = Assigner(centroids, device)
@@ -190,6 +201,7 @@ def per_position(emb, k: int, niter: int = 50, nredo: int = 1, seed: int = 0, us
     inertia = np.empty(p, dtype=np.float64)
     for pos in range(p):
         x = _as_f32(emb[:, pos, :])  # [N, D]: one position's column (one strided read)
+        check_finite(x, f"position {pos} [samples, dim]")
         rows = _sample_rows(n, k, max_points_per_centroid, seed + pos)
         centroids[pos] = train(x if rows is None else x[rows], k, niter, nredo, seed + pos, device, None)
         assigner = Assigner(centroids[pos], device)
@@ -207,7 +219,9 @@ def gather_rows(emb, rows: np.ndarray | None, chunk_rows: int = 8192) -> np.ndar
     n, p, d = emb.shape
     parts = []
     for start in range(0, n, chunk_rows):
-        block = _as_f32(emb[start:start + chunk_rows]).reshape(-1, d)  # [chunk*P, D]
+        block = _as_f32(emb[start:start + chunk_rows])
+        check_finite(block, f"samples {start}..{start + len(block) - 1} [sample, position, dim]")
+        block = block.reshape(-1, d)  # [chunk*P, D]
         if rows is None:
             parts.append(block)
         else:
@@ -233,6 +247,7 @@ def shared(emb, k: int, niter: int = 50, nredo: int = 1, seed: int = 0, use_gpu:
     z = np.empty((n, p), dtype=np.int32)
     for start in range(0, n, chunk_rows):
         block = _as_f32(emb[start:start + chunk_rows])  # [chunk, P, D]
+        check_finite(block, f"samples {start}..{start + len(block) - 1} [sample, position, dim]")
         z[start:start + len(block)] = assigner(block.reshape(-1, d)).reshape(len(block), p)
         log.info("assigned %d/%d samples", start + len(block), n)
     _warn_empty(assigner.sizes, "shared vocabulary")

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from lvd.progress import Progress
+
 log = logging.getLogger("lvd.pc.em")
 
 
@@ -94,16 +96,20 @@ def em(circuit, data=None, epochs: int = 1, batch_size: int = 512, step_size: fl
     end = step_size if step_size_end is None else step_size_end
     step, history = 0, []
     for epoch in range(epochs):
-        t0, total, acc = time.perf_counter(), 0.0, None
+        t0, total, acc, seen = time.perf_counter(), 0.0, None, 0
+        bar = Progress(math.ceil(N / batch_size), f"EM epoch {epoch + 1}/{epochs}", log)  # lvd.progress
         for rows in _batches(N, batch_size, shuffle and not full_batch, gen):
             f, lls = flows(circuit, _take(arrays, rows, circuit.device), params)
             total += float(lls.double().sum())
+            seen += len(rows)
+            bar.update(ll=total / seen)
             if full_batch:
                 acc = f if acc is None else {k: acc[k] + f[k] for k in acc}
             else:
                 s = step_size + (end - step_size) * step / max(steps - 1, 1)
                 update(circuit, f, s, pseudocount)
                 step += 1
+        bar.close()
         if full_batch:
             update(circuit, acc, step_size, pseudocount)
         history.append(total / N)

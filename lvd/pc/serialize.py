@@ -5,6 +5,8 @@ parents, edge_index, leaf_index and params/<name>, and attributes num_latents, n
 num_groups, num_heads, kind, meta (JSON). An LVD circuit has groups ``patch`` and ``top`` and
 attributes image_shape, patch_size, mode. Extra keyword attributes given to ``save`` (stage
 config, training history as JSON...) are stored on the root and returned by ``load_attrs``.
+Every tree group also holds ``sha256``, per-field checksums of its arrays; ``load`` checks every
+table, index and checksum (lvd.pc.validate) and fails naming the file and the field.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from lvd import io
+from lvd.pc import validate
 from lvd.pc.circuit import TreeCircuit
 from lvd.pc.lvdcircuit import LVDCircuit
 from lvd.pc.tree import TreeStructure
@@ -22,11 +25,13 @@ from lvd.pc.tree import TreeStructure
 
 def _write_tree(g, tc: TreeCircuit) -> None:
     st = tc.structure
-    g["parents"], g["edge_index"], g["leaf_index"] = st.parents, st.edge_index, st.leaf_index
-    for name, t in tc.params.items():
-        g[f"params/{name}"] = t.detach().cpu().numpy()
+    arrays = {"parents": st.parents, "edge_index": st.edge_index, "leaf_index": st.leaf_index,
+              **{f"params/{name}": t.detach().cpu().numpy() for name, t in tc.params.items()}}
+    for name, a in arrays.items():
+        g[name] = a
     g.attrs.update(num_latents=tc.num_latents, num_cats=tc.num_cats, num_groups=tc.num_groups,
                    num_heads=tc.num_heads, kind=tc.kind, meta=json.dumps(tc.meta))
+    g.attrs[validate.CHECKSUM_ATTR] = json.dumps(validate.checksums(arrays))
 
 
 def _read_tree(g, device) -> TreeCircuit:
@@ -34,8 +39,13 @@ def _read_tree(g, device) -> TreeCircuit:
     for field in ("parents", "edge_index", "leaf_index", "params/edges", "params/root"):
         if field not in g:
             raise io.ArtifactError(f"{where}: missing field {field!r}")
-    st = TreeStructure(g["parents"][()], g["edge_index"][()], g["leaf_index"][()])
-    params = {k: torch.from_numpy(np.asarray(v[()])) for k, v in g["params"].items()}
+    arrays = {k: np.asarray(g[k][()]) for k in ("parents", "edge_index", "leaf_index")}
+    tables = {k: np.asarray(v[()]) for k, v in g["params"].items()}
+    validate.check_tree(where, g.attrs, arrays, tables)  # every table and index (lvd.pc.validate)
+    validate.check_checksums(where, g.attrs.get(validate.CHECKSUM_ATTR),
+                             {**arrays, **{f"params/{k}": v for k, v in tables.items()}})
+    st = TreeStructure(arrays["parents"], arrays["edge_index"], arrays["leaf_index"])
+    params = {k: torch.from_numpy(v) for k, v in tables.items()}
     a = g.attrs
     tc = TreeCircuit(st, int(a["num_latents"]), int(a["num_cats"]), num_groups=int(a["num_groups"]),
                      num_heads=int(a["num_heads"]), kind=str(a["kind"]), params=params,
@@ -70,9 +80,21 @@ def load(path, device="cpu"):
     with io.open_artifact(path, "lvd.pc") as f:
         kind = f.attrs.get("circuit")
         if kind == "lvd":
-            return LVDCircuit(_read_tree(f["patch"], device), _read_tree(f["top"], device),
-                              tuple(int(s) for s in f.attrs["image_shape"]),
-                              int(f.attrs["patch_size"]), str(f.attrs["mode"]))
+            for field in ("patch", "top"):
+                if field not in f:
+                    raise io.ArtifactError(f"{path}: missing field {field!r}")
+            for attr in ("image_shape", "patch_size", "mode"):
+                if attr not in f.attrs:
+                    raise io.ArtifactError(f"{path}: missing attribute {attr!r}")
+            try:
+                return LVDCircuit(_read_tree(f["patch"], device), _read_tree(f["top"], device),
+                                  tuple(int(s) for s in f.attrs["image_shape"]),
+                                  int(f.attrs["patch_size"]), str(f.attrs["mode"]))
+            except ValueError as e:  # patch and top trees inconsistent with the image attributes
+                if isinstance(e, io.ArtifactError):
+                    raise
+                raise io.ArtifactError(f"{path}: attributes 'image_shape', 'patch_size', 'mode' and the "
+                                       f"'patch' and 'top' trees do not fit together: {e}") from e
         if kind == "tree":
             return _read_tree(f["tree"], device)
         raise io.ArtifactError(f"{path}: attribute 'circuit' is {kind!r}, expected 'tree' or 'lvd'")

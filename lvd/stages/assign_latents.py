@@ -11,7 +11,8 @@ and writes ``latents.h5`` (format lvd.latents):
 
 mode "position" runs one k-means per position (first axis P); "shared" one k-means over all
 N*P rows (first axis 1). FAISS uses the GPU only when this job's device is CUDA, the FAISS
-build sees a GPU and ``use_gpu`` is "auto".
+build sees a GPU and ``use_gpu`` is "auto". With ``use_gpu: never`` the stage claims no GPU
+(``--device auto`` becomes ``cpu``; the rule asks for none either).
 
     python -m lvd.stages.assign_latents --config '{"mode": "shared"}' \
         --embeddings embeddings.h5 --out k64/latents.h5 --num-states 64
@@ -100,6 +101,8 @@ def main(argv=None) -> None:
     cfg = common.load_config(Config, args.config)
     if args.num_states is not None:
         cfg = dataclasses.replace(cfg, num_states=args.num_states)
+    if cfg.use_gpu == "never" and (args.device or "auto").strip().lower() == "auto":
+        args.device = "cpu"  # FAISS stays on the CPU: claim no GPU (the rule reserves none)
     device = common.setup(args, seed=cfg.seed)
     if args.threads:
         latents.load_faiss().omp_set_num_threads(args.threads)

@@ -29,12 +29,14 @@ tables ``params/edges`` [E_t, g, K, K], ``params/root`` [g, H, K], ``params/leav
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from lvd import io, pc
+from lvd.pc import validate
 from lvd.stages import common, pcutil
 
 log = logging.getLogger("lvd.latent_em")
@@ -139,6 +141,8 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
         f["history"] = np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs + cfg.full_batch_epochs)
         for name in c.patch.params:
             f[f"params/{name}"] = params[name].cpu().numpy()
+        fields = ["groups", "num_examples", "history", *(f"params/{n}" for n in c.patch.params)]
+        f.attrs[validate.CHECKSUM_ATTR] = json.dumps(validate.checksums({k: f[k][()] for k in fields}))
     log.info("wrote %s: %d groups in %.1f s", out, len(groups), timer.seconds)
     return summary
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from lvd import io, pc
+from lvd.pc import validate
 from lvd.stages import common, pcutil
 from lvd.stages.latent_em import Config, shard_groups
 
@@ -73,6 +74,9 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
             if a["latents_fingerprint"] != want_lat:
                 raise ShardError(f"{path}: attribute 'latents_fingerprint' does not match {latents}: the "
                                  f"shard was trained on other latents; rerun latent_em")
+            fields = ["groups", "num_examples", "history", *(f"params/{n}" for n in c.patch.params)]
+            validate.check_checksums(str(path), a.get(validate.CHECKSUM_ATTR),
+                                     {k: io.require(f, k)[()] for k in fields})
             groups = io.require(f, "groups", ndim=1, dtype_kind="i")[()]
             expected = shard_groups(G, s, S)
             if groups.tolist() != expected:
@@ -85,7 +89,9 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
                 want[dim] = len(groups)
                 if list(d.shape) != want:
                     raise ShardError(f"{path}: field 'params/{name}' has shape {d.shape}, expected {tuple(want)}")
-                t = torch.from_numpy(d[()]).to(table.device)
+                arr = d[()]
+                validate.check_table(str(path), f"params/{name}", arr, tuple(want), c.patch.norm_dims[name])
+                t = torch.from_numpy(arr).to(table.device)
                 table.index_copy_(dim, torch.as_tensor(groups, device=table.device), t)
             h = f["history"][()]
             if hist.shape[1] == 0:
@@ -129,15 +135,19 @@ class DiskLLs:
         self.offset = np.empty((N, m), dtype=np.float32)
         self.path = path
         self.file = h5py.File(path, "w")
-        self.d = self.file.create_dataset("lls", shape=(N, m, K), dtype=np.float16,
-                                          chunks=(min(N, max(1, 2**20 // (m * K * 2))), m, K))
-        for i in range(0, N, rows):
-            L = c.latent_lls(x[self.perm[i:i + rows]]).cpu()
-            mx = L.amax(-1)
-            self.offset[i:i + len(L)] = mx.numpy()
-            self.d[i:i + len(L)] = (L - mx[..., None]).clamp_min(-6e4).numpy().astype(np.float16)
-            if (i // rows) % 20 == 19:
-                log.info("L on disk: %d / %d rows", i + len(L), N)
+        try:  # an error or SIGTERM while filling removes the file too
+            self.d = self.file.create_dataset("lls", shape=(N, m, K), dtype=np.float16,
+                                              chunks=(min(N, max(1, 2**20 // (m * K * 2))), m, K))
+            for i in range(0, N, rows):
+                L = c.latent_lls(x[self.perm[i:i + rows]]).cpu()
+                mx = L.amax(-1)
+                self.offset[i:i + len(L)] = mx.numpy()
+                self.d[i:i + len(L)] = (L - mx[..., None]).clamp_min(-6e4).numpy().astype(np.float16)
+                if (i // rows) % 20 == 19:
+                    log.info("L on disk: %d / %d rows", i + len(L), N)
+        except BaseException:
+            self.close()
+            raise
 
     def __len__(self) -> int:
         return len(self.perm)

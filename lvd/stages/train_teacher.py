@@ -5,8 +5,12 @@ Reads ``data.h5`` (lvd.data). Writes ``teacher.pt`` ({"kind", "config", "data_in
 ``teacher_metrics.json`` (``teacher_test_bpd`` for images -- an upper bound, see
 lvd.teachers.vqvae -- or ``teacher_test_perplexity`` for text, ``seconds``, per-epoch
 ``history`` with validation metrics) and a checkpoint ``last.pt`` in --ckpt-dir after every
-epoch. A killed run started again with the same settings resumes from that checkpoint
-(``epochs`` and ``max_minutes`` may change between runs; any other change starts afresh).
+epoch. The checkpoint resumes only the same job interrupted: a run finding one resumes when
+its job key matches (the teacher kind, the whole config including ``epochs`` and
+``max_minutes``, the training data's layout and CRC, and the digest of the lvd source code,
+``lvd.io.code_digest``); any difference starts afresh (logged, naming what differs). A
+finished job deletes its checkpoint, so a forced rerun (``--forcerun train_teacher``) trains
+from scratch.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ import numpy as np
 import torch
 
 from lvd import io, teachers
+from lvd.progress import Progress
 from lvd.stages import common
 
 log = logging.getLogger("lvd.train_teacher")
-RESUMABLE_CHANGES = {"epochs", "max_minutes", "valid_max"}  # config fields that may differ on resume
 
 
 @dataclass(frozen=True)
@@ -64,17 +68,28 @@ def _batches(data: torch.Tensor, batch_size: int, device, limit: int = 0):
         yield data[i:min(i + batch_size, n)].to(device)
 
 
-def _resume_state(path: Path, kind: str, cfg: Config, info: dict) -> dict | None:
-    """The checkpoint's dict if it continues this run, else None (a stale one is ignored)."""
+def job_key(kind: str, cfg: Config, info: dict) -> dict:
+    """What makes a checkpoint this job's own: kind, whole config, data, code version."""
+    return {"kind": kind, "config": common.config_dict(cfg), "data_info": info, "code": io.code_digest()}
+
+
+def _resume_state(path: Path, job: dict) -> dict | None:
+    """The checkpoint's dict if it is this very job interrupted, else None (a stale one is ignored)."""
     if not path.exists():
         return None
     state = io.load_checkpoint(path)  # a corrupt checkpoint is an error naming the file
-    old = {k: v for k, v in state.get("config", {}).items() if k not in RESUMABLE_CHANGES}
-    new = {k: v for k, v in common.config_dict(cfg).items() if k not in RESUMABLE_CHANGES}
-    if state.get("kind") != kind or state.get("data_info") != info or old != new:
-        log.warning("%s: checkpoint is from other settings or data; starting afresh", path)
-        return None
-    return state
+    old = state.get("job")
+    if old == job:
+        return state
+    if not isinstance(old, dict):
+        why = "it has no job key (written by an older lvd)"
+    else:
+        differ = [k for k in job if k != "config" and old.get(k) != job[k]]
+        fields = sorted(k for k in set(job["config"]) | set(old.get("config") or {})
+                        if (old.get("config") or {}).get(k) != job["config"].get(k))
+        why = ", ".join(differ + ([f"config fields {fields}"] if fields else [])) + " differ"
+    log.warning("%s: checkpoint is of another job (%s); starting afresh", path, why)
+    return None
 
 
 def check_config(cfg: Config) -> None:
@@ -115,13 +130,15 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
              sum(p.numel() for p in model.parameters()), len(train), model.num_positions, model.embedding_dim)
 
     ckpt_path = Path(ckpt_dir) / "last.pt"
-    state = _resume_state(ckpt_path, kind, cfg, info_ckpt)
-    start, step, history, spent = 0, 0, [], 0.0
+    job = job_key(kind, cfg, info_ckpt)
+    state = _resume_state(ckpt_path, job)
+    start, step, history, spent, stopped = 0, 0, [], 0.0, False
     if state is not None:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, step, history, spent = state["epoch"], state["step"], list(state["history"]), state["seconds"]
+        stopped = bool(state.get("stopped", False))
         log.info("resumed from %s at epoch %d (%.1f s trained so far)", ckpt_path, start, spent)
     elif hasattr(model, "prepare"):
         model.prepare(train)
@@ -130,11 +147,12 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
     per_epoch = len(train) // bs  # the last partial batch is dropped
     total = per_epoch * cfg.epochs
     cap = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
-    t0, stopped = time.perf_counter() - spent, False
-    for epoch in range(start, cfg.epochs):
+    t0 = time.perf_counter() - spent
+    for epoch in range(start, cfg.epochs if not stopped else start):
         model.train()
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-        sums, n, last_log = {}, 0, time.perf_counter()
+        sums, n = {}, 0
+        bar = Progress(per_epoch, f"epoch {epoch + 1}/{cfg.epochs}: batch", log)  # tqdm or log lines
         for b in range(per_epoch):
             x = train[perm[b * bs:(b + 1) * bs]].to(device)
             for group in opt.param_groups:
@@ -147,14 +165,13 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
             step, n = step + 1, n + 1
             for k, v in {"loss": loss.item(), **logs}.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if time.perf_counter() - last_log > 30:
-                last_log = time.perf_counter()
-                log.info("epoch %d batch %d/%d loss %.4f", epoch + 1, b + 1, per_epoch, sums["loss"] / n)
+            bar.update(loss=sums["loss"] / n)
             if time.perf_counter() - t0 > cap:
                 stopped = True
                 log.warning("max_minutes=%g reached during epoch %d (batch %d/%d); stopping",
                             cfg.max_minutes, epoch + 1, b + 1, per_epoch)
                 break
+        bar.close()
         model.eval()
         row = {"epoch": epoch + 1, **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
         if "valid" in splits and len(splits["valid"]):
@@ -168,7 +185,7 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
         io.save_checkpoint(ckpt_path, {
             "kind": kind, "config": hp, "data_info": info_ckpt, "state_dict": model.state_dict(),
             "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1, "step": step,
-            "history": history, "seconds": time.perf_counter() - t0})
+            "history": history, "seconds": time.perf_counter() - t0, "stopped": stopped, "job": job})
         if stopped:
             break
     done = history[-1]["epoch"] if history else 0
@@ -189,6 +206,8 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
     else:
         metrics["teacher_test_perplexity"] = test.get("perplexity")  # lm; mlm: None
     io.write_json(metrics_path, metrics)
+    if ckpt_path.exists():  # the job is done: nothing to resume
+        ckpt_path.unlink()
     log.info("test %s; %.1f s", " ".join(f"{k} {v:.4g}" for k, v in test.items()), seconds)
     return metrics
 

@@ -109,3 +109,46 @@ def test_cuda_job_with_a_cpu_faiss_build_clusters_on_the_cpu(tmp_path):
     assert summary["faiss_device"] == "cpu"
     with io.open_artifact(tmp_path / "l.h5", "lvd.latents") as f:
         assert f.attrs["faiss_device"] == "cpu" and same_partition(f["z"][:, 0], labels[:, 0])
+
+
+def test_use_gpu_never_claims_no_gpu(tmp_path, monkeypatch):
+    """latents.use_gpu: never with --device auto: no GPU lock is taken even when GPUs exist
+    and every one is held by someone else (an old claim would wait, then fail)."""
+    import fcntl
+    import os
+
+    from lvd import devices
+
+    monkeypatch.setenv("LVD_FAKE_GPUS", "1")
+    monkeypatch.setenv("LVD_DEVICE_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("LVD_DEVICE_WAIT_SECONDS", "0.3")
+    monkeypatch.setenv("LVD_DEVICE_POLL_SECONDS", "0.1")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    (tmp_path / "locks").mkdir()
+    fd = os.open(tmp_path / "locks" / "gpu0.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another job holds the only GPU
+    emb, _ = position_blobs(n=60, p=1)
+    src = write_embeddings(tmp_path / "embeddings.h5", emb)
+    out = tmp_path / "latents.h5"
+    try:
+        stage.main(["--config", json.dumps({"use_gpu": "never", "niter": 5}), "--embeddings", str(src),
+                    "--out", str(out), "--num-states", "3", "--threads", "1"])
+        assert devices._claim is None
+        with io.open_artifact(out, "lvd.latents") as f:
+            assert f.attrs["device"] == "cpu" and f.attrs["faiss_device"] == "cpu"
+        with pytest.raises(RuntimeError, match="stay claimed"):  # auto would have waited for it
+            stage.main(["--config", json.dumps({"niter": 5}), "--embeddings", str(src),
+                        "--out", str(tmp_path / "o2.h5"), "--num-states", "3", "--threads", "1"])
+    finally:
+        devices.release()
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mode", ["position", "shared"])
+def test_nan_or_inf_embeddings_name_the_file_and_field(tmp_path, mode):
+    emb, _ = position_blobs(n=60, p=2)
+    emb[7, 1, 2] = np.nan if mode == "position" else np.inf
+    src = write_embeddings(tmp_path / "embeddings.h5", emb)
+    with pytest.raises(ValueError, match=r"embeddings\.h5: field 'train' \(60, 2, 3\): 1 NaN or infinite values"):
+        stage.run(stage.Config(mode=mode, num_states=3), str(src), str(tmp_path / "l.h5"))
+    assert not (tmp_path / "l.h5").exists()

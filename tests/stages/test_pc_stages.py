@@ -3,6 +3,7 @@
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -273,3 +274,23 @@ def test_text_count_init_finetune_and_perplexity(tmp_path):
     assert (tmp_path / "fig" / "perplexity.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="latent_em is for images"):
         latent_em.run(LCFG, data, lat, tmp_path / "pc_init.h5", 0, 1, tmp_path / "s.h5")
+
+
+def test_gather_refuses_tampered_shards(run_dir, tmp_path):
+    d, data, lat = run_dir["dir"], run_dir["data"], run_dir["latents"]
+    run = lambda shards: latent_top_em.run(LCFG, data, lat, d / "pc_init.h5", shards, tmp_path / "o.h5")  # noqa: E731
+    bad = tmp_path / "shard1.h5"
+    with open(d / "shard1.h5", "rb") as src:
+        bad.write_bytes(src.read())
+    with h5py.File(bad, "a") as f:  # a NaN in a trained table, the checksum left as it was
+        a = f["params/leaves"][()]
+        a[0, 0, 0, 0] = np.nan
+        del f["params/leaves"]
+        f["params/leaves"] = a
+    with pytest.raises(io.ArtifactError, match=r"shard1\.h5: field 'params/leaves' does not match its checksum"):
+        run([d / "shard0.h5", bad])
+    with h5py.File(bad, "a") as f:  # without a checksum the table check still refuses it
+        del f.attrs["sha256"]
+    with pytest.raises(io.ArtifactError, match=r"shard1\.h5: field 'params/leaves' has 1 NaN"):
+        run([d / "shard0.h5", bad])
+    assert not (tmp_path / "o.h5").exists()

@@ -47,34 +47,85 @@ def test_text_training_lowers_the_loss_and_reports_perplexity(tmp_path, text_dat
     assert 1 < m["teacher_test_perplexity"] < 20  # vocab 20: better than uniform after training
 
 
-def test_resume_after_one_epoch(tmp_path, image_data, caplog):
-    first, _, _ = _train(tmp_path, image_data, epochs=1)
+class Killed(Exception):
+    pass
+
+
+def _kill_after_first_checkpoint(tmp_path, data, monkeypatch, **kw):
+    """Train until the first per-epoch checkpoint is written, then die (a preempted job)."""
+    save = io.save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise Killed
+
+    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        _train(tmp_path, data, **kw)
+    monkeypatch.setattr(io, "save_checkpoint", save)
+    assert torch.load(tmp_path / "t_ckpt" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_a_finished_job_leaves_no_checkpoint_and_a_rerun_retrains(tmp_path, image_data, caplog):
+    first, out, _ = _train(tmp_path, image_data, epochs=2)
+    assert not (tmp_path / "t_ckpt" / "last.pt").exists()
+    with caplog.at_level("INFO", logger="lvd.train_teacher"):  # --forcerun train_teacher
+        second, _, _ = _train(tmp_path, image_data, epochs=2)
+    assert "resumed" not in caplog.text and "epoch 1/2" in caplog.text and "epoch 2/2" in caplog.text
+    assert [r["epoch"] for r in second["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("before,after", [(2, 3), (3, 1)])
+def test_other_epochs_train_afresh_like_a_fresh_run(tmp_path, image_data, monkeypatch, caplog, before, after):
+    _kill_after_first_checkpoint(tmp_path, image_data, monkeypatch, epochs=before)
     with caplog.at_level("INFO", logger="lvd.train_teacher"):
+        m, out, _ = _train(tmp_path, image_data, epochs=after)
+    assert "starting afresh" in caplog.text and "config fields ['epochs']" in caplog.text
+    assert "resumed" not in caplog.text
+    _, fresh, _ = _train(tmp_path, image_data, name="fresh", epochs=after)
+    a, b = torch.load(out, weights_only=True), torch.load(fresh, weights_only=True)
+    assert a["epoch"] == after and m["epochs_done"] == after
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0)
+
+
+def test_only_the_same_job_resumes(tmp_path, image_data, monkeypatch, caplog):
+    _kill_after_first_checkpoint(tmp_path, image_data, monkeypatch, epochs=2)
+    with caplog.at_level("INFO", logger="lvd.train_teacher"):  # the same job: resumes
         second, _, _ = _train(tmp_path, image_data, epochs=2)
     assert "resumed from" in caplog.text and "at epoch 1" in caplog.text
     assert [r["epoch"] for r in second["history"]] == [1, 2]
-    assert second["history"][0] == first["history"][0]  # epoch 1 was not trained again
-    # other settings make the checkpoint stale: training starts afresh
-    caplog.clear()
-    with caplog.at_level("INFO", logger="lvd.train_teacher"):
-        third, _, _ = _train(tmp_path, image_data, epochs=2, lr=1e-3)
-    assert "starting afresh" in caplog.text and "resumed" not in caplog.text
-    # so does other training data of the same shapes
+    for change, why in ((dict(lr=1e-3), "config fields ['lr']"), (dict(max_minutes=60.0), "config fields ['max_minutes']")):
+        _kill_after_first_checkpoint(tmp_path, image_data, monkeypatch, epochs=2)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lvd.train_teacher"):
+            _train(tmp_path, image_data, epochs=2, **change)
+        assert "starting afresh" in caplog.text and why in caplog.text and "resumed" not in caplog.text
+    # other training data of the same shapes
+    _kill_after_first_checkpoint(tmp_path, image_data, monkeypatch, epochs=2)
     other = write_image_data(tmp_path / "other.h5", digits=False)
     caplog.clear()
     with caplog.at_level("INFO", logger="lvd.train_teacher"):
-        _train(tmp_path, other, epochs=3, lr=1e-3)
-    assert "starting afresh" in caplog.text and "resumed" not in caplog.text
+        _train(tmp_path, other, epochs=2)
+    assert "starting afresh" in caplog.text and "data_info differ" in caplog.text
+    # another version of the code
+    _kill_after_first_checkpoint(tmp_path, image_data, monkeypatch, epochs=2)
+    monkeypatch.setattr(io, "_CODE_DIGEST", "another-version")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lvd.train_teacher"):
+        _train(tmp_path, image_data, epochs=2)
+    assert "starting afresh" in caplog.text and "code differ" in caplog.text
+
+
+def test_the_code_digest_covers_the_package_sources():
+    d = io.code_digest()
+    assert len(d) == 20 and d == io.code_digest()
 
 
 @pytest.mark.parametrize("kind", ["vqvae", "lm"])
 def test_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch, kind):
     data = write_image_data(tmp_path / "img.h5") if kind == "vqvae" else write_text_data(tmp_path / "txt.h5")
     _, straight, _ = _train(tmp_path, data, name="a", kind=kind, epochs=2)
-
-    class Killed(Exception):
-        pass
-
     save = io.save_checkpoint
 
     def save_then_die(path, state):
@@ -87,6 +138,7 @@ def test_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(io, "save_checkpoint", save)
     assert torch.load(tmp_path / "b_ckpt" / "last.pt", weights_only=True)["epoch"] == 1
     _, resumed, _ = _train(tmp_path, data, name="b", kind=kind, epochs=2)
+    assert not (tmp_path / "b_ckpt" / "last.pt").exists()  # the finished job removed it
     a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
     for k in a["state_dict"]:
         torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=0, atol=0)

@@ -4,12 +4,17 @@ Every Snakemake call runs in a copy of the workflow under a temporary directory 
 the repository, whose results/ may hold real runs), with the test's own interpreter first on
 PATH as `python` (the rules call `python -m lvd.stages.<name>`) and the repository on
 PYTHONPATH, so the stages under test are the ones in this checkout.
+
+`python` on that PATH is a two-line shell script that execs the interpreter by its own path,
+not a symlink to it: Python finds a virtualenv by the ``pyvenv.cfg`` beside the path it was
+started as, so a symlink elsewhere would run the base interpreter without the venv's packages.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -74,7 +79,9 @@ def preset_args(workdir: Path, preset: str | None) -> list[str]:
     return args
 
 
-def _env(tmp_bin: Path) -> dict:
+def stage_env(tmp_bin: Path) -> dict:
+    """The environment the rules' shell commands see: ``tmp_bin`` first on PATH, this checkout
+    first on PYTHONPATH."""
     env = dict(os.environ)
     env["PATH"] = f"{tmp_bin}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
@@ -82,18 +89,28 @@ def _env(tmp_bin: Path) -> dict:
     return env
 
 
+def python_bin(folder: Path, python: str | Path = sys.executable) -> Path:
+    """``folder`` holding an executable ``python`` that runs ``python`` (default: this
+    interpreter) by its own path, so a virtualenv's interpreter keeps its packages."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wrapper = folder / "python"
+    text = f"#!/bin/sh\nexec {shlex.quote(str(python))} \"$@\"\n"
+    if not wrapper.is_file() or wrapper.is_symlink() or wrapper.read_text() != text:
+        tmp = folder / f".python.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, wrapper)
+    return folder
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 600):
     """Run ``python -m snakemake ARGS`` in ``workdir``; returns (CompletedProcess, seconds).
 
     With check=True a non-zero exit fails the test showing the tail of the output.
     """
-    tmp_bin = workdir / ".test-bin"
-    tmp_bin.mkdir(exist_ok=True)
-    python = tmp_bin / "python"
-    if not python.exists():
-        python.symlink_to(sys.executable)
+    tmp_bin = python_bin(workdir / ".test-bin")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=_env(tmp_bin),
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=stage_env(tmp_bin),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     if check and proc.returncode != 0:

@@ -153,3 +153,23 @@ def final_outputs():
     """Targets of rule all."""
     summary = expand("results/{run}/summary.{ext}", run=RUN, ext=["tsv", "png"])
     return summary + metrics_files()
+
+
+def dataset_files(wildcards):
+    """Input of prepare_data: the file data.path names, or every file below the directory it
+    names (hidden ones skipped), so a replaced dataset reruns prepare_data and what follows.
+
+    Empty (the source's default: bundled digits, the apt Fashion-MNIST) or missing: no input;
+    the stage itself then reports the missing data naming data.path.
+    """
+    path = config["data"]["path"]
+    if not path or not os.path.exists(path):
+        return []
+    if os.path.isfile(path):
+        return [path]
+    found = []
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = [name for name in sorted(files) if not name.startswith(".")]
+        found += [os.path.join(folder, name) for name in names]
+    return found

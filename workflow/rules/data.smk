@@ -1,4 +1,6 @@
 rule prepare_data:
+    input:
+        dataset_files,
     output:
         "results/{run}/data.h5",
     log:

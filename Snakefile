@@ -11,6 +11,8 @@
 
 from snakemake.utils import min_version, validate
 
+from lvd.configcheck import reject_float_integers
+
 min_version("8.0")
 
 
@@ -18,6 +20,9 @@ configfile: "config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+reject_float_integers(
+    config, "workflow/schemas/config.schema.yaml"
+)  # 2.0 where an integer belongs
 
 
 report: "workflow/report/workflow.rst"

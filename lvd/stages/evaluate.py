@@ -94,13 +94,7 @@ def read_benchmarks(directory, num_states: int) -> dict[str, float]:
 
 
 def read_teacher(path, key: str):
-    path = Path(path)
-    if not path.exists():
-        raise io.ArtifactError(f"{path}: file not found (expected teacher_metrics.json from train_teacher)")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise io.ArtifactError(f"{path}: not valid JSON ({e})") from e
+    metrics = io.read_json(path, "teacher_metrics.json from train_teacher")
     if not isinstance(metrics, dict) or key not in metrics:
         raise io.ArtifactError(f"{path}: missing field {key!r}")
     return metrics[key]

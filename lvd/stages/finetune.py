@@ -26,7 +26,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lvd import pc
+from lvd import io, pc
 from lvd.stages import common, pcutil
 
 log = logging.getLogger("lvd.finetune")
@@ -61,7 +61,8 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
     epoch; save to ``out``. With ``ckpt_dir``: a per-epoch checkpoint ``<stage>.h5`` there,
     resumed when its key (stage, source, data layout, config) matches, deleted at the end."""
     ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{stage}.h5"
-    key = pcutil.resume_key(stage, pcutil.fingerprint(source), pcutil.fingerprint(data, contents=False), cfg)
+    # the same job interrupted: the same input circuit, data (contents), config and code version
+    key = pcutil.resume_key(stage, pcutil.fingerprint(source), pcutil.fingerprint(data), cfg, io.code_digest())
     info = pcutil.data_info(data)
     pcutil.check_circuit(c, info, source)
     with common.Timer() as timer:

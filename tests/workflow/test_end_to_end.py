@@ -54,8 +54,12 @@ def check_finished_run(run: Run, keys: set[str]):
         assert metrics["num_params"] > 0
         # seconds: {stage: seconds} from the benchmark files of this K's jobs and the shared ones
         stages = {"prepare_data", "train_teacher", "extract_embeddings", "assign_latents",
-                  "materialize_pc", "finetune", "train_baseline"}
+                  "lvd/s0/materialize_pc", "lvd/s0/finetune", "random/s0/random_latents",
+                  "random/s0/finetune", "baseline/s0/train_baseline"}
+        if not run.text:
+            stages |= {"lvd/s0/latent_top_em", "hclt/s0/train_hclt"}
         assert stages <= set(metrics["seconds"]) and all(v > 0 for v in metrics["seconds"].values())
+        assert metrics["num_seeds"] == run.config["evaluate"]["num_seeds"] and "verdict" in metrics
     header, *rows = (run.results / "summary.tsv").read_text().splitlines()
     assert [int(r.split("\t")[0]) for r in rows] == sorted(ks)
     main = "test_perplexity" if run.text else "test_bpd"
@@ -73,8 +77,9 @@ def test_tiny_images_whole_dag(tiny):
     for k in tiny.config["latents"]["num_states"]:
         for name in ("samples", "inpainting", "curves"):
             assert (tiny.results / f"k{k}" / "figures" / f"{name}.png").stat().st_size > 0
-        shards = sorted(p.name for p in (tiny.results / f"k{k}" / "latent_em").iterdir())
-        assert shards == [f"shard{i}.h5" for i in range(tiny.config["latent_em"]["num_shards"])]
+        for arm in ("lvd", "random"):
+            shards = sorted(p.name for p in (tiny.results / f"k{k}" / arm / "s0" / "latent_em").iterdir())
+            assert shards == [f"shard{i}.h5" for i in range(tiny.config["latent_em"]["num_shards"])]
 
 
 def test_tiny_forcerun_finetune_reruns_exactly_finetune_and_downstream(tiny):
@@ -82,12 +87,15 @@ def test_tiny_forcerun_finetune_reruns_exactly_finetune_and_downstream(tiny):
     assert "Nothing to be done" in proc.stdout + proc.stderr, "a finished run must be up to date"
     ks = tiny.config["latents"]["num_states"]
     k_dir = tiny.results / f"k{ks[0]}"
-    before = {name: os.stat(k_dir / name).st_mtime_ns for name in ("pc_init.h5", "pc_latent.h5",
-                                                                   "baseline.h5", "pc_final.h5")}
+    names = ("lvd/s0/pc_init.h5", "lvd/s0/pc_latent.h5", "baseline/s0.h5", "hclt/s0.h5", "lvd/s0/pc_final.h5",
+             "random/s0/pc_final.h5")
+    before = {name: os.stat(k_dir / name).st_mtime_ns for name in names}
     proc, _ = snakemake(tiny.workdir, *tiny.args, "--forcerun", "finetune")
-    assert job_stats(proc.stdout + proc.stderr) == {"finetune": len(ks), "evaluate": len(ks), "summarize": 1, "all": 1}
+    arms = 2 * tiny.config["evaluate"]["num_seeds"]          # lvd and random, every seed
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "evaluate": len(ks),
+                                                    "summarize": 1, "all": 1}
     after = {name: os.stat(k_dir / name).st_mtime_ns for name in before}
-    assert {n for n in before if before[n] != after[n]} == {"pc_final.h5"}
+    assert {n for n in before if before[n] != after[n]} == {"lvd/s0/pc_final.h5", "random/s0/pc_final.h5"}
 
 
 def test_tiny_report(tiny):
@@ -99,5 +107,6 @@ def test_tiny_report(tiny):
 def test_tiny_text_whole_dag(tiny_text):
     check_finished_run(tiny_text, TEXT_KEYS)
     for k in tiny_text.config["latents"]["num_states"]:
-        assert not (tiny_text.results / f"k{k}" / "latent_em").exists()
-        assert not (tiny_text.results / f"k{k}" / "pc_latent.h5").exists()
+        assert not (tiny_text.results / f"k{k}" / "lvd" / "s0" / "latent_em").exists()
+        assert not (tiny_text.results / f"k{k}" / "lvd" / "s0" / "pc_latent.h5").exists()
+        assert not (tiny_text.results / f"k{k}" / "hclt").exists()

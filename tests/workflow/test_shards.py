@@ -12,14 +12,15 @@ def test_four_shards_run_concurrently_on_four_devices(tmp_path, monkeypatch):
     work = copy_workflow(tmp_path / "wf")
     (work / "shards.yaml").write_text(yaml.safe_dump({"latent_em": {"num_shards": 4},
                                                       "latents": {"num_states": [4]}}))
+    shard_dir = work / "results" / "tiny" / "k4" / "lvd" / "s0" / "latent_em"
+    targets = [str((shard_dir / f"shard{i}.h5").relative_to(work)) for i in range(4)]
     proc, _ = snakemake(work, "--cores", "4", "--resources", "gpu=4", *preset_args(work, "tiny"),
-                        "shards.yaml", "--until", "latent_em")
+                        "shards.yaml", "--", *targets)
     log = proc.stdout + proc.stderr
     # Snakemake announces each job as it starts ("rule latent_em:") and reports "Finished
     # jobid: N (Rule: latent_em)": all four must have started before the first one finished.
     first_done = log.index("(Rule: latent_em)")
     assert log.count("rule latent_em:", 0, first_done) == 4, log[-3000:]
-    shard_dir = work / "results" / "tiny" / "k4" / "latent_em"
     devices = set()
     for i in range(4):
         with h5py.File(shard_dir / f"shard{i}.h5", "r") as f:

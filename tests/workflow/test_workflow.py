@@ -113,9 +113,18 @@ def test_editing_one_section_reruns_only_that_stage_and_what_follows(workdir):
     config = merged_config("tiny")
     ks = config["latents"]["num_states"]
     changed = run_dir / "changed.yaml"
+    changed.write_text(yaml.safe_dump({"finetune": {"step_size_end": 0.02}}))
+    proc, _ = snakemake(run_dir, *args, changed.name, "-n")
+    arms = 2 * config["evaluate"]["num_seeds"]          # lvd and random latents, every seed
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "evaluate": len(ks),
+                                                    "summarize": 1, "all": 1}
+    # finetune.epochs is part of LVD's budget: the controls trained from scratch (epochs: auto) follow
     changed.write_text(yaml.safe_dump({"finetune": {"epochs": config["finetune"]["epochs"] + 1}}))
     proc, _ = snakemake(run_dir, *args, changed.name, "-n")
-    assert job_stats(proc.stdout + proc.stderr) == {"finetune": len(ks), "evaluate": len(ks), "summarize": 1, "all": 1}
+    seeds = config["evaluate"]["num_seeds"]
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "train_baseline": seeds * len(ks),
+                                                    "train_hclt": seeds * len(ks), "evaluate": len(ks),
+                                                    "summarize": 1, "all": 1}
     # a new K runs only that K's jobs (num_states is not part of the latents stage's params)
     more = run_dir / "more.yaml"
     more.write_text(yaml.safe_dump({"latents": {"num_states": [*ks, 2]}}))

@@ -26,7 +26,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs")
-PRESETS = ("tiny", "fashion_mnist", "fashion_mnist_sizes", "tiny_text", "wikitext2")
+PRESETS = ("tiny", "digits_sizes", "fashion_mnist", "fashion_mnist_sizes", "tiny_text", "wikitext2")
 # stage module -> its config section (None: a stage without settings)
 STAGE_SECTIONS = {
     "prepare_data": "data",

@@ -171,10 +171,10 @@ def verdict(m: dict, key: str, unit: str) -> str:
         how = ("(one seed: no spread measured)" if c["beats"] is None else
                "by more than 3 seed standard deviations" if c["beats_3std"] else
                "by more than the seeds' spread" if c["beats"] else
-               "but not by more than the seeds' spread" if c["margin"] > 0 else "no: it is worse")
+               "but not by more than the seeds' spread" if c["margin"] > 0 else "")
+        better = "LVD better" if c["margin"] > 0 else "LVD worse"
         parts.append(f"LVD vs {arm}: {m[key]:.4f} vs {m[f'{arm}_{key}']:.4f} {unit} "
-                     f"(margin {c['margin']:+.4f}, spread {c['spread']:.4f}): "
-                     f"{'LVD better ' if c['margin'] > 0 else ''}{how}")
+                     f"(margin {c['margin']:+.4f}, spread {c['spread']:.4f}): " + " ".join(filter(None, [better, how])))
     return "; ".join(parts) + f" [{m['num_seeds']} seed(s)]"
 
 

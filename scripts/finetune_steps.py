@@ -1,0 +1,48 @@
+"""How fine-tuning's first epochs treat the head start: mini-batch EM from a pc_latent.h5 at a
+given step size and batch size, valid bpd after every epoch (one JSON line).
+
+Per-state patch circuits see about batch_size / K patches of each state per step; with 256
+grey levels a small batch gives each state's leaves a sparse, noisy estimate, and a large step
+then throws away what latent_em fitted. This script measures that trade-off.
+
+    python scripts/finetune_steps.py --pc results/fashion_mnist/k16/lvd/s0/pc_latent.h5 \
+        --data results/fashion_mnist/data.h5 --step 0.1 0.01 --batch-size 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from lvd import pc
+from lvd.stages import pcutil
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pc", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--step", type=float, nargs=2, default=[0.1, 0.01], help="first and last step size")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-train", type=int, default=20000, help="first rows of the train split used")
+    p.add_argument("--max-valid", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    x = pcutil.load_split(a.data, "train")[:a.max_train]
+    xv = pcutil.load_split(a.data, "valid", a.max_valid, 0)
+    c = pc.load(a.pc)
+    bpd = [pcutil.bpd(pc.mean_log_likelihood(c, xv), xv.shape[1])]
+    s0, s1 = a.step
+    for e in range(a.epochs):
+        pc.em(c, x, epochs=1, batch_size=a.batch_size, step_size=s0 + (s1 - s0) * e / a.epochs,
+              step_size_end=s0 + (s1 - s0) * (e + 1) / a.epochs, seed=e)
+        bpd.append(pcutil.bpd(pc.mean_log_likelihood(c, xv), xv.shape[1]))
+    print(json.dumps({"step": a.step, "batch_size": a.batch_size, "valid_bpd": [round(v, 4) for v in bpd]}))
+
+
+if __name__ == "__main__":
+    main()

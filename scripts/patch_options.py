@@ -31,6 +31,7 @@ def main(argv=None) -> None:
     p.add_argument("--num-states", type=int, required=True)
     p.add_argument("--num-latents", type=int, default=2)
     p.add_argument("--heads-per-group", type=int, default=1)
+    p.add_argument("--root-states", action="store_true", help="pc.root_states (head h = root state h)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--latent-epochs", type=int, nargs=2, default=[5, 5], help="mini-batch, full-batch")
     p.add_argument("--top-epochs", type=int, default=5)
@@ -41,7 +42,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     run, K = Path(a.run), a.num_states
-    out = Path(a.out) / f"k{K}_nl{a.num_latents}_h{a.heads_per_group}"
+    out = Path(a.out) / f"k{K}_nl{a.num_latents}_h{a.heads_per_group}{'_root' if a.root_states else ''}"
     data, lat = str(run / "data.h5"), str(run / f"k{K}" / "latents.h5")
     xt = pcutil.load_split(data, "test")
 
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
                 z = str(d / "latents.h5")
                 random_latents.run(lat, z, s)
             materialize_pc.run(materialize_pc.Config(num_latents=a.num_latents, heads_per_group=a.heads_per_group,
-                                                     seed=s), data, z, str(d / "pc_init.h5"))
+                                                     root_states=a.root_states, seed=s), data, z, str(d / "pc_init.h5"))
             latent_em.run(dataclasses.replace(le, seed=s), data, z, str(d / "pc_init.h5"), 0, 1, str(d / "shard0.h5"))
             latent_top_em.run(dataclasses.replace(le, seed=s), data, z, str(d / "pc_init.h5"), [str(d / "shard0.h5")],
                               str(d / "pc_latent.h5"))
@@ -77,6 +78,7 @@ def main(argv=None) -> None:
     summary = {k: [round(float(np.mean(v)), 4), round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 4)]
                for k, v in res.items()}
     print(json.dumps({"num_states": K, "num_latents": a.num_latents, "heads_per_group": a.heads_per_group,
+                      "root_states": a.root_states,
                       "seeds": a.seeds, "num_params": pc.load(out / "lvd" / "s0" / "pc_init.h5").num_params,
                       "hclt_num_latents": pc.load(out / "hclt0.h5").num_latents, "test_bpd": summary}))
 

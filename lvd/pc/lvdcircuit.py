@@ -219,8 +219,8 @@ def distinguishable(num_heads: int, num_latents: int) -> str | None:
 
 def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int, num_cats: int, *,
                 mode: str = "position", num_groups: int | None = None, heads_per_group: int | None = None,
-                top_parents=None, patch_parents=None, data=None, z=None, seed: int = 0,
-                device="cpu") -> LVDCircuit:
+                root_states: bool = False, top_parents=None, patch_parents=None, data=None, z=None,
+                seed: int = 0, device="cpu") -> LVDCircuit:
     """Build an LVD circuit with random (seeded) parameters.
 
     Structures: ``patch_parents`` (tree over one patch's P variables) defaults to the Chow-Liu
@@ -233,6 +233,12 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
     Mode "shared": H = num_states / num_groups (``num_groups`` default 1) unless
     ``heads_per_group`` is given. A configuration whose heads cannot be told apart
     (``distinguishable``) raises ValueError.
+
+    ``root_states``: head h of a group *is* root state h of its patch tree (root[g, h] =
+    one-hot(h); needs heads_per_group == num_latents). Then Z_i is the patch tree's root hidden
+    variable: each state owns its root leaf column and the rows of the root's edges, the deeper
+    sub-circuits are shared by the group's states and fitted on all its members. EM keeps the
+    one-hot roots (an entry with zero weight gets zero flow; only the pseudocount touches it).
     """
     H_img, W_img, Ch = image_shape
     idx = patch_index(H_img, W_img, Ch, patch_size)
@@ -263,8 +269,14 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
         if z is None:
             raise ValueError("lvd_circuit: give top_parents or latents z to build the top tree")
         top_parents = chow_liu_tree(np.asarray(z), num_states, num_bins=None, seed=seed)
+    if root_states and H != num_latents:
+        raise ValueError(f"root_states needs heads_per_group = num_latents, got {H} heads and "
+                         f"{num_latents} root states")
     patch = TreeCircuit(tree_structure(patch_parents), num_latents, num_cats, num_groups=G,
-                        num_heads=H, kind="patch", seed=seed, device=device)
+                        num_heads=H, kind="patch", seed=seed, device=device,
+                        meta={"root_states": bool(root_states)})
+    if root_states:
+        patch.params["root"] = torch.eye(H, device=device).expand(G, H, H).contiguous()
     top = TreeCircuit(tree_structure(top_parents), num_states, 0, kind="top", seed=seed + 1,
                       device=device)
     return LVDCircuit(patch, top, image_shape, patch_size, mode)

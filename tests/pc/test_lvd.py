@@ -159,6 +159,27 @@ def test_soft_evidence_equals_the_explicit_sum(name):
         assert got[b] == pytest.approx(np.log(J.sum()), abs=2e-5)
 
 
+def test_root_states_heads_are_the_patch_trees_root_states():
+    """posR: head h of a group is its patch tree with the root clamped to state h (brute force),
+    and an EM step keeps the one-hot roots up to the pseudocount."""
+    m = make("posR", seed=15)
+    np.testing.assert_array_equal(m.patch.params["root"].numpy(), np.broadcast_to(np.eye(2), (2, 2, 2)))
+    X = np.random.default_rng(15).integers(0, 3, (6, 4))
+    L = m.latent_lls(as_t(X)).double().numpy()[:, 0]                   # [6, K]
+    for k in range(m.num_states):
+        g, h = m.state_group(0, k)
+        sub = m.patch.select_groups([g])
+        z = np.full((6, 4), -1)
+        z[:, int(sub.structure.order[0])] = h                         # the root latent observed
+        # the one-group circuit scores the uniform mixture of its H heads: only head h has root state h
+        clamped = sub.log_likelihood(as_t(X), z=as_t(z)).double().numpy() + np.log(sub.num_heads)
+        np.testing.assert_allclose(L[:, k], clamped, atol=2e-5)
+    pc.em(m, as_t(X), epochs=1, batch_size=6, step_size=1.0, pseudocount=0.0)
+    np.testing.assert_allclose(m.patch.params["root"].numpy(), np.broadcast_to(np.eye(2), (2, 2, 2)), atol=1e-6)
+    with pytest.raises(ValueError, match="root_states needs"):
+        pc.lvd_circuit(**{**CONFIGS["posR"], "num_latents": 3})
+
+
 def test_indistinguishable_heads_are_refused():
     with pytest.raises(ValueError, match="cannot be told apart"):
         pc.lvd_circuit(**{**CONFIGS["posH"], "num_latents": 1})

@@ -4,7 +4,6 @@ import io as stdio
 import logging
 
 import numpy as np
-import pytest
 
 from lvd import pc, progress
 

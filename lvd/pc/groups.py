@@ -21,7 +21,6 @@ working memory (``max_bytes``); blocks are independent, so blocking changes noth
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np

@@ -180,7 +180,7 @@ class LVDCircuit:
         z = z[:, 0]                                                  # [B, m]
         xp, mp = self._patches(x), self._patches(missing)
         seed2 = None if gen_seed is None else gen_seed + 1
-        H, P = self.patch.num_heads, xp.shape[-1]
+        P = xp.shape[-1]
         pos = torch.arange(m, device=dev)[None, :]
         g, h = self.state_group(pos, z)                              # [B, m] each
         if self.mode == "position":

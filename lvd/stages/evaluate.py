@@ -38,7 +38,6 @@ NaN or negative bpd, a perplexity below 1) is an error naming the circuit file.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from dataclasses import asdict, dataclass

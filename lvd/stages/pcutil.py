@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lvd import io, pc
 from lvd.pc.circuit import TreeCircuit

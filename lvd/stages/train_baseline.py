@@ -24,7 +24,7 @@ Optional ``--ckpt-dir``: per-epoch checkpoint and resume, as in finetune.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from lvd import pc
 from lvd.stages import pcutil

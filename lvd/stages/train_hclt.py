@@ -19,7 +19,7 @@ fixes it. The output's attributes record ``num_params``, ``target_num_params`` a
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from lvd import pc
 from lvd.stages import pcutil

@@ -83,15 +83,6 @@ def test_floats_for_integer_fields_are_refused():
     assert common.load_config(assign_latents.Config, {"niter": 2, "max_points_per_centroid": None}).niter == 2
 
 
-def test_sections_match_the_workflow():
-    sys.path.insert(0, str(REPO / "tests" / "workflow"))
-    try:
-        from workflow_helpers import STAGE_SECTIONS
-    finally:
-        sys.path.pop(0)
-    assert common.SECTIONS == STAGE_SECTIONS
-
-
 # ------------------------------------------------------------------- SIGTERM and temporaries
 HOLD_A_TEMPORARY = """
 import sys, time

@@ -24,25 +24,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lvd.stages.common import SECTIONS
+
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs")
 PRESETS = ("tiny", "digits_sizes", "fashion_mnist", "fashion_mnist_sizes", "tiny_text", "wikitext2")
-# stage module -> its config section (None: a stage without settings)
-STAGE_SECTIONS = {
-    "prepare_data": "data",
-    "train_teacher": "teacher",
-    "extract_embeddings": "embeddings",
-    "assign_latents": "latents",
-    "materialize_pc": "pc",
-    "latent_em": "latent_em",
-    "latent_top_em": "latent_em",
-    "finetune": "finetune",
-    "train_baseline": "baseline",
-    "train_hclt": "hclt",
-    "random_latents": None,
-    "evaluate": "evaluate",
-    "summarize": None,
-}
+# stage module -> its config section (None: a stage without settings): the stages' own table
+STAGE_SECTIONS = dict(SECTIONS)
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -40,8 +40,8 @@ class Config:
     num_groups: int = 1        # images, shared mode: patch sub-circuits; must divide num_states
     heads_per_group: int = 0   # images: states sharing one patch circuit; 0 = the mode's default
                                # (position: 1, every state its own circuit; shared: K / num_groups)
-    root_states: bool = False  # images: head h of a patch circuit is its root state h (needs
-                               # heads_per_group == num_latents): Z_i = the patch tree's root variable
+    root_states: bool = False  # images: head h of a patch circuit is its root state h; Z_i = the
+                               # patch tree's root variable (num_latents = heads_per_group = K)
     pseudocount: float = 0.1   # added to the counts (spread evenly over each distribution)
     seed: int = 0              # random patch parameters, Chow-Liu subsampling
 
@@ -76,21 +76,23 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
             if mode == "shared" and K % cfg.num_groups:
                 raise ValueError(f"pc.num_groups={cfg.num_groups} must divide num_states={K} "
                                  f"(from {latents}) in shared mode")
-            H = cfg.heads_per_group or None
+            H, nl = cfg.heads_per_group or None, cfg.num_latents
+            if cfg.root_states:   # Z_i is the root variable: every patch-tree node gets K states
+                H = nl = K
+                log.info("pc.root_states: num_latents = heads_per_group = num_states = %d", K)
             if H is not None and K % H:
                 raise ValueError(f"pc.heads_per_group={H} must divide num_states={K} (from {latents})")
-            why = pc.lvdcircuit.distinguishable(H or (1 if mode == "position" else K // cfg.num_groups),
-                                                cfg.num_latents)
+            why = pc.lvdcircuit.distinguishable(H or (1 if mode == "position" else K // cfg.num_groups), nl)
             if why and not cfg.root_states:
                 log.warning("pc: %s", why)
-            c = pc.lvd_circuit(info.image_shape, info.patch_size, num_states=K, num_latents=cfg.num_latents,
+            c = pc.lvd_circuit(info.image_shape, info.patch_size, num_states=K, num_latents=nl,
                                num_cats=info.num_cats, mode=mode, num_groups=cfg.num_groups,
                                heads_per_group=H, root_states=cfg.root_states, data=x, z=z,
                                seed=cfg.seed, device=device)
             chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
             log.info("LVD circuit: patch tree %d vars x %d groups x %d heads, K_h=%d; top tree over %d "
                      "positions, K=%d", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,
-                     cfg.num_latents, c.num_positions, K)
+                     nl, c.num_positions, K)
         else:
             if mode != "shared":
                 raise ValueError(f"{latents}: attribute 'mode' is {mode!r}; text needs 'shared' latents "

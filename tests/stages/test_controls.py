@@ -125,3 +125,12 @@ def test_evaluate_refuses_an_impossible_bpd(files, tmp_path, monkeypatch):
     for bad, kind in ((float("nan"), "image"), (-0.1, "image"), (0.5, "text")):
         with pytest.raises(io.ArtifactError):
             evaluate.check_metric(bad, kind, "x")
+
+
+def test_materialize_root_states_follows_the_number_of_states(files, tmp_path):
+    materialize_pc.run(materialize_pc.Config(num_latents=2, root_states=True), files["data"], files["latents"],
+                       tmp_path / "root.h5")
+    c = pc.load(tmp_path / "root.h5")
+    assert (c.patch.num_latents, c.patch.num_heads, c.patch.num_groups) == (K, K, 16)
+    np.testing.assert_array_equal(c.patch.params["root"].numpy(), np.broadcast_to(np.eye(K), (16, K, K)))
+    assert c.patch.meta["root_states"] is True

@@ -19,8 +19,6 @@ import logging
 import os
 import time
 
-import sys
-
 import numpy as np
 
 # The OpenMP wait policy in force (lvd/__init__.py sets PASSIVE unless the caller set one).

@@ -19,7 +19,6 @@ FAISS runs on a GPU when its build sees one (``faiss.get_num_gpus() > 0``) and
 from __future__ import annotations
 
 import logging
-import os
 from typing import NamedTuple
 
 import numpy as np

@@ -83,6 +83,8 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
              ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("valid_")))
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
+        if not any(ckpt.parent.iterdir()):      # a finished job leaves no empty checkpoint folder
+            ckpt.parent.rmdir()
     return summary
 
 

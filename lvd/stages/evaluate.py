@@ -233,9 +233,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
                   "baseline": ("baseline", "s", "C1"), "hclt": ("HCLT", "^", "C3")}
         if image:
             m["teacher_test_bpd"] = read_teacher(teacher_metrics, "teacher_test_bpd")
-            b = first.get("baseline", c)
-            ll = {"test": m["test_ll"], "baseline_test": m.get("baseline_test_ll", m["test_ll"])}
-            m.update(_image_extras(cfg, info, c, b, xt, ll, fig))
+            m.update(_image_extras(cfg, info, c, first.get("baseline"), xt, m, fig))
             series = []
             for arm, h in histories.items():
                 series += curve_series(h, styles[arm][0], pcutil.bpd, info.num_vars, *styles[arm][1:])
@@ -259,27 +257,30 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
     return m
 
 
-def _image_extras(cfg: Config, info, c, b, xt: np.ndarray, ll: dict, fig: Path) -> dict:
-    """Inpainting bpd of both circuits; samples.png and inpainting.png."""
+def _image_extras(cfg: Config, info, c, b, xt: np.ndarray, m: dict, fig: Path) -> dict:
+    """Inpainting bpd of LVD and (when given) the baseline; samples.png and inpainting.png.
+
+    m holds the test lls (``test_ll``, ``baseline_test_ll``); b is None without a baseline, and
+    then the figures show LVD alone."""
     shape, out = info.image_shape, {}
     miss = bottom_half(info, len(xt)).reshape(len(xt), -1)
     hidden = int(miss[0].sum())
-    for name, circuit in (("", c), ("baseline_", b)):
+    circuits = [("LVD", "", c)] + ([("baseline", "baseline_", b)] if b is not None else [])
+    for _, name, circuit in circuits:
         top = pc.mean_log_likelihood(circuit, xt, batch_size=cfg.batch_size, missing=miss)
-        out[name + "inpaint_bpd"] = pcutil.bpd(ll[name + "test"] - top, hidden)
+        out[name + "inpaint_bpd"] = pcutil.bpd(m[name + "test_ll"] - top, hidden)
     torch.manual_seed(cfg.seed)
     if cfg.num_samples:
         n = cfg.num_samples
-        blocks = [("LVD samples", c.sample(n, seed=cfg.seed).cpu().numpy()),
-                  ("baseline samples", b.sample(n, seed=cfg.seed).cpu().numpy()),
-                  ("test images", xt[:n])]
+        blocks = [(f"{label} samples", circ.sample(n, seed=cfg.seed).cpu().numpy()) for label, _, circ in circuits]
+        blocks.append(("test images", xt[:n]))
         plots.samples_figure(fig / "samples.png", [(k, v.reshape(-1, *shape)) for k, v in blocks],
                              info.num_cats)
     if cfg.num_inpaint:
         k = min(cfg.num_inpaint, len(xt))
         x, mk = xt[:k], miss[:k]
         draws = {label: [circ.sample(k, x=x, missing=mk, seed=cfg.seed + j).cpu().numpy().reshape(-1, *shape)
-                         for j in range(3)] for label, circ in (("LVD", c), ("baseline", b))}
+                         for j in range(3)] for label, _, circ in circuits}
         plots.inpainting_figure(fig / "inpainting.png", x.reshape(-1, *shape), mk.reshape(-1, *shape),
                                 list(draws.items()), info.num_cats)
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lvd import pc
 from lvd.stages import pcutil
@@ -36,6 +37,7 @@ WRITER = "lvd.stages.train_baseline"
 
 @dataclass(frozen=True)
 class Config:
+    SECTION: ClassVar[str] = "baseline"   # the config section named in errors
     epochs: int = 25               # mini-batch EM epochs (= the LVD budget, see the docstring)
     full_batch_epochs: int = 1     # then full-batch EM epochs (step 1.0)
     batch_size: int = 256
@@ -46,7 +48,7 @@ class Config:
     seed: int = 1                  # the random parameters (patch tree: seed, top tree: seed + 1), shuffling
 
     def __post_init__(self):
-        pcutil.check_schedule(self, "baseline")
+        pcutil.check_schedule(self, self.SECTION)
 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lvd import pc
-from lvd.stages import pcutil
+from lvd.stages import pcutil, train_baseline
 from lvd.stages.finetune import em_stage_main, train_and_save
 
 log = logging.getLogger("lvd.train_hclt")
@@ -30,19 +31,13 @@ WRITER = "lvd.stages.train_hclt"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(train_baseline.Config):
+    """The baseline's EM settings (section ``hclt``: same keys, same budget) plus the size."""
+    SECTION: ClassVar[str] = "hclt"
     num_latents: int = 0           # hidden states per pixel; 0 = the parameter count nearest LVD's
-    epochs: int = 15               # mini-batch EM epochs (the baseline's budget)
-    full_batch_epochs: int = 1
-    batch_size: int = 256
-    step_size: float = 0.1
-    step_size_end: float = 0.01
-    pseudocount: float = 0.1
-    max_valid: int = 0
-    seed: int = 1                  # Chow-Liu subsample, random parameters, shuffling
 
     def __post_init__(self):
-        pcutil.check_schedule(self, "hclt")
+        super().__post_init__()
         if not isinstance(self.num_latents, int) or isinstance(self.num_latents, bool) or self.num_latents < 0:
             raise ValueError(f"hclt.num_latents is {self.num_latents!r}, expected an integer >= 0")
 

@@ -107,6 +107,7 @@ def test_evaluate_reports_every_arm_with_its_spread_over_seeds(files, tmp_path):
         assert c["spread"] == pytest.approx(max(m["test_bpd_std"], m[f"{arm}_test_bpd_std"]))
         assert c["beats"] == (c["margin"] > c["spread"]) and c["beats_3std"] == (c["margin"] > 3 * c["spread"])
     assert "baseline" not in m["controls"] and m["hclt_num_params"] > 0 and m["hclt_seconds"] > 0
+    assert "inpaint_bpd" in m and "baseline_inpaint_bpd" not in m   # no baseline: LVD is not relabelled
     assert "LVD vs random_latents" in m["verdict"] and "[2 seed(s)]" in m["verdict"]
     with pytest.raises(ValueError, match="one circuit per seed"):
         evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), files["data"],

@@ -83,9 +83,23 @@ class TreeCircuit:
         return {k: v.clamp_min(1e-38).log() for k, v in self.params.items()}
 
     # ------------------------------------------------------------ core forward
-    def group_lls(self, logp, x=None, missing=None, evidence=None) -> torch.Tensor:
+    def group_lls(self, logp, x=None, missing=None, evidence=None, leaf_evidence=None) -> torch.Tensor:
         """[B, G, H] log-likelihoods; x [B, G, V] or [B, V] (broadcast to every group), or a
-        tree.NodeMajor the caller built and checked."""
+        tree.NodeMajor the caller built and checked.
+
+        leaf_evidence [B, V, C] or [B, G, V, C]: soft evidence on the observed variables instead
+        of x, log-potentials phi over each variable's values; node v in state k then scores
+        log sum_c theta_v[c, k] exp(phi[b, v, c]) (an observed value c is phi = 0 at c, -inf
+        elsewhere). Flows to the leaves (through autograd) are the expected counts
+        p(state k, value c | evidence).
+        """
+        if leaf_evidence is not None:
+            if x is not None:
+                raise ValueError("give x or leaf_evidence, not both")
+            node_ev = self.leaf_evidence_scores(logp["leaves"], leaf_evidence)
+            evidence = node_ev if evidence is None else node_ev + (
+                evidence[:, None] if evidence.dim() == 3 else evidence)
+            return tree_lls(self.structure, logp["edges"], logp["root"], None, None, None, evidence)
         if x is not None and not isinstance(x, NodeMajor):
             x = _as_long(x, self.device)
             if missing is not None:
@@ -100,13 +114,31 @@ class TreeCircuit:
         return tree_lls(self.structure, logp["edges"], logp["root"], logp.get("leaves"),
                         x, missing, evidence)
 
+    def leaf_evidence_scores(self, logleaves, leaf_evidence) -> torch.Tensor:
+        """Node scores [B, G, V, K] of soft evidence [B, (G,) V, C] on the observed variables:
+        log sum_c theta_v[c, k] exp(phi[b, v, c]), one batched matmul per node (differentiable)."""
+        phi = torch.as_tensor(leaf_evidence, device=self.device).float()
+        if phi.dim() == 3:
+            phi = phi[:, None].expand(-1, self.num_groups, -1, -1)
+        B, G, V, C = phi.shape
+        if (G, V, C) != (self.num_groups, self.num_vars, self.num_cats):
+            raise ValueError(f"leaf_evidence has shape {tuple(phi.shape)}, expected [B, ({self.num_groups},) "
+                             f"{self.num_vars}, {self.num_cats}] (batch, groups, num_vars, num_cats)")
+        top = phi.amax(-1, keepdim=True).clamp_min(-1e30)     # [B, G, V, 1]; no host sync
+        rows = torch.as_tensor(self.structure.leaf_index, device=self.device)
+        theta = logleaves.exp().index_select(0, rows)         # [V, G, C, K]
+        e = (phi - top).exp().permute(2, 1, 0, 3)             # [V, G, B, C]
+        s = torch.matmul(e, theta)                            # [V, G, B, K]
+        return s.clamp_min(1e-38).log().permute(2, 1, 0, 3) + top
+
     def objective(self, logp, batch: dict) -> torch.Tensor:
-        """Per-example log-likelihood [B] for EM; batch keys: x, missing, evidence, z."""
+        """Per-example log-likelihood [B] for EM; batch keys: x, missing, evidence, z,
+        leaf_evidence (soft evidence on the observed variables, see ``group_lls``)."""
         ev = batch.get("evidence")
         z = batch.get("z")
         if z is not None:
             ev = latent_evidence(z, self.num_latents, ev, self.device)
-        lls = self.group_lls(logp, batch.get("x"), batch.get("missing"), ev)
+        lls = self.group_lls(logp, batch.get("x"), batch.get("missing"), ev, batch.get("leaf_evidence"))
         if self.num_heads == 1:
             return lls.sum(dim=(1, 2))
         # several heads and no head observed: the uniform mixture of the heads
@@ -114,14 +146,16 @@ class TreeCircuit:
 
     # ----------------------------------------------------------------- queries
     @torch.no_grad()
-    def log_likelihood(self, x=None, missing=None, z=None, evidence=None) -> torch.Tensor:
+    def log_likelihood(self, x=None, missing=None, z=None, evidence=None, leaf_evidence=None) -> torch.Tensor:
         """log p(x_observed [, z]) per example: x int64 [B, V], missing bool [B, V] -> [B].
 
         z: int64 [B, V] observed latent states (-1 = not observed) — hard evidence;
-        evidence: float [B, V, K] log-potentials per state — soft evidence.
+        evidence: float [B, V, K] log-potentials per state — soft evidence;
+        leaf_evidence: float [B, V, C] log-potentials per value of the observed variables
+        (instead of x).
         """
         return self.objective(self.log_params(), {"x": x, "missing": missing, "z": z,
-                                                  "evidence": evidence})
+                                                  "evidence": evidence, "leaf_evidence": leaf_evidence})
 
     def latent_posterior(self, x=None, missing=None, evidence=None) -> torch.Tensor:
         """p(state of node v = k | evidence): [B, V, K] (G = 1 circuits)."""
@@ -143,6 +177,13 @@ class TreeCircuit:
     def map_latents(self, x=None, missing=None, evidence=None) -> torch.Tensor:
         """Most likely joint latent states given the observed values: int64 [B, V]."""
         return queries.tree_map(self, x, missing, evidence)[:, 0]
+
+    def without_leaves(self) -> "TreeCircuit":
+        """The same tree with no observed variables (edges and root shared, not copied): the
+        hidden part, for queries that supply every node's evidence themselves."""
+        return TreeCircuit(self.structure, self.num_latents, 0, num_groups=self.num_groups,
+                           num_heads=self.num_heads, kind=self.kind,
+                           params={"edges": self.params["edges"], "root": self.params["root"]}, meta=self.meta)
 
     def select_groups(self, groups) -> "TreeCircuit":
         """A circuit over a subset of parameter groups (views copied)."""

@@ -13,8 +13,14 @@ Two latent trees (lvd.pc.tree):
           a position share one circuit and differ only in the root mixture.
       mode "shared" (LVD-PG): one vocabulary of K = G * H states at every position; state s
           is head s % H of group s // H, and every group is evaluated on every patch.
-  * ``top``: a tree over the num_positions patch latents Z_i with ``num_states`` states and no
-    leaves of its own; its evidence is L[b, i, k] = log p_i(x_i(b) | Z_i = k).
+  * ``top``: the distribution over the num_positions patch variables Z_i, in one of two forms
+    (``top_kind``), both fed L[b, i, k] = log p_i(x_i(b) | Z_i = k) as soft evidence:
+      "tree": a latent tree whose node i *is* Z_i (num_latents = num_states, no leaves): the
+          Chow-Liu tree over the Z's directly (LVD);
+      "hclt": an HCLT over the Z's (LVD-PG): node i is a hidden variable H_i with
+          ``top.num_latents`` states, Z_i is its observed leaf variable (num_cats = num_states),
+          so p(z) = sum_h p_tree(h) prod_i p(z_i | h_i); L enters as soft evidence on the
+          leaves (TreeCircuit.group_lls(leaf_evidence=...)).
 Z is materialized: hard evidence (z observed), soft evidence (log-potentials) or none.
 """
 
@@ -43,7 +49,8 @@ class LVDCircuit:
         if top.num_vars != m or patch.num_vars != P:
             raise ValueError(f"top tree has {top.num_vars} nodes and patch tree {patch.num_vars}; "
                              f"the image has {m} patches of {P} variables")
-        G, H, K = patch.num_groups, patch.num_heads, top.num_latents
+        G, H = patch.num_groups, patch.num_heads
+        K = top.num_cats or top.num_latents
         if mode not in ("position", "shared"):
             raise ValueError(f"mode must be 'position' or 'shared', got {mode!r}")
         if K % H:
@@ -73,7 +80,12 @@ class LVDCircuit:
 
     @property
     def num_states(self) -> int:
-        return self.top.num_latents
+        return self.top.num_cats or self.top.num_latents
+
+    @property
+    def top_kind(self) -> str:
+        """"tree" (the top tree's nodes are the Z's) or "hclt" (hidden H_i above each Z_i)."""
+        return "hclt" if self.top.num_cats else "tree"
 
     @property
     def heads_per_group(self) -> int:
@@ -142,7 +154,46 @@ class LVDCircuit:
             ev = latent_evidence(batch["z"], self.num_states, ev, self.device)
         if batch.get("evidence") is not None:
             ev = ev + batch["evidence"]
-        return self.top.group_lls(lt, evidence=ev[:, None])[:, 0, 0]
+        return self.top_lls(lt, ev)
+
+    def top_lls(self, logp_top, L) -> torch.Tensor:
+        """log sum_z p_top(z) prod_i exp(L[b, i, z_i]) per example [B] (differentiable)."""
+        if self.top.num_cats:
+            return self.top.group_lls(logp_top, leaf_evidence=L)[:, 0, 0]
+        return self.top.group_lls(logp_top, evidence=L[:, None])[:, 0, 0]
+
+    def _top_hidden_evidence(self, L, reduce: str) -> torch.Tensor:
+        """Scores of the hidden H_i given soft evidence L on Z_i: [B, m, top.num_latents];
+        reduce "sum" marginalizes Z_i, "max" maximizes over it (max-product, for MAP)."""
+        logleaf = self.top.params["leaves"].clamp_min(1e-38).log()
+        if reduce == "sum":
+            return self.top.leaf_evidence_scores(logleaf, L)[:, 0]
+        rows = torch.as_tensor(self.top.structure.leaf_index, device=self.device)
+        lt = logleaf[rows, 0]                                              # [m, K, M]
+        return (L[:, :, :, None] + lt[None]).amax(2)
+
+    def _top_states(self, L, how: str, seed=None) -> torch.Tensor:
+        """z [B, m] drawn from p_top(z | L) (how="sample") or argmax_z p_top(z) exp(L) (how="map";
+        with the HCLT top: the joint MAP of (H, Z), then Z)."""
+        if not self.top.num_cats:
+            if how == "map":
+                return queries.tree_map(self.top, evidence=L)[:, 0]
+            return queries.tree_sample(self.top, L.shape[0], evidence=L, seed=seed)[1][:, 0]
+        hidden = self.top.without_leaves()
+        rows = torch.as_tensor(self.top.structure.leaf_index, device=self.device)
+        lt = self.top.params["leaves"].clamp_min(1e-38).log()[rows, 0]     # [m, K, M]
+        if how == "map":
+            h = queries.tree_map(hidden, evidence=self._top_hidden_evidence(L, "max"))[:, 0]
+        else:
+            h = queries.tree_sample(hidden, L.shape[0], evidence=self._top_hidden_evidence(L, "sum"),
+                                    seed=seed)[1][:, 0]                   # [B, m]
+        pos = torch.arange(L.shape[1], device=self.device)[None, :].expand_as(h)
+        score = L + lt[pos, :, h]                                          # [B, m, K]
+        if how == "map":
+            return score.argmax(-1)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed) + 7 if seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        return queries._draw((score - score.amax(-1, keepdim=True)).exp(), gen)
 
     # ------------------------------------------------------------ queries
     @torch.no_grad()
@@ -159,7 +210,7 @@ class LVDCircuit:
     @torch.no_grad()
     def map_latents(self, x, missing=None) -> torch.Tensor:
         """argmax_z p(z, x_observed): int64 [B, m]."""
-        return queries.tree_map(self.top, evidence=self.latent_lls(x, missing))[:, 0]
+        return self._top_states(self.latent_lls(x, missing), "map")
 
     @torch.no_grad()
     def sample(self, n: int, x=None, missing=None, seed=None) -> torch.Tensor:
@@ -176,8 +227,7 @@ class LVDCircuit:
                 torch.as_tensor(missing, device=dev).bool()
             ev = self.latent_lls(x, missing)
         B = x.shape[0]
-        _, z = queries.tree_sample(self.top, B, evidence=ev, seed=gen_seed)
-        z = z[:, 0]                                                  # [B, m]
+        z = self._top_states(ev, "sample", seed=gen_seed)           # [B, m]
         xp, mp = self._patches(x), self._patches(missing)
         seed2 = None if gen_seed is None else gen_seed + 1
         P = xp.shape[-1]
@@ -220,7 +270,7 @@ def distinguishable(num_heads: int, num_latents: int) -> str | None:
 def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int, num_cats: int, *,
                 mode: str = "position", num_groups: int | None = None, heads_per_group: int | None = None,
                 root_states: bool = False, top_parents=None, patch_parents=None, data=None, z=None,
-                seed: int = 0, device="cpu") -> LVDCircuit:
+                top: str = "tree", top_num_latents: int = 16, seed: int = 0, device="cpu") -> LVDCircuit:
     """Build an LVD circuit with random (seeded) parameters.
 
     Structures: ``patch_parents`` (tree over one patch's P variables) defaults to the Chow-Liu
@@ -239,7 +289,13 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
     variable: each state owns its root leaf column and the rows of the root's edges, the deeper
     sub-circuits are shared by the group's states and fitted on all its members. EM keeps the
     one-hot roots (an entry with zero weight gets zero flow; only the pseudocount touches it).
+
+    ``top``: "tree" (the Chow-Liu tree over the Z's, node i = Z_i) or "hclt" (the same tree
+    over hidden H_i with ``top_num_latents`` states, Z_i the leaf of H_i; see the module
+    docstring). Both start with random (seeded) parameters.
     """
+    if top not in ("tree", "hclt"):
+        raise ValueError(f"top must be 'tree' or 'hclt', got {top!r}")
     H_img, W_img, Ch = image_shape
     idx = patch_index(H_img, W_img, Ch, patch_size)
     m, P = idx.shape
@@ -277,6 +333,12 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
                         meta={"root_states": bool(root_states)})
     if root_states:
         patch.params["root"] = torch.eye(H, device=device).expand(G, H, H).contiguous()
-    top = TreeCircuit(tree_structure(top_parents), num_states, 0, kind="top", seed=seed + 1,
-                      device=device)
-    return LVDCircuit(patch, top, image_shape, patch_size, mode)
+    if top == "tree":
+        top_tree = TreeCircuit(tree_structure(top_parents), num_states, 0, kind="top", seed=seed + 1,
+                               device=device)
+    else:
+        if int(top_num_latents) < 1:
+            raise ValueError(f"top_num_latents must be >= 1, got {top_num_latents!r}")
+        top_tree = TreeCircuit(tree_structure(top_parents), int(top_num_latents), num_states, kind="top",
+                               seed=seed + 1, device=device)
+    return LVDCircuit(patch, top_tree, image_shape, patch_size, mode)

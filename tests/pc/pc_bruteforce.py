@@ -121,6 +121,50 @@ def posterior_counts(tp, x=None, missing=None, evidence=None):
     return total, {"root": root, "edges": edges, "leaves": leaves}
 
 
+def soft_joint(tp, leaf_evidence):
+    """p(x, z) * prod_v exp(leaf_evidence[v, x_v]) over axes [C]*V + [K]*V (soft evidence on the
+    observed variables, leaf_evidence [V, C] log-potentials)."""
+    J = tree_joint(tp["parents"], tp["root"], tp["edges"], tp["leaves"], tp["edge_index"], tp["leaf_index"])
+    V = len(tp["parents"])
+    for v in range(V):
+        J = J * _place(np.exp(np.asarray(leaf_evidence[v], dtype=np.float64)), [v], J.ndim)
+    return J
+
+
+def posterior_counts_soft(tp, leaf_evidence):
+    """(sum of the soft joint, expected counts of root, edges and leaves under it): the EM
+    statistics of a tree whose observed variables carry soft evidence [V, C]."""
+    J = soft_joint(tp, leaf_evidence)
+    parents = tp["parents"]
+    V = len(parents)
+    total = J.sum()
+    post = J / total
+    axes = set(range(2 * V))
+    root_v = int(np.flatnonzero(parents < 0)[0])
+    root = post.sum(axis=tuple(axes - {V + root_v}))
+    edges = np.zeros_like(tp["edges"])
+    leaves = np.zeros_like(tp["leaves"])
+    for v in range(V):
+        if parents[v] >= 0:
+            pv = int(parents[v])
+            pair = post.sum(axis=tuple(axes - {V + pv, V + v}))
+            edges[tp["edge_index"][v]] += pair if pv < v else pair.T
+        leaves[tp["leaf_index"][v]] += post.sum(axis=tuple(axes - {v, V + v}))     # [C, K]
+    return total, {"root": root, "edges": edges, "leaves": leaves}
+
+
+def top_posterior_of_z(m, L):
+    """(sum_z p_top(z) prod_i exp(L[i, z_i]), p(Z = z | L) as an array [K]*m) for either top kind."""
+    tt = tables(m.top)
+    if m.top.num_cats:
+        J = soft_joint(tt, L)
+        V = m.num_positions
+        Jz = J.sum(axis=tuple(range(V, 2 * V)))
+    else:
+        Jz = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
+    return Jz.sum(), Jz / Jz.sum()
+
+
 def tree_flows(tc: TreeCircuit, X, missing=None, evidence=None, z=None):
     """Brute-force EM flows of TreeCircuit.objective: objective = sum_g log sum_h p_gh(x).
 
@@ -219,13 +263,14 @@ def lvd_flows(m, X, missing=None, z=None):
                     keep = L[i, k]
                     L[i] = -np.inf
                     L[i, k] = keep
-        tot, c = posterior_counts(tt, evidence=L)
+        tot, c = posterior_counts_soft(tt, L) if m.top.num_cats else posterior_counts(tt, evidence=L)
         lls[b] = np.log(tot)
         out["top.root"][0, 0] += c["root"]
         out["top.edges"][:, 0] += c["edges"]
-        # p(Z_i = s | x) from the top tree, then the patch posterior counts given Z_i = s
-        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
-        J = J / J.sum()
+        if m.top.num_cats:
+            out["top.leaves"][:, 0] += c["leaves"]
+        # p(Z_i = s | x) from the top, then the patch posterior counts given Z_i = s
+        _, J = top_posterior_of_z(m, L)
         V = J.ndim
         for i, cols in enumerate(idx):
             pz = J.sum(axis=tuple(a for a in range(V) if a != i))
@@ -242,12 +287,10 @@ def lvd_flows(m, X, missing=None, z=None):
 
 
 def lvd_lls_bf(m, X, missing=None):
-    tt = tables(m.top)
     res = []
     for b in range(len(X)):
         L = lvd_patch_evidence(m, X[b], None if missing is None else np.asarray(missing)[b])
-        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
-        res.append(np.log(J.sum()))
+        res.append(np.log(top_posterior_of_z(m, L)[0]))
     return np.array(res)
 
 
@@ -266,6 +309,13 @@ LVD_CONFIGS = {
                    top_parents=[1, -1, 1, 2], patch_parents=[-1], mode="shared", num_groups=2),
     "chan": dict(image_shape=(2, 2, 2), patch_size=1, num_states=3, num_latents=2, num_cats=2,
                  top_parents=[-1, 0, 1, 2], patch_parents=[-1, 0], mode="shared", num_groups=1),
+    # the HCLT top (hidden H_i above each Z_i), position and shared modes
+    "pos4h": dict(image_shape=(2, 2, 1), patch_size=1, num_states=3, num_latents=2, num_cats=3,
+                  top_parents=[-1, 0, 0, 1], patch_parents=[-1], mode="position", top="hclt",
+                  top_num_latents=2),
+    "sharedh": dict(image_shape=(2, 2, 1), patch_size=1, num_states=4, num_latents=2, num_cats=3,
+                    top_parents=[1, -1, 1, 2], patch_parents=[-1], mode="shared", num_groups=2,
+                    top="hclt", top_num_latents=3),
 }
 
 

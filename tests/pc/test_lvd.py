@@ -7,6 +7,7 @@ Configurations (tiny images, [H, W, Ch]):
   posH   (2, 2, 1), patch 2: 1 position, 4 states served by 2 groups of 2 heads each
   shared (2, 2, 1), patch 1: shared vocabulary of 4 states = 2 groups x 2 heads
   chan   (2, 2, 2), patch 1: 4 positions of 2 channels (8 binary pixels), shared, 1 group
+  pos4h, sharedh: pos4 and shared with the HCLT top (hidden H_i with 2 / 3 states above each Z_i)
 (defined in pc_bruteforce.LVD_CONFIGS, shared with the EM and I/O tests)
 """
 
@@ -19,7 +20,8 @@ import torch
 from lvd import pc
 from lvd.pc.patches import patch_index
 from pc_bruteforce import (LVD_CONFIGS, all_configs, as_t, frequencies, lvd_flows, lvd_lls_bf,
-                           lvd_patch_evidence, make_lvd, patch_cols, sharpen, tables, tree_joint, tv)
+                           lvd_patch_evidence, make_lvd, patch_cols, sharpen, soft_joint, tables,
+                           top_posterior_of_z, tv)
 
 CONFIGS = LVD_CONFIGS
 make = make_lvd
@@ -27,6 +29,12 @@ make = make_lvd
 
 def configs(m):
     return all_configs(m.num_vars, m.num_cats)
+
+
+def top_joint(m, L):
+    """sum over the top's hidden states of p_top(z) prod_i exp(L[i, z_i]), as an array [K]*m."""
+    tot, post = top_posterior_of_z(m, L)
+    return tot * post
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -74,15 +82,14 @@ def test_marginal_equals_explicit_sum_and_batch_of_one(name):
         assert one.item() == pytest.approx(got[b], abs=1e-5)
 
 
-@pytest.mark.parametrize("name", ["pos4", "shared"])
+@pytest.mark.parametrize("name", ["pos4", "shared", "pos4h", "sharedh"])
 def test_observed_latents_give_the_clamped_sum(name):
     m = make(name, seed=3)
     rng = np.random.default_rng(3)
     X = rng.integers(0, 3, (4, 4))
-    tt = tables(m.top)
     for b in range(4):
         L = lvd_patch_evidence(m, X[b])
-        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
+        J = top_joint(m, L)
         per_state = []
         for k in range(m.num_states):
             z = np.full((1, 4), -1)
@@ -130,33 +137,33 @@ def test_each_state_owns_its_parameters(name):
     np.testing.assert_array_equal(changed, want)
 
 
-@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared", "pos4h", "sharedh"])
 def test_observed_z_decomposes(name):
-    """log p(x, z) = log p_top(z) + sum_i log p_i(x_i | z_i) (method.md section 2 step 6)."""
+    """log p(x, z) = log p_top(z) + sum_i log p_i(x_i | z_i) (method.md section 2 step 6); with
+    the HCLT top p_top(z) is that HCLT's likelihood of z as its observed variables."""
     m = make(name, seed=13)
     rng = np.random.default_rng(13)
     X = rng.integers(0, m.num_cats, (5, m.num_vars))
     z = rng.integers(0, m.num_states, (5, m.num_positions))
     got = m.log_likelihood(as_t(X), z=as_t(z)).double().numpy()
-    top = m.top.log_likelihood(z=as_t(z)).double().numpy()
+    top = (m.top.log_likelihood(x=as_t(z)) if m.top_kind == "hclt" else
+           m.top.log_likelihood(z=as_t(z))).double().numpy()
     for b in range(5):
         L = lvd_patch_evidence(m, X[b])
         want = top[b] + sum(L[i, z[b, i]] for i in range(m.num_positions))
         assert got[b] == pytest.approx(want, abs=2e-5)
 
 
-@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared", "pos4h", "sharedh"])
 def test_soft_evidence_equals_the_explicit_sum(name):
     m = make(name, seed=14)
     rng = np.random.default_rng(14)
     X = rng.integers(0, m.num_cats, (3, m.num_vars))
     E = rng.normal(size=(3, m.num_positions, m.num_states)).astype(np.float32)
     got = m.log_likelihood(as_t(X), evidence=torch.from_numpy(E)).double().numpy()
-    tt = tables(m.top)
     for b in range(3):
         L = lvd_patch_evidence(m, X[b]) + E[b]
-        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
-        assert got[b] == pytest.approx(np.log(J.sum()), abs=2e-5)
+        assert got[b] == pytest.approx(np.log(top_joint(m, L).sum()), abs=2e-5)
 
 
 def test_root_states_heads_are_the_patch_trees_root_states():
@@ -187,8 +194,9 @@ def test_indistinguishable_heads_are_refused():
     assert pc.lvdcircuit.distinguishable(1, 1) is None and pc.lvdcircuit.distinguishable(2, 2) is None
 
 
-@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared", "pos4h", "sharedh"])
 def test_map_latents_equals_brute_force_argmax(name):
+    """argmax_z p(z, x_observed); with the HCLT top the z of the joint argmax over (z, h)."""
     m = make(name, seed=4)
     rng = np.random.default_rng(4)
     X = rng.integers(0, 3, (8, 4))
@@ -198,8 +206,12 @@ def test_map_latents_equals_brute_force_argmax(name):
     tt = tables(m.top)
     for b in range(8):
         L = lvd_patch_evidence(m, X[b], miss[b])
-        J = tree_joint(tt["parents"], tt["root"], tt["edges"], None, tt["edge_index"], None, L)
-        assert tuple(zs[b]) == np.unravel_index(J.argmax(), J.shape)
+        if m.top_kind == "hclt":
+            J = soft_joint(tt, L)                                          # axes z..., h...
+            assert tuple(zs[b]) == np.unravel_index(J.argmax(), J.shape)[:m.num_positions]
+        else:
+            J = top_joint(m, L)
+            assert tuple(zs[b]) == np.unravel_index(J.argmax(), J.shape)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -216,8 +228,9 @@ def test_flows_equal_expected_counts(name):
         np.testing.assert_allclose(f[k].double().numpy(), want[k], atol=3e-5, err_msg=k)
 
 
-def test_flows_with_observed_latents():
-    m = make("shared", seed=6)
+@pytest.mark.parametrize("name", ["shared", "sharedh"])
+def test_flows_with_observed_latents(name):
+    m = make(name, seed=6)
     rng = np.random.default_rng(6)
     X = rng.integers(0, 3, (4, 4))
     z = np.array([[0, -1, 3, -1], [1, 1, 1, 1], [-1, -1, -1, -1], [2, -1, -1, 0]])
@@ -227,7 +240,7 @@ def test_flows_with_observed_latents():
         np.testing.assert_allclose(f[k].double().numpy(), want[k], atol=3e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("name", ["pos4", "posH", "shared"])
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared", "pos4h", "sharedh"])
 def test_sample_frequencies(name):
     m = sharpen(make(name), seed=7)
     p = np.exp(m.log_likelihood(as_t(configs(m))).double().numpy())
@@ -236,11 +249,12 @@ def test_sample_frequencies(name):
     assert tv(frequencies(s, m.num_cats), p) < 0.03
 
 
-@pytest.mark.parametrize("name", ["pos4", "shared"])
+@pytest.mark.parametrize("name", ["pos4", "shared", "pos4h"])
 def test_conditional_sample_frequencies_keep_observed_values(name):
     """Observe pixels 0 and 3 (top tree: their latents sit at the ends, so z_1 / z_2 must be drawn
-    given the evidence below them), sample pixels 1 and 2."""
-    m = sharpen(make(name), seed=8)
+    given the evidence below them), sample pixels 1 and 2. (pos4h: a seed and sharpening whose
+    observed pixels move the others, checked by the last assertion.)"""
+    m = sharpen(make(name, seed=1), seed=1, scale=3.5) if name == "pos4h" else sharpen(make(name), seed=8)
     n = 20_000
     x = np.zeros((n, 4), np.int64)
     x[:, 0], x[:, 3] = 2, 1

@@ -194,11 +194,14 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
                          cfg.lls_memory_gb, tmp)
                 L = disk = DiskLLs(c, x, tmp, rows, cfg.seed)
                 shuffle = False
-            valid = lambda t: pc.mean_log_likelihood(t, None, evidence=valid_L)  # noqa: E731
+            # L is soft evidence on the top's nodes (tree top: node i = Z_i) or on its leaf
+            # variables (HCLT top: Z_i is the observed child of the hidden H_i)
+            key = "leaf_evidence" if c.top_kind == "hclt" else "evidence"
+            valid = lambda t: pc.mean_log_likelihood(t, None, **{key: valid_L})  # noqa: E731
             start = valid(c.top)
             log.info("before top EM: valid ll %.4f (bpd %.4f)", start, pcutil.bpd(start, c.num_vars))
             _, record = pcutil.train(c.top, None, pcutil.schedule_from(cfg, "top_"), stage="latent_top_em",
-                                     valid=valid, shuffle=shuffle, evidence=L)
+                                     valid=valid, shuffle=shuffle, **{key: L})
         finally:
             if disk is not None:
                 disk.close()

@@ -42,15 +42,21 @@ class Config:
                                # (position: 1, every state its own circuit; shared: K / num_groups)
     root_states: bool = False  # images: head h of a patch circuit is its root state h; Z_i = the
                                # patch tree's root variable (num_latents = heads_per_group = K)
+    top: str = "tree"          # images: "tree" = Chow-Liu tree over the Z's (count-initialized from z);
+                               # "hclt" = HCLT over the Z's (hidden H_i above each Z_i, LVD-PG)
+    top_num_latents: int = 16  # images, top "hclt": states of each hidden H_i
+    top_init_epochs: int = 3   # images, top "hclt": mini-batch EM epochs on z (then one full-batch)
     pseudocount: float = 0.1   # added to the counts (spread evenly over each distribution)
     seed: int = 0              # random patch parameters, Chow-Liu subsampling
 
     def __post_init__(self):
-        for name in ("num_latents", "num_groups", "heads_per_group"):
+        for name in ("num_latents", "num_groups", "heads_per_group", "top_num_latents", "top_init_epochs"):
             v = getattr(self, name)
-            lo = 0 if name == "heads_per_group" else 1
+            lo = 0 if name in ("heads_per_group", "top_init_epochs") else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"pc.{name} is {v!r}, expected an integer >= {lo}")
+        if self.top not in ("tree", "hclt"):
+            raise ValueError(f"pc.top is {self.top!r}, expected 'tree' or 'hclt'")
         if not isinstance(self.pseudocount, (int, float)) or self.pseudocount < 0:
             raise ValueError(f"pc.pseudocount is {self.pseudocount!r}, expected a number >= 0")
 
@@ -62,6 +68,21 @@ def chunked_count_init(tc, z, x=None, pseudocount: float = 0.1, chunk: int = COU
         c = pc.counts(tc, z[i:i + chunk], None if x is None else x[i:i + chunk])
         total = c if total is None else {k: total[k] + c[k] for k in total}
     pc.update(tc, {k: v.to(tc.device) for k, v in total.items()}, 1.0, pseudocount)
+
+
+def init_hclt_top(top, z, cfg: Config) -> None:
+    """Fit the HCLT top on the teacher's z as observed data (its leaf variables): ``top_init_epochs``
+    mini-batch EM epochs (batch 512, step 0.1 -> 0.01) and one full-batch epoch. Its hidden
+    states have no counts to start from, unlike the tree top; latent_top_em then trains it on
+    the patch likelihoods (soft evidence)."""
+    zt = torch.as_tensor(z)
+    if cfg.top_init_epochs:
+        hist = pc.em(top, zt, epochs=cfg.top_init_epochs, batch_size=512, step_size=0.1,
+                     step_size_end=0.01, pseudocount=cfg.pseudocount, seed=cfg.seed)
+        log.info("HCLT top on z: %d mini-batch epochs, train ll %s", cfg.top_init_epochs,
+                 ", ".join(f"{h:.4f}" for h in hist))
+    hist = pc.em(top, zt, epochs=1, full_batch=True, step_size=1.0, pseudocount=cfg.pseudocount)
+    log.info("HCLT top on z: full-batch epoch, train ll %.4f", hist[0])
 
 
 def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
@@ -88,11 +109,16 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
             c = pc.lvd_circuit(info.image_shape, info.patch_size, num_states=K, num_latents=nl,
                                num_cats=info.num_cats, mode=mode, num_groups=cfg.num_groups,
                                heads_per_group=H, root_states=cfg.root_states, data=x, z=z,
-                               seed=cfg.seed, device=device)
-            chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
-            log.info("LVD circuit: patch tree %d vars x %d groups x %d heads, K_h=%d; top tree over %d "
-                     "positions, K=%d", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,
-                     nl, c.num_positions, K)
+                               top=cfg.top, top_num_latents=cfg.top_num_latents, seed=cfg.seed,
+                               device=device)
+            if cfg.top == "tree":
+                chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
+            else:
+                init_hclt_top(c.top, z, cfg)
+            log.info("LVD circuit: patch tree %d vars x %d groups x %d heads, K_h=%d; top %s over %d "
+                     "positions, K=%d%s", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,
+                     nl, cfg.top, c.num_positions, K,
+                     f", {cfg.top_num_latents} hidden states" if cfg.top == "hclt" else "")
         else:
             if mode != "shared":
                 raise ValueError(f"{latents}: attribute 'mode' is {mode!r}; text needs 'shared' latents "
@@ -105,8 +131,11 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
     summary = {"kind": info.kind, "mode": mode, "num_states": K, "num_params": c.num_params,
                "seconds": timer.seconds}
     if info.kind == "image":
+        summary["top"] = cfg.top
         with torch.no_grad():
-            summary["top_mean_ll_z"] = float(c.top.log_likelihood(z=torch.as_tensor(z)).mean())
+            zt = torch.as_tensor(z)
+            top_ll = c.top.log_likelihood(x=zt) if cfg.top == "hclt" else c.top.log_likelihood(z=zt)
+            summary["top_mean_ll_z"] = float(top_ll.mean())
     pc.save(c, out, writer=WRITER, config=asdict(cfg), history=[], **summary)
     log.info("wrote %s (%d params) in %.1f s", out, c.num_params, timer.seconds)
     return summary

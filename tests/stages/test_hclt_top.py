@@ -78,3 +78,21 @@ def test_finetune_baseline_and_evaluate_with_the_hclt_top(hclt_dir, tmp_path):
     m = json.loads(out.read_text())
     assert 0 < m["test_bpd"] < 5 and np.isfinite(m["inpaint_bpd"])
     assert (tmp_path / "fig" / "samples.png").stat().st_size > 1000
+
+
+def test_hclt_top_with_k_hidden_states_starts_from_the_counted_tree(hclt_dir, tmp_path):
+    """top_num_latents 0 (= K): root and edges equal the tree top's counts, leaves near the
+    identity, so its likelihood of z starts next to the tree top's (a random start is far below)."""
+    data, lat = hclt_dir["data"], hclt_dir["latents"]
+    tree = materialize_pc.run(materialize_pc.Config(num_latents=2), data, lat, tmp_path / "tree.h5")
+    start = materialize_pc.run(materialize_pc.Config(num_latents=2, top="hclt", top_init_epochs=0), data, lat,
+                               tmp_path / "h0.h5")
+    t, h = pc.load(tmp_path / "tree.h5"), pc.load(tmp_path / "h0.h5")
+    assert h.top.num_latents == K
+    m = h.num_positions
+    # zero EM epochs leave one full-batch step: the smoothing's loss is small and partly recovered
+    assert start["top_mean_ll_z"] > tree["top_mean_ll_z"] - 0.02 * m
+    leaves = h.top.params["leaves"][:, 0]                                 # [m, K, K]
+    assert bool((leaves.diagonal(dim1=1, dim2=2) > 0.5).all())
+    assert hclt_dir["init"]["top_mean_ll_z"] < start["top_mean_ll_z"]     # M = 3 started random
+    np.testing.assert_array_equal(t.top.structure.parents, h.top.structure.parents)

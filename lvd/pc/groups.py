@@ -7,13 +7,14 @@ patches assigned to its states, and each member's flow runs through its own head
 over them: each step stacks one mini-batch of every group into x [B, G, V] (rows beyond a
 group's batch are padding with weight 0) and runs one pass of the tree for all groups.
 
-Every group follows exactly the schedule it would follow alone, so the result does not depend
-on which other groups share its batch (up to floating-point summation order):
+Every group follows exactly the schedule (lvd.pc.schedule.Schedule) it would follow alone,
+so the result does not depend on which other groups share its batch (up to floating-point
+summation order):
     group g with n_g members takes nb_g = ceil(n_g / batch_size) steps per epoch; epoch e
     splits a permutation of its members (drawn from its own generator, seeded by
-    ``group_seeds[g]``) into nb_g near-equal chunks; its step size is annealed linearly from
-    step_size to step_size_end over its own epochs * nb_g steps; in a batch step where it has
-    no chunk left its step size is 0 (its tables do not move).
+    ``group_seeds[g]``) into nb_g near-equal chunks; its step t = e * nb_g + j has the step
+    size ``schedule.step_size_at(t, nb_g)`` (annealed over its own epochs * nb_g steps); in a
+    batch step where it has no chunk left its step size is 0 (its tables do not move).
 Groups without members keep their tables. Groups are processed in blocks that bound the
 working memory (``max_bytes``); blocks are independent, so blocking changes nothing either.
 """
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from lvd.pc.em import target
+from lvd.pc.schedule import Schedule
 
 log = logging.getLogger("lvd.pc.groups")
 
@@ -42,24 +44,26 @@ def _block_size(tc, batch_size: int, max_bytes: float) -> int:
     return max(1, int(max_bytes // (per_group + table)))
 
 
-def em_groups(tc, xs: list, heads: list, *, epochs: int, batch_size: int, step_size: float,
-              step_size_end: float | None = None, pseudocount: float = 0.1, full_batch_epochs: int = 0,
-              group_seeds=None, max_bytes: float = 512 * 2**20, progress_seconds: float = 30.0) -> np.ndarray:
-    """Train the G groups of TreeCircuit ``tc`` in place; returns history [G, epochs + full_batch_epochs].
+def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, group_seeds=None,
+              max_bytes: float = 512 * 2**20, progress_seconds: float = 30.0, **schedule_fields) -> np.ndarray:
+    """Train the G groups of TreeCircuit ``tc`` in place; returns history [G, total epochs].
 
     xs[g]: int64 [n_g, V] the members of group g; heads[g]: int64 [n_g] each member's head.
-    ``epochs`` mini-batch epochs, then ``full_batch_epochs`` full-batch epochs (every group's
-    flows accumulated over its members, one update with step 1: exact EM per group).
-    history[g, e] = mean log p_{g, head}(x) of group g's members during epoch e (NaN when
-    n_g = 0; a full-batch epoch's is at its start). group_seeds[g]: seed of group g's
-    shuffling (default g).
+    schedule (or its fields as keywords: epochs=, batch_size=, step_size=, ...): ``epochs``
+    mini-batch epochs, then ``full_batch_epochs`` full-batch epochs (every group's flows
+    accumulated over its members, one update with step 1: exact EM per group); its ``seed``
+    is not used (each group has its own). history[g, e] = mean log p_{g, head}(x) of group
+    g's members during epoch e (NaN when n_g = 0; a full-batch epoch's is at its start).
+    group_seeds[g]: seed of group g's shuffling (default g).
     """
+    sched = Schedule(**schedule_fields) if schedule is None else schedule
+    if schedule is not None and schedule_fields:
+        raise ValueError(f"em_groups: a schedule and schedule fields {sorted(schedule_fields)} given")
     G = tc.num_groups
     if len(xs) != G or len(heads) != G:
         raise ValueError(f"em_groups: {len(xs)} member arrays and {len(heads)} head arrays for {G} groups")
-    end = step_size if step_size_end is None else step_size_end
     seeds = list(range(G)) if group_seeds is None else [int(s) for s in group_seeds]
-    hist = np.full((G, epochs + full_batch_epochs), np.nan)
+    hist = np.full((G, sched.total_epochs), np.nan)
     sizes = np.array([len(a) for a in xs])
     for g in range(G):
         if len(heads[g]) != sizes[g]:
@@ -69,34 +73,32 @@ def em_groups(tc, xs: list, heads: list, *, epochs: int, batch_size: int, step_s
     active = [g for g in range(G) if sizes[g] > 0]
     if not active:
         return hist
-    block = _block_size(tc, batch_size, max_bytes)
+    block = _block_size(tc, sched.batch_size, max_bytes)
     t_last = time.perf_counter()
     for b0 in range(0, len(active), block):
         groups = active[b0:b0 + block]
         _train_block(tc, groups, [xs[g] for g in groups], [heads[g] for g in groups],
-                     [seeds[g] for g in groups], epochs, full_batch_epochs, batch_size, step_size, end,
-                     pseudocount, hist)
+                     [seeds[g] for g in groups], sched, hist)
         if time.perf_counter() - t_last > progress_seconds or b0 + block >= len(active):
             log.info("groups: %d / %d trained (%d epochs each)", min(b0 + block, len(active)),
-                     len(active), epochs)
+                     len(active), sched.epochs)
             t_last = time.perf_counter()
     return hist
 
 
-def _train_block(tc, groups, xs, heads, seeds, epochs, full_batch_epochs, batch_size, s0, s1,
-                 pseudocount, hist):
+def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist):
     dev, Gb, V = tc.device, len(groups), tc.num_vars
+    batch_size, pseudocount = sched.batch_size, sched.pseudocount
     gidx = torch.as_tensor(groups, device=dev)
     # the block's tables as a circuit of Gb groups (copies; written back at the end)
     sub = tc.select_groups(groups)
     rngs = [np.random.default_rng(s) for s in seeds]
     n = np.array([len(a) for a in xs])
     nb = np.maximum(1, -(-n // batch_size))                          # steps per epoch per group
-    total_steps = epochs * nb
     X = [torch.as_tensor(np.asarray(a), dtype=torch.long) for a in xs]
     Hd = [torch.as_tensor(np.asarray(h), dtype=torch.long) for h in heads]
-    for e in range(epochs + full_batch_epochs):
-        full = e >= epochs
+    for e in range(sched.total_epochs):
+        full = sched.is_full_batch(e)
         chunks = [np.array_split(np.arange(k) if full else r.permutation(k), m)
                   for r, k, m in zip(rngs, n, nb)]
         ll_sum = torch.zeros(Gb, dtype=torch.float64, device=dev)
@@ -124,7 +126,7 @@ def _train_block(tc, groups, xs, heads, seeds, epochs, full_batch_epochs, batch_
                 continue
             step = torch.zeros(Gb, device=dev)
             for j in live:
-                step[j] = s0 + (s1 - s0) * (e * nb[j] + t) / max(int(total_steps[j]) - 1, 1)
+                step[j] = sched.step_size_at(e * int(nb[j]) + t, int(nb[j]))
             with torch.no_grad():
                 for k, F in zip(names, grads):
                     p = sub.params[k]

@@ -174,25 +174,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-_CODE_DIGEST: str | None = None
-
-
-def code_digest() -> str:
-    """SHA-256 (first 20 hex digits) of the lvd package's Python sources (relative paths and
-    bytes, sorted): the code version a resumable job's checkpoint must match. Computed once."""
-    global _CODE_DIGEST
-    if _CODE_DIGEST is None:
-        import hashlib
-
-        root = Path(__file__).resolve().parent
-        h = hashlib.sha256(__version__.encode())
-        for path in sorted(root.rglob("*.py")):
-            h.update(str(path.relative_to(root)).encode() + b"\0")
-            h.update(path.read_bytes() + b"\0")
-        _CODE_DIGEST = h.hexdigest()[:20]
-    return _CODE_DIGEST
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """torch.save a dict of tensors and plain values, atomically."""
     import torch

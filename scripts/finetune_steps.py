@@ -1,5 +1,7 @@
 """How fine-tuning's first epochs treat the head start: mini-batch EM from a pc_latent.h5 at a
-given step size and batch size, valid bpd after every epoch (one JSON line).
+given step size and batch size, valid bpd after every epoch (one JSON line). The epochs follow
+finetune's schedule (lvd.pc.Schedule: the step size annealed linearly over all their steps,
+epoch e shuffled with the schedule's seed of e).
 
 Per-state patch circuits see about batch_size / K patches of each state per step; with 256
 grey levels a small batch gives each state's leaves a sparse, noisy estimate, and a large step
@@ -16,8 +18,8 @@ import json
 
 import torch
 
-from lvd import pc
-from lvd.stages import pcutil
+from lvd import metrics, pc
+from lvd.stages import inputs
 
 
 def main(argv=None) -> None:
@@ -32,15 +34,14 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    x = pcutil.load_split(a.data, "train")[:a.max_train]
-    xv = pcutil.load_split(a.data, "valid", a.max_valid, 0)
+    x = inputs.load_split(a.data, "train")[:a.max_train]
+    xv = inputs.load_split(a.data, "valid", a.max_valid, 0)
     c = pc.load(a.pc)
-    bpd = [pcutil.bpd(pc.mean_log_likelihood(c, xv), xv.shape[1])]
-    s0, s1 = a.step
+    bpd = [metrics.bpd(pc.mean_log_likelihood(c, xv), xv.shape[1])]
+    sched = pc.Schedule(epochs=a.epochs, batch_size=a.batch_size, step_size=a.step[0], step_size_end=a.step[1])
     for e in range(a.epochs):
-        pc.em(c, x, epochs=1, batch_size=a.batch_size, step_size=s0 + (s1 - s0) * e / a.epochs,
-              step_size_end=s0 + (s1 - s0) * (e + 1) / a.epochs, seed=e)
-        bpd.append(pcutil.bpd(pc.mean_log_likelihood(c, xv), xv.shape[1]))
+        pc.em_epoch(c, sched, e, x)
+        bpd.append(metrics.bpd(pc.mean_log_likelihood(c, xv), xv.shape[1]))
     print(json.dumps({"step": a.step, "batch_size": a.batch_size, "valid_bpd": [round(v, 4) for v in bpd]}))
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvd import pc
-from lvd.stages import (finetune, latent_em, latent_top_em, materialize_pc, pcutil, random_latents,
+from lvd import metrics, pc
+from lvd.stages import (finetune, inputs, latent_em, latent_top_em, materialize_pc, random_latents,
                         train_baseline, train_hclt)
 
 
@@ -44,10 +44,10 @@ def main(argv=None) -> None:
     run, K = Path(a.run), a.num_states
     out = Path(a.out) / f"k{K}_nl{a.num_latents}_h{a.heads_per_group}{'_root' if a.root_states else ''}"
     data, lat = str(run / "data.h5"), str(run / f"k{K}" / "latents.h5")
-    xt = pcutil.load_split(data, "test")
+    xt = inputs.load_split(data, "test")
 
     def bpd(path):
-        return pcutil.bpd(pc.mean_log_likelihood(pc.load(path), xt), xt.shape[1])
+        return metrics.bpd(pc.mean_log_likelihood(pc.load(path), xt), xt.shape[1])
 
     le = latent_em.Config(epochs=a.latent_epochs[0], full_batch_epochs=a.latent_epochs[1], top_epochs=a.top_epochs)
     ft = finetune.Config(epochs=a.finetune_epochs[0], full_batch_epochs=a.finetune_epochs[1])

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvd import io, pc, plots
-from lvd.stages import common, pcutil
+from lvd import io, metrics, pc, plots
+from lvd.stages import common, inputs
 
 log = logging.getLogger("lvd.evaluate")
 
@@ -99,7 +99,7 @@ def read_teacher(path, key: str):
     return metrics[key]
 
 
-def bottom_half(info: pcutil.DataInfo, n: int) -> np.ndarray:
+def bottom_half(info: inputs.DataInfo, n: int) -> np.ndarray:
     """bool [n, H, W, Ch]: the bottom half of every image."""
     H = info.image_shape[0]
     m = np.zeros((n, *info.image_shape), dtype=bool)
@@ -132,20 +132,6 @@ CONTROLS = ARMS[1:]
 
 def prefix(arm: str) -> str:
     return "" if arm == "lvd" else f"{arm}_"
-
-
-def spread(values) -> float:
-    """Sample standard deviation over seeds (0.0 for a single seed)."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def check_metric(value: float, kind: str, path) -> float:
-    """Refuse a metric no model can have: NaN, a negative bpd, a perplexity below 1."""
-    if not np.isfinite(value) or (kind == "image" and value < 0) or (kind == "text" and value < 1):
-        what = "bpd" if kind == "image" else "perplexity"
-        raise io.ArtifactError(f"{path}: test {what} {value!r} is impossible; the circuit is corrupt "
-                               f"(rerun the stage that wrote it)")
-    return float(value)
 
 
 def compare(m: dict, key: str) -> dict:
@@ -185,19 +171,19 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
     "hclt": [...]}; every arm but lvd may be absent or empty.
     """
     with common.Timer() as timer:
-        info = pcutil.data_info(data)
+        info = inputs.data_info(data)
         files = {arm: [str(p) for p in arms.get(arm) or []] for arm in ARMS}
         if not files["lvd"]:
             raise ValueError("evaluate: no LVD circuit given (--pc)")
         lens = {arm: len(v) for arm, v in files.items() if v}
         if len(set(lens.values())) != 1:
             raise ValueError(f"evaluate: every arm needs one circuit per seed, got {lens}")
-        xt = pcutil.load_split(data, "test", cfg.max_test, cfg.seed)
-        xv = pcutil.load_split(data, "valid", cfg.max_test, cfg.seed)
+        xt = inputs.load_split(data, "test", cfg.max_test, cfg.seed)
+        xv = inputs.load_split(data, "valid", cfg.max_test, cfg.seed)
         image = info.kind == "image"
         unit = "bpd" if image else "perplexity"
-        to = (lambda v: pcutil.bpd(v, info.num_vars)) if image else \
-            (lambda v: pcutil.perplexity(v, info.seq_len))  # noqa: E731
+        to = (lambda v: metrics.bpd(v, info.num_vars)) if image else \
+            (lambda v: metrics.perplexity(v, info.seq_len))  # noqa: E731
         m = {"kind": info.kind, "num_test": len(xt), "num_valid": len(xv), "num_seeds": lens["lvd"]}
         first, histories = {}, {}
         for arm, paths in files.items():
@@ -206,19 +192,19 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             per = {"test": [], "valid": []}
             for j, path in enumerate(paths):
                 circuit = pc.load(path, device=device)
-                pcutil.check_circuit(circuit, info, path)
+                inputs.check_circuit(circuit, info, path)
                 for split, x in (("test", xt), ("valid", xv)):
                     ll = pc.mean_log_likelihood(circuit, x, batch_size=cfg.batch_size)
-                    per[split].append(check_metric(to(ll), info.kind, path))
+                    per[split].append(metrics.check_metric(to(ll), info.kind, path))
                     if j == 0:
                         m[f"{prefix(arm)}{split}_ll"] = ll
                 log.info("%s seed %d (%s): test %s %.4f", arm, j, path, unit, per["test"][-1])
                 if j == 0:
                     first[arm] = circuit
-                    histories[arm] = pcutil.history_of(path)
+                    histories[arm] = inputs.history_of(path)
             for split in ("test", "valid"):
                 key = f"{prefix(arm)}{split}_{unit}"
-                m[key], m[key + "_std"], m[key + "_seeds"] = float(np.mean(per[split])), spread(per[split]), per[split]
+                m[key], m[key + "_std"], m[key + "_seeds"] = float(np.mean(per[split])), metrics.spread(per[split]), per[split]
             m[f"{prefix(arm)}num_params"] = int(first[arm].num_params)
         if files["hclt"]:
             attrs = [pc.load_attrs(p) for p in files["hclt"]]
@@ -236,10 +222,10 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             m.update(_image_extras(cfg, info, c, first.get("baseline"), xt, m, fig))
             series = []
             for arm, h in histories.items():
-                series += curve_series(h, styles[arm][0], pcutil.bpd, info.num_vars, *styles[arm][1:])
+                series += curve_series(h, styles[arm][0], metrics.bpd, info.num_vars, *styles[arm][1:])
             plots.curves_figure(fig / "curves.png", series, m["teacher_test_bpd"])
         else:
-            tp = lambda v, n: pcutil.perplexity(v, info.seq_len)  # noqa: E731
+            tp = lambda v, n: metrics.perplexity(v, info.seq_len)  # noqa: E731
             m["teacher_test_perplexity"] = read_teacher(teacher_metrics, "teacher_test_perplexity")
             m["test_tokens_scored"] = len(xt) * info.seq_len
             series = [curve_series(h, styles[arm][0], tp, 0, *styles[arm][1:])[0] for arm, h in histories.items()]
@@ -268,7 +254,7 @@ def _image_extras(cfg: Config, info, c, b, xt: np.ndarray, m: dict, fig: Path) -
     circuits = [("LVD", "", c)] + ([("baseline", "baseline_", b)] if b is not None else [])
     for _, name, circuit in circuits:
         top = pc.mean_log_likelihood(circuit, xt, batch_size=cfg.batch_size, missing=miss)
-        out[name + "inpaint_bpd"] = pcutil.bpd(m[name + "test_ll"] - top, hidden)
+        out[name + "inpaint_bpd"] = metrics.bpd(m[name + "test_ll"] - top, hidden)
     torch.manual_seed(cfg.seed)
     if cfg.num_samples:
         n = cfg.num_samples

@@ -13,7 +13,7 @@ run (epoch e shuffles with a seed derived from (seed, e)). A checkpoint of anoth
 config is ignored. The checkpoint is deleted once pc_final.h5 is written.
 
 Attributes of the output: ``history`` (the input's history plus this stage's record: train and
-valid mean ll per epoch, see lvd.stages.pcutil), ``train_ll``, ``valid_ll``, ``valid_bpd``
+valid mean ll per epoch, see lvd.training), ``train_ll``, ``valid_ll``, ``valid_bpd``
 (images) or ``valid_perplexity`` (text), ``seconds``.
 
     python -m lvd.stages.finetune --config '{"epochs": 5}' --data data.h5 --pc k16/pc_latent.h5 \
@@ -22,14 +22,11 @@ valid mean ll per epoch, see lvd.stages.pcutil), ``train_ll``, ``valid_ll``, ``v
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-from lvd import io, pc
-from lvd.stages import common, pcutil
+from lvd import pc, training
+from lvd.stages import emstage, inputs
 
-log = logging.getLogger("lvd.finetune")
 WRITER = "lvd.stages.finetune"
 
 
@@ -45,72 +42,19 @@ class Config:
     seed: int = 0                  # shuffling (epoch e uses a seed from (seed, e)), valid subset
 
     def __post_init__(self):
-        pcutil.check_schedule(self, "finetune")
-
-
-def split_metrics(c, info: pcutil.DataInfo, mean_ll: float, prefix: str) -> dict:
-    """{prefix_ll, prefix_bpd} (images) or {prefix_ll, prefix_perplexity} (text)."""
-    if info.kind == "image":
-        return {f"{prefix}_ll": mean_ll, f"{prefix}_bpd": pcutil.bpd(mean_ll, info.num_vars)}
-    return {f"{prefix}_ll": mean_ll, f"{prefix}_perplexity": pcutil.perplexity(mean_ll, info.seq_len)}
-
-
-def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writer: str, history: list,
-                   ckpt_dir: str | None = None, extra: dict | None = None) -> dict:
-    """EM of ``c`` (read from ``source``) on data's train split by cfg's schedule, valid ll per
-    epoch; save to ``out``. With ``ckpt_dir``: a per-epoch checkpoint ``<stage>.h5`` there,
-    resumed when its key (stage, source, data layout, config) matches, deleted at the end."""
-    ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{stage}.h5"
-    # the same job interrupted: the same input circuit, data (contents), config and code version
-    key = pcutil.resume_key(stage, pcutil.fingerprint(source), pcutil.fingerprint(data), cfg, io.code_digest())
-    info = pcutil.data_info(data)
-    pcutil.check_circuit(c, info, source)
-    with common.Timer() as timer:
-        x = pcutil.load_split(data, "train")
-        xv = pcutil.load_split(data, "valid", cfg.max_valid, cfg.seed)
-        log.info("%s: %d train, %d valid rows of %d variables; %d params", stage, len(x), len(xv),
-                 info.num_vars, c.num_params)
-        valid = lambda t: pc.mean_log_likelihood(t, xv, batch_size=max(cfg.batch_size, 1024))  # noqa: E731
-        sched = pcutil.schedule_from(cfg, full_batch_epochs=cfg.full_batch_epochs)
-        c, record = pcutil.train(c, x, sched, stage=stage, valid=valid, ckpt=ckpt, resume_key=key,
-                                 writer=writer, config=asdict(cfg))
-    summary = {"seconds": timer.seconds, "num_params": c.num_params, **(extra or {})}
-    if record["train_ll"]:
-        summary["train_ll"] = record["train_ll"][-1]
-    summary.update(split_metrics(c, info, record["valid_ll"][-1] if record["valid_ll"] else valid(c), "valid"))
-    pc.save(c, out, writer=writer, config=asdict(cfg), history=history + [record], **summary)
-    log.info("wrote %s in %.1f s: %s", out, timer.seconds,
-             ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("valid_")))
-    if ckpt is not None and ckpt.exists():
-        ckpt.unlink()
-        if not any(ckpt.parent.iterdir()):      # a finished job leaves no empty checkpoint folder
-            ckpt.parent.rmdir()
-    return summary
+        training.check_schedule(self, "finetune")
 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
     """Fine-tune the circuit in ``pc_path``; returns a summary (also stored as attributes)."""
     c = pc.load(pc_path, device=device)
-    return train_and_save(c, cfg, data, out, source=pc_path, stage="finetune", writer=WRITER,
-                          history=pcutil.history_of(pc_path), ckpt_dir=ckpt_dir)
-
-
-def em_stage_main(argv, doc, config_cls, run_fn, pc_help: str, out_help: str) -> None:
-    """The command line of the EM stages (finetune, train_baseline): data, pc, out, ckpt-dir."""
-    p = common.parser(doc)
-    p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
-    p.add_argument("--pc", required=True, help=pc_help)
-    p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--ckpt-dir", default=None, help="directory for the per-epoch checkpoint (resume)")
-    args = p.parse_args(argv)
-    cfg = common.load_config(config_cls, args.config)
-    device = common.setup(args, seed=cfg.seed)
-    run_fn(cfg, args.data, args.pc, args.out, args.ckpt_dir, device=device)
+    return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="finetune", writer=WRITER,
+                                  history=inputs.history_of(pc_path), ckpt_dir=ckpt_dir)
 
 
 def main(argv=None) -> None:
-    em_stage_main(argv, __doc__, Config, run, "circuit to start from (pc_latent.h5; text: pc_init.h5)",
-                  "pc_final.h5 to write (format lvd.pc)")
+    emstage.stage_main(argv, __doc__, Config, run, "circuit to start from (pc_latent.h5; text: pc_init.h5)",
+                       "pc_final.h5 to write (format lvd.pc)")
 
 
 if __name__ == "__main__":

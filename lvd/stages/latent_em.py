@@ -35,9 +35,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lvd import io, pc
+from lvd import fingerprints, io, pc, training
 from lvd.pc import validate
-from lvd.stages import common, pcutil
+from lvd.pc.schedule import derived_seed
+from lvd.stages import common, inputs
 
 log = logging.getLogger("lvd.latent_em")
 WRITER = "lvd.stages.latent_em"
@@ -61,12 +62,29 @@ class Config:
     seed: int = 0                   # group g shuffles with a seed from (seed, g); top EM with seed
 
     def __post_init__(self):
-        pcutil.check_schedule(self, "latent_em")
-        pcutil.check_schedule(self, "latent_em", prefix="top_")
+        training.check_schedule(self, "latent_em")
+        _check_top(self)
         if not isinstance(self.num_shards, int) or self.num_shards < 1:
             raise ValueError(f"latent_em.num_shards is {self.num_shards!r}, expected an integer >= 1")
         if not self.lls_memory_gb >= 0:
             raise ValueError(f"latent_em.lls_memory_gb is {self.lls_memory_gb!r}, expected >= 0")
+
+
+def top_schedule(cfg: Config) -> pc.Schedule:
+    """latent_top_em's schedule from the ``top_*`` fields."""
+    return pc.Schedule(epochs=cfg.top_epochs, batch_size=cfg.top_batch_size, step_size=cfg.top_step_size,
+                       step_size_end=cfg.top_step_size_end, pseudocount=cfg.pseudocount, seed=cfg.seed)
+
+
+def _check_top(cfg: Config) -> None:
+    for name, lo in (("top_epochs", 0), ("top_batch_size", 1)):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"latent_em.{name} is {v!r}, expected an integer >= {lo}")
+    for name in ("top_step_size", "top_step_size_end"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ValueError(f"latent_em.{name} is {v!r}, expected a number in (0, 1]")
 
 
 def shard_groups(num_groups: int, shard: int, num_shards: int) -> list[int]:
@@ -87,7 +105,8 @@ def group_members(c: pc.LVDCircuit, x: np.ndarray, z: np.ndarray, g: int) -> tup
 
 
 def group_seed(seed: int, g: int) -> int:
-    return int(np.random.SeedSequence([seed, g]).generate_state(1)[0])
+    """Group g's shuffling seed: derived from (seed, g) alone, whatever the sharding."""
+    return derived_seed(seed, g)
 
 
 def train_groups(c: pc.LVDCircuit, x, z, groups: list[int], cfg: Config):
@@ -98,9 +117,7 @@ def train_groups(c: pc.LVDCircuit, x, z, groups: list[int], cfg: Config):
     for g, n in zip(groups, sizes):
         if n == 0:
             log.warning("group %d has no members: its tables keep their initial values", g)
-    hist = pc.em_groups(sub, list(xs), list(hs), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        step_size=cfg.step_size, step_size_end=cfg.step_size_end,
-                        pseudocount=cfg.pseudocount, full_batch_epochs=cfg.full_batch_epochs,
+    hist = pc.em_groups(sub, list(xs), list(hs), training.schedule_from(cfg),
                         group_seeds=[group_seed(cfg.seed, g) for g in groups])
     return sub.params, sizes, hist
 
@@ -111,15 +128,15 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
     if not 0 <= shard < num_shards:
         raise ValueError(f"--shard {shard} is outside [0, --num-shards {num_shards})")
     with common.Timer() as timer:
-        info = pcutil.data_info(data)
+        info = inputs.data_info(data)
         if info.kind != "image":
             raise ValueError(f"{data}: latent_em is for images (attribute 'kind' is {info.kind!r}); "
                              f"text HMMs go from materialize_pc straight to finetune")
         c = pc.load(pc_path, device=device)
         if not isinstance(c, pc.LVDCircuit):
             raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd' (expected an LVD circuit)")
-        x = pcutil.load_split(data, "train")
-        z, mode, K = pcutil.load_latents(latents, len(x), c.num_positions)
+        x = inputs.load_split(data, "train")
+        z, mode, K = inputs.load_latents(latents, len(x), c.num_positions)
         if mode != c.mode or K != c.num_states:
             raise io.ArtifactError(f"{latents}: mode {mode!r} with {K} states, but {pc_path} was built "
                                    f"for mode {c.mode!r} with {c.num_states} states")
@@ -134,7 +151,8 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
                      n.sum(), first, last)
     summary = {"shard": shard, "num_shards": num_shards, "num_groups": c.patch.num_groups,
                "groups": len(groups), "seconds": timer.seconds,
-               "pc_fingerprint": pcutil.fingerprint(pc_path), "latents_fingerprint": pcutil.fingerprint(latents)}
+               "pc_fingerprint": fingerprints.fingerprint(pc_path),
+               "latents_fingerprint": fingerprints.fingerprint(latents)}
     with io.create(out, "lvd.pc_shard", WRITER, asdict(cfg), **summary) as f:
         f["groups"] = np.asarray(groups, dtype=np.int64)
         f["num_examples"] = np.asarray(counts, dtype=np.int64)

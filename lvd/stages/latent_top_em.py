@@ -31,10 +31,10 @@ import h5py
 import numpy as np
 import torch
 
-from lvd import io, pc
+from lvd import fingerprints, io, metrics, pc, training
 from lvd.pc import validate
-from lvd.stages import common, pcutil
-from lvd.stages.latent_em import Config, shard_groups
+from lvd.stages import common, inputs
+from lvd.stages.latent_em import Config, shard_groups, top_schedule
 
 log = logging.getLogger("lvd.latent_top_em")
 WRITER = "lvd.stages.latent_top_em"
@@ -50,7 +50,7 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
     if not shards:
         raise ShardError("no shard files given (--shards)")
     G = c.patch.num_groups
-    want_pc, want_lat = pcutil.fingerprint(pc_path), pcutil.fingerprint(latents)
+    want_pc, want_lat = fingerprints.fingerprint(pc_path), fingerprints.fingerprint(latents)
     seen: dict[int, str] = {}
     num_shards = None
     hist = np.full((G, 0), np.nan)
@@ -171,9 +171,9 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
         c = pc.load(pc_path, device=device)
         if not isinstance(c, pc.LVDCircuit):
             raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd' (expected an LVD circuit)")
-        x = pcutil.load_split(data, "train")
-        xv = pcutil.load_split(data, "valid")
-        pcutil.load_latents(latents, len(x), c.num_positions)  # checks z against the data
+        x = inputs.load_split(data, "train")
+        xv = inputs.load_split(data, "valid")
+        inputs.load_latents(latents, len(x), c.num_positions)  # checks z against the data
         g = gather(c, [str(s) for s in shards], pc_path, latents)
         n = g["num_examples"]
         cond = [float(np.nansum(g["history"][:, e] * n) / len(x)) for e in range(g["history"].shape[1])]
@@ -199,16 +199,16 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
             key = "leaf_evidence" if c.top_kind == "hclt" else "evidence"
             valid = lambda t: pc.mean_log_likelihood(t, None, **{key: valid_L})  # noqa: E731
             start = valid(c.top)
-            log.info("before top EM: valid ll %.4f (bpd %.4f)", start, pcutil.bpd(start, c.num_vars))
-            _, record = pcutil.train(c.top, None, pcutil.schedule_from(cfg, "top_"), stage="latent_top_em",
-                                     valid=valid, shuffle=shuffle, **{key: L})
+            log.info("before top EM: valid ll %.4f (bpd %.4f)", start, metrics.bpd(start, c.num_vars))
+            _, record = training.train(c.top, None, top_schedule(cfg), stage="latent_top_em",
+                                       valid=valid, shuffle=shuffle, **{key: L})
         finally:
             if disk is not None:
                 disk.close()
         record["valid_ll_init"] = start
-    history = pcutil.history_of(pc_path) + [patch_record, record]
+    history = inputs.history_of(pc_path) + [patch_record, record]
     final = record["valid_ll"][-1] if record["valid_ll"] else start
-    summary = {"seconds": timer.seconds, "valid_ll": final, "valid_bpd": pcutil.bpd(final, c.num_vars),
+    summary = {"seconds": timer.seconds, "valid_ll": final, "valid_bpd": metrics.bpd(final, c.num_vars),
                "lls_on_disk": disk is not None}
     pc.save(c, out, writer=WRITER, config=asdict(cfg), history=history, **summary)
     log.info("wrote %s in %.1f s: valid bpd %.4f", out, timer.seconds, summary["valid_bpd"])

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lvd import pc
-from lvd.stages import common, pcutil
+from lvd.stages import common, inputs
 
 log = logging.getLogger("lvd.materialize_pc")
 WRITER = "lvd.stages.materialize_pc"
@@ -109,9 +109,9 @@ def init_hclt_top(top, z, cfg: Config) -> None:
 def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
     """Build and count-initialize the circuit; returns a summary (also stored as attributes)."""
     with common.Timer() as timer:
-        info = pcutil.data_info(data)
-        x = pcutil.load_split(data, "train")
-        z, mode, K = pcutil.load_latents(latents, len(x), pcutil.num_positions(info))
+        info = inputs.data_info(data)
+        x = inputs.load_split(data, "train")
+        z, mode, K = inputs.load_latents(latents, len(x), inputs.num_positions(info))
         log.info("%s: %d train rows of %d variables; %s: %s mode, %d states", data, len(x),
                  info.num_vars, latents, mode, K)
         if info.kind == "image":

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lvd import io
-from lvd.stages import common, pcutil
+from lvd import fingerprints, io
+from lvd.stages import common
 
 log = logging.getLogger("lvd.random_latents")
 WRITER = "lvd.stages.random_latents"
@@ -48,7 +48,7 @@ def run(latents: str, out: str, seed: int) -> dict:
                 raise io.ArtifactError(f"{latents}: missing attribute {key!r}")
     zr = permute_per_position(z, seed)
     summary = {**attrs, "control": "random_latents", "seed": int(seed),
-               "source_fingerprint": pcutil.fingerprint(latents)}
+               "source_fingerprint": fingerprints.fingerprint(latents)}
     with io.create(out, "lvd.latents", WRITER, {"seed": int(seed)}) as g:
         g["z"] = zr
         K = int(attrs["num_states"])

@@ -27,9 +27,8 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lvd import pc
-from lvd.stages import pcutil
-from lvd.stages.finetune import em_stage_main, train_and_save
+from lvd import pc, training
+from lvd.stages import emstage
 
 log = logging.getLogger("lvd.train_baseline")
 WRITER = "lvd.stages.train_baseline"
@@ -48,20 +47,20 @@ class Config:
     seed: int = 1                  # the random parameters (patch tree: seed, top tree: seed + 1), shuffling
 
     def __post_init__(self):
-        pcutil.check_schedule(self, self.SECTION)
+        training.check_schedule(self, self.SECTION)
 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
     """Train the randomly initialized circuit; returns a summary (also stored as attributes)."""
-    c = pcutil.random_like(pc.load(pc_path, device=device), cfg.seed)
+    c = pc.random_like(pc.load(pc_path, device=device), cfg.seed)
     log.info("random parameters with seed %d for the structure of %s", cfg.seed, pc_path)
-    return train_and_save(c, cfg, data, out, source=pc_path, stage="train_baseline", writer=WRITER,
-                          history=[], ckpt_dir=ckpt_dir)
+    return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="train_baseline", writer=WRITER,
+                                  history=[], ckpt_dir=ckpt_dir)
 
 
 def main(argv=None) -> None:
-    em_stage_main(argv, __doc__, Config, run, "pc_init.h5: the structure to copy (its parameters are not used)",
-                  "baseline.h5 to write (format lvd.pc)")
+    emstage.stage_main(argv, __doc__, Config, run, "pc_init.h5: the structure to copy (its parameters are not used)",
+                       "baseline.h5 to write (format lvd.pc)")
 
 
 if __name__ == "__main__":

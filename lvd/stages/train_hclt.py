@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lvd import pc
-from lvd.stages import pcutil, train_baseline
-from lvd.stages.finetune import em_stage_main, train_and_save
+from lvd.stages import emstage, inputs, train_baseline
 
 log = logging.getLogger("lvd.train_hclt")
 WRITER = "lvd.stages.train_hclt"
@@ -61,24 +60,24 @@ def matched_num_latents(num_vars: int, num_cats: int, target: int, max_k: int = 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
     """Build and train the HCLT; returns a summary (also stored as attributes)."""
-    info = pcutil.data_info(data)
+    info = inputs.data_info(data)
     if info.kind != "image":
         raise ValueError(f"{data}: train_hclt is the image control (attribute 'kind' is {info.kind!r}); "
                          f"for text the random-init HMM (train_baseline) is the plain model")
     target = int(pc.load(pc_path).num_params)
     K = cfg.num_latents or matched_num_latents(info.num_vars, info.num_cats, target)
-    x = pcutil.load_split(data, "train")
+    x = inputs.load_split(data, "train")
     c = pc.hclt(x, num_latents=K, num_cats=info.num_cats, seed=cfg.seed, device=device)
     log.info("HCLT over %d pixels, %d hidden states: %d params (LVD circuit: %d)", info.num_vars, K,
              c.num_params, target)
-    return train_and_save(c, cfg, data, out, source=pc_path, stage="train_hclt", writer=WRITER,
-                          history=[], ckpt_dir=ckpt_dir,
-                          extra={"hclt_num_latents": K, "target_num_params": target})
+    return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="train_hclt", writer=WRITER,
+                                  history=[], ckpt_dir=ckpt_dir,
+                                  extra={"hclt_num_latents": K, "target_num_params": target})
 
 
 def main(argv=None) -> None:
-    em_stage_main(argv, __doc__, Config, run, "pc_init.h5: the LVD circuit whose size to match",
-                  "hclt.h5 to write (format lvd.pc)")
+    emstage.stage_main(argv, __doc__, Config, run, "pc_init.h5: the LVD circuit whose size to match",
+                       "hclt.h5 to write (format lvd.pc)")
 
 
 if __name__ == "__main__":

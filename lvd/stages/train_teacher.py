@@ -8,9 +8,9 @@ lvd.teachers.vqvae -- or ``teacher_test_perplexity`` for text, ``seconds``, per-
 epoch. The checkpoint resumes only the same job interrupted: a run finding one resumes when
 its job key matches (the teacher kind, the whole config including ``epochs`` and
 ``max_minutes``, the training data's layout and CRC, and the digest of the lvd source code,
-``lvd.io.code_digest``); any difference starts afresh (logged, naming what differs). A
-finished job deletes its checkpoint, so a forced rerun (``--forcerun train_teacher``) trains
-from scratch.
+``lvd.fingerprints.code_digest``); any difference starts afresh (logged, naming what
+differs). A finished job deletes its checkpoint, so a forced rerun (``--forcerun
+train_teacher``) trains from scratch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvd import io, teachers
+from lvd import fingerprints, io, teachers
 from lvd.progress import Progress
 from lvd.stages import common
 
@@ -70,7 +70,7 @@ def _batches(data: torch.Tensor, batch_size: int, device, limit: int = 0):
 
 def job_key(kind: str, cfg: Config, info: dict) -> dict:
     """What makes a checkpoint this job's own: kind, whole config, data, code version."""
-    return {"kind": kind, "config": common.config_dict(cfg), "data_info": info, "code": io.code_digest()}
+    return {"kind": kind, "config": common.config_dict(cfg), "data_info": info, "code": fingerprints.code_digest()}
 
 
 def _resume_state(path: Path, job: dict) -> dict | None:

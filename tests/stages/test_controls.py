@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import pc_fixtures as fx
-from lvd import io, pc
-from lvd.stages import evaluate, latent_em, latent_top_em, materialize_pc, pcutil, random_latents, train_hclt
+from lvd import io, metrics, pc
+from lvd.stages import evaluate, inputs, latent_em, latent_top_em, materialize_pc, random_latents, train_hclt
 
 K = 4
 
@@ -19,7 +19,7 @@ K = 4
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("controls")
     data = fx.write_digits(d / "data.h5", n_train=150, n_valid=30, n_test=30)
-    x = pcutil.load_split(data, "train").reshape(-1, 8, 8, 1)
+    x = inputs.load_split(data, "train").reshape(-1, 8, 8, 1)
     lat = fx.write_latents(d / "latents.h5", fx.kmeans_latents(x, 2, K), K)
     return {"dir": d, "data": data, "latents": lat}
 
@@ -67,7 +67,7 @@ def test_train_hclt_matches_the_lvd_circuits_size(files, tmp_path):
     gap = abs(h.num_params - target)
     for k in (h.num_latents - 1, h.num_latents + 1):
         assert gap <= abs(train_hclt.hclt_num_params(64, 17, k) - target)
-    rec = pcutil.history_of(tmp_path / "hclt.h5")[-1]
+    rec = inputs.history_of(tmp_path / "hclt.h5")[-1]
     assert rec["stage"] == "train_hclt" and len(rec["valid_ll"]) == 3 and rec["valid_ll"][-1] > rec["valid_ll"][0]
     assert pc.load_attrs(tmp_path / "hclt.h5")["seconds"] > 0
 
@@ -97,7 +97,7 @@ def test_evaluate_reports_every_arm_with_its_spread_over_seeds(files, tmp_path):
     m = evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), files["data"],
                      {"lvd": lvd, "random_latents": rnd, "hclt": hclt}, teacher, None,
                      tmp_path / "k4" / "metrics.json", tmp_path / "fig")
-    xt = pcutil.load_split(files["data"], "test")
+    xt = inputs.load_split(files["data"], "test")
     per = [-pc.load(p).log_likelihood(xt).double().mean().item() / (math.log(2) * 64) for p in lvd]
     assert m["num_seeds"] == 2 and m["test_bpd_seeds"] == pytest.approx(per, rel=1e-6)
     assert m["test_bpd"] == pytest.approx(np.mean(per)) and m["test_bpd_std"] == pytest.approx(np.std(per, ddof=1))
@@ -122,10 +122,10 @@ def test_evaluate_refuses_an_impossible_bpd(files, tmp_path, monkeypatch):
         evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), files["data"], {"lvd": [lvd]}, teacher,
                      None, tmp_path / "m.json", tmp_path / "fig")
     assert not (tmp_path / "m.json").exists()
-    assert evaluate.check_metric(2.5, "image", "x") == 2.5
+    assert metrics.check_metric(2.5, "image", "x") == 2.5
     for bad, kind in ((float("nan"), "image"), (-0.1, "image"), (0.5, "text")):
         with pytest.raises(io.ArtifactError):
-            evaluate.check_metric(bad, kind, "x")
+            metrics.check_metric(bad, kind, "x")
 
 
 def test_materialize_root_states_follows_the_number_of_states(files, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 import pc_fixtures as fx
 from lvd import pc
-from lvd.stages import evaluate, finetune, latent_em, latent_top_em, materialize_pc, pcutil, train_baseline
+from lvd.stages import evaluate, finetune, inputs, latent_em, latent_top_em, materialize_pc, train_baseline
 
 K, M = 4, 3  # patch states, hidden states of the top's H_i
 LCFG = latent_em.Config(epochs=2, batch_size=64, top_epochs=2, top_batch_size=64)
@@ -19,7 +19,7 @@ LCFG = latent_em.Config(epochs=2, batch_size=64, top_epochs=2, top_batch_size=64
 def hclt_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("hclt_top")
     data = fx.write_digits(d / "data.h5", n_train=200, n_valid=30, n_test=40)
-    x = pcutil.load_split(data, "train")
+    x = inputs.load_split(data, "train")
     z = fx.kmeans_latents(x.reshape(-1, 8, 8, 1), 2, K)
     lat = fx.write_latents(d / "latents.h5", z, K)
     cfg = materialize_pc.Config(num_latents=2, top="hclt", top_num_latents=M, top_init_epochs=2)
@@ -40,7 +40,7 @@ def test_materialize_builds_an_hclt_over_the_zs_fitted_to_z(hclt_dir):
     z = torch.as_tensor(hclt_dir["z"])
     fitted = float(c.top.log_likelihood(x=z).mean())
     assert hclt_dir["init"]["top_mean_ll_z"] == pytest.approx(fitted, abs=1e-5)
-    fresh = pcutil.random_like(c, 0).top
+    fresh = pc.random_like(c, 0).top
     assert fitted > float(fresh.log_likelihood(x=z).mean()) + 1.0        # EM on z moved it
     # an HCLT top over the same Chow-Liu tree as the tree top would use
     tree = materialize_pc.run(materialize_pc.Config(num_latents=2), hclt_dir["data"], hclt_dir["latents"],
@@ -54,9 +54,9 @@ def test_latent_top_em_trains_the_hclt_top_on_soft_evidence(hclt_dir):
     d = hclt_dir["dir"]
     init, c = pc.load(d / "pc_init.h5"), pc.load(d / "pc_latent.h5")
     assert not torch.equal(c.top.params["leaves"], init.top.params["leaves"])
-    rec = pcutil.history_of(d / "pc_latent.h5")[-1]
+    rec = inputs.history_of(d / "pc_latent.h5")[-1]
     assert rec["stage"] == "latent_top_em" and len(rec["valid_ll"]) == LCFG.top_epochs
-    xv = pcutil.load_split(hclt_dir["data"], "valid")
+    xv = inputs.load_split(hclt_dir["data"], "valid")
     assert float(c.log_likelihood(xv).double().mean()) == pytest.approx(rec["valid_ll"][-1], rel=1e-5)
     assert rec["valid_ll"][-1] > rec["valid_ll_init"]
 

@@ -1,6 +1,7 @@
 """The PC stages (materialize_pc .. evaluate) on tiny fixtures, against hand computations."""
 
 import json
+import logging
 import math
 
 import h5py
@@ -10,7 +11,7 @@ import torch
 
 import pc_fixtures as fx
 from lvd import io, pc
-from lvd.stages import evaluate, finetune, latent_em, latent_top_em, materialize_pc, pcutil, train_baseline
+from lvd.stages import evaluate, finetune, inputs, latent_em, latent_top_em, materialize_pc, train_baseline, train_hclt
 
 K, KH = 4, 4  # patch states, patch-tree hidden states
 LCFG = latent_em.Config(epochs=2, batch_size=64, top_epochs=2, top_batch_size=64)
@@ -22,7 +23,7 @@ def run_dir(tmp_path_factory):
     """digits (200 train) -> position-mode latents -> pc_init -> shards (S=2 and S=1) -> pc_latent."""
     d = tmp_path_factory.mktemp("images")
     data = fx.write_digits(d / "data.h5", n_train=200, n_valid=30, n_test=40)
-    x = pcutil.load_split(data, "train")
+    x = inputs.load_split(data, "train")
     z = fx.kmeans_latents(x.reshape(-1, 8, 8, 1), 2, K)
     lat = fx.write_latents(d / "latents.h5", z, K)
     materialize_pc.run(materialize_pc.Config(num_latents=KH), data, lat, d / "pc_init.h5")
@@ -123,7 +124,7 @@ def test_latent_top_em_trains_the_top_and_records_history(run_dir, tmp_path):
     top = attrs["history"][1]
     assert len(top["train_ll"]) == len(top["valid_ll"]) == LCFG.top_epochs
     c = pc.load(d / "pc_latent.h5")
-    xv = pcutil.load_split(run_dir["data"], "valid")
+    xv = inputs.load_split(run_dir["data"], "valid")
     assert float(c.log_likelihood(xv).double().mean()) == pytest.approx(top["valid_ll"][-1], rel=1e-5)
     assert not torch.equal(c.top.params["edges"], pc.load(d / "pc_init.h5").top.params["edges"])
     # L through the float16 file: the same values up to float16 rounding of L - max
@@ -147,15 +148,15 @@ def test_finetune_resumes_after_a_kill(run_dir, tmp_path, monkeypatch):
     src, data = run_dir["dir"] / "pc_latent.h5", run_dir["data"]
     ref = finetune.run(FCFG, data, src, tmp_path / "ref.h5", tmp_path / "ckpt_ref")
     assert not (tmp_path / "ckpt_ref").exists()  # removed (file and empty folder) once the output is written
-    real, calls = pc.em, []
+    real, calls = pc.em_epoch, []
 
-    def em(*args, **kwargs):
+    def em_epoch(circuit, sched, epoch, *args, **kwargs):
         if len(calls) == limit:
             raise KeyboardInterrupt("killed")
-        calls.append(kwargs.get("full_batch", False))
-        return real(*args, **kwargs)
+        calls.append(sched.is_full_batch(epoch))
+        return real(circuit, sched, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(pc, "em", em)
+    monkeypatch.setattr(pc, "em_epoch", em_epoch)
     limit = 1  # killed during epoch 2 of 2 mini-batch + 1 full-batch epochs
     with pytest.raises(KeyboardInterrupt):
         finetune.run(FCFG, data, src, tmp_path / "out.h5", tmp_path / "ckpt")
@@ -168,9 +169,9 @@ def test_finetune_resumes_after_a_kill(run_dir, tmp_path, monkeypatch):
     for name, t in a.params.items():
         assert torch.equal(t, b.params[name]), name
     assert got["valid_ll"] == ref["valid_ll"]
-    hist = pcutil.history_of(tmp_path / "out.h5")
+    hist = inputs.history_of(tmp_path / "out.h5")
     assert [r["stage"] for r in hist] == ["latent_em", "latent_top_em", "finetune"]
-    assert hist[-1]["train_ll"] == pcutil.history_of(tmp_path / "ref.h5")[-1]["train_ll"]
+    assert hist[-1]["train_ll"] == inputs.history_of(tmp_path / "ref.h5")[-1]["train_ll"]
     assert len(hist[-1]["valid_ll"]) == 3 and hist[-1]["valid_ll"][-1] > hist[0 + 1]["valid_ll"][-1]
 
 
@@ -180,7 +181,7 @@ def test_finetune_ignores_a_checkpoint_of_another_config(run_dir, tmp_path):
     c = pc.load(src)
     pc.save(c, tmp_path / "ckpt" / "finetune.h5", epoch=1, record={}, resume_key="another run")
     finetune.run(one, data, src, tmp_path / "out.h5", tmp_path / "ckpt")
-    assert len(pcutil.history_of(tmp_path / "out.h5")[-1]["train_ll"]) == 1
+    assert len(inputs.history_of(tmp_path / "out.h5")[-1]["train_ll"]) == 1
 
 
 def test_baseline_same_structure_random_params(run_dir, tmp_path):
@@ -194,11 +195,32 @@ def test_baseline_same_structure_random_params(run_dir, tmp_path):
         np.testing.assert_array_equal(a.structure.parents, b.structure.parents)
         assert (a.num_groups, a.num_heads, a.num_latents) == (b.num_groups, b.num_heads, b.num_latents)
     assert not torch.allclose(init.top.params["edges"], base.top.params["edges"], atol=1e-2)
-    fresh = pcutil.random_like(init, cfg.seed)
+    fresh = pc.random_like(init, cfg.seed)
     assert not torch.equal(fresh.patch.params["leaves"], init.patch.params["leaves"])
-    rec = pcutil.history_of(tmp_path / "baseline.h5")[-1]
+    rec = inputs.history_of(tmp_path / "baseline.h5")[-1]
     assert rec["stage"] == "train_baseline" and len(rec["valid_ll"]) == 3
     assert rec["valid_ll"][-1] > rec["valid_ll"][0]
+
+
+def test_every_em_stage_logs_under_its_own_name(run_dir, tmp_path, caplog):
+    """finetune, train_baseline, train_hclt and latent_top_em share one training loop; each logs
+    as lvd.<stage> (the engine's own lines stay under lvd.pc.*)."""
+    d, data = run_dir["dir"], run_dir["data"]
+    one = dict(epochs=1, full_batch_epochs=0, batch_size=64)
+    runs = {"finetune": lambda: finetune.run(finetune.Config(**one), data, d / "pc_latent.h5", tmp_path / "f.h5"),
+            "train_baseline": lambda: train_baseline.run(train_baseline.Config(**one), data, d / "pc_init.h5",
+                                                         tmp_path / "b.h5"),
+            "train_hclt": lambda: train_hclt.run(train_hclt.Config(**one, num_latents=2), data, d / "pc_init.h5",
+                                                 tmp_path / "h.h5"),
+            "latent_top_em": lambda: latent_top_em.run(LCFG, data, run_dir["latents"], d / "pc_init.h5",
+                                                       [d / "shard0.h5", d / "shard1.h5"], tmp_path / "t.h5")}
+    for stage, run in runs.items():
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run()
+        names = {r.name for r in caplog.records if not r.name.startswith("lvd.pc.")}
+        assert names == {f"lvd.{stage}"}, stage
+        assert f"{stage} epoch 1/" in caplog.text, stage
 
 
 def test_evaluate_images_metrics_and_figures(run_dir, tmp_path):
@@ -223,7 +245,7 @@ def test_evaluate_images_metrics_and_figures(run_dir, tmp_path):
     for key in ("test_bpd", "baseline_test_bpd", "teacher_test_bpd", "valid_bpd", "num_params", "seconds",
                 "num_states", "inpaint_bpd", "baseline_inpaint_bpd"):
         assert key in m, key
-    xt = pcutil.load_split(data, "test")
+    xt = inputs.load_split(data, "test")
     ll = pc.load(tmp_path / "pc_final.h5").log_likelihood(xt).double().numpy()
     assert m["test_bpd"] == pytest.approx(-ll.mean() / (math.log(2) * 64), rel=1e-6)
     assert m["teacher_test_bpd"] == 1.5 and m["num_states"] == K

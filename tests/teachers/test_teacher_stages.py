@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvd import io, teachers
+from lvd import fingerprints, io, teachers
 from lvd.stages import extract_embeddings as E
 from lvd.stages import train_teacher as T
 
@@ -110,7 +110,7 @@ def test_only_the_same_job_resumes(tmp_path, image_data, monkeypatch, caplog):
     assert "starting afresh" in caplog.text and "data_info differ" in caplog.text
     # another version of the code
     _kill_after_first_checkpoint(tmp_path, image_data, monkeypatch, epochs=2)
-    monkeypatch.setattr(io, "_CODE_DIGEST", "another-version")
+    monkeypatch.setattr(fingerprints, "_CODE_DIGEST", "another-version")
     caplog.clear()
     with caplog.at_level("INFO", logger="lvd.train_teacher"):
         _train(tmp_path, image_data, epochs=2)
@@ -118,8 +118,8 @@ def test_only_the_same_job_resumes(tmp_path, image_data, monkeypatch, caplog):
 
 
 def test_the_code_digest_covers_the_package_sources():
-    d = io.code_digest()
-    assert len(d) == 20 and d == io.code_digest()
+    d = fingerprints.code_digest()
+    assert len(d) == 20 and d == fingerprints.code_digest()
 
 
 @pytest.mark.parametrize("kind", ["vqvae", "lm"])

@@ -11,7 +11,7 @@
 
 from snakemake.utils import min_version, validate
 
-from lvd.configcheck import reject_float_integers
+from lvd.configcheck import reject_float_integers, reject_renamed_keys
 
 min_version("8.0")
 
@@ -19,6 +19,7 @@ min_version("8.0")
 configfile: "config.yaml"
 
 
+reject_renamed_keys(config)  # a key of an older layout: named with its new place
 validate(config, "workflow/schemas/config.schema.yaml")
 reject_float_integers(
     config, "workflow/schemas/config.schema.yaml"

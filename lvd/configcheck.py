@@ -1,13 +1,15 @@
 """Checks of the workflow config that its JSON schema cannot express, and YAML errors with a line.
 
+    reject_renamed_keys(config)             # a key of an older layout: ValueError naming its new place
     reject_float_integers(config, schema)   # 4.0 where the schema says integer: ValueError naming the key
     check_yaml_files(paths)                 # a YAML syntax error: ValueError "file:line:column: problem"
-    python -m lvd.configcheck FILE...       # both, for config files given to --configfile
+    python -m lvd.configcheck FILE...       # all three, for config files given to --configfile
 
 JSON Schema counts 4.0 as an integer, so the schema alone lets ``latents.num_states: [4.0]``
 through (it then builds paths like ``k4.0/`` and crashes in a stage). Snakemake parses the
 ``--configfile`` files itself, before the Snakefile runs, and reports a YAML syntax error
-without a file or line; ``python -m lvd.configcheck`` names both.
+without a file or line; ``python -m lvd.configcheck`` names both. A key that moved (``RENAMED``)
+would only be "unexpected" to the schema; ``reject_renamed_keys`` says where it went.
 """
 
 from __future__ import annotations
@@ -17,6 +19,32 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+# keys of an older config layout -> where they are now ("section.key")
+RENAMED = {
+    "latent_em.top_epochs": "latent_top_em.epochs",
+    "latent_em.top_batch_size": "latent_top_em.batch_size",
+    "latent_em.top_step_size": "latent_top_em.step_size",
+    "latent_em.top_step_size_end": "latent_top_em.step_size_end",
+    "latent_em.lls_memory_gb": "latent_top_em.patch_lls_memory_gb",
+}
+
+
+def moved_keys(section: str | None, keys) -> dict[str, str]:
+    """{"section.key": its new "section.key"} for the ``keys`` of ``section`` that moved."""
+    return {f"{section}.{k}": RENAMED[f"{section}.{k}"] for k in keys if f"{section}.{k}" in RENAMED}
+
+
+def reject_renamed_keys(config: dict) -> None:
+    """Raise ValueError naming every key of ``config`` that moved, with its new place."""
+    moved = {}
+    for section, value in (config or {}).items():
+        if isinstance(value, dict):
+            moved.update(moved_keys(section, value))
+    if moved:
+        where = "; ".join(f"config key {old!r} is now {new!r}" for old, new in moved.items())
+        raise ValueError(f"{where} (latent_top_em has its own config section; move the key there)")
 
 
 def _types(schema: dict) -> set[str]:
@@ -102,7 +130,7 @@ def check_yaml_files(paths) -> None:
 
 
 def main(argv=None) -> int:
-    """Check config files: YAML syntax, then floats for integers against the schema."""
+    """Check config files: YAML syntax, then moved keys and floats for integers against the schema."""
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +141,9 @@ def main(argv=None) -> int:
         check_yaml_files(args.files)
         for path in args.files:
             try:
-                reject_float_integers(yaml.safe_load(Path(path).read_text()) or {}, args.schema)
+                config = yaml.safe_load(Path(path).read_text()) or {}
+                reject_renamed_keys(config)
+                reject_float_integers(config, args.schema)
             except ValueError as e:
                 raise ValueError(f"{path}: {e}") from None
     except ValueError as e:

@@ -49,7 +49,8 @@ def main(argv=None) -> None:
     def bpd(path):
         return metrics.bpd(pc.mean_log_likelihood(pc.load(path), xt), xt.shape[1])
 
-    le = latent_em.Config(epochs=a.latent_epochs[0], full_batch_epochs=a.latent_epochs[1], top_epochs=a.top_epochs)
+    le = latent_em.Config(epochs=a.latent_epochs[0], full_batch_epochs=a.latent_epochs[1])
+    top = latent_top_em.Config(epochs=a.top_epochs)
     ft = finetune.Config(epochs=a.finetune_epochs[0], full_batch_epochs=a.finetune_epochs[1])
     budget = dict(epochs=sum(a.latent_epochs) + a.top_epochs + a.finetune_epochs[0],
                   full_batch_epochs=a.finetune_epochs[1])
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
             materialize_pc.run(materialize_pc.Config(num_latents=a.num_latents, heads_per_group=a.heads_per_group,
                                                      root_states=a.root_states, seed=s), data, z, str(d / "pc_init.h5"))
             latent_em.run(dataclasses.replace(le, seed=s), data, z, str(d / "pc_init.h5"), 0, 1, str(d / "shard0.h5"))
-            latent_top_em.run(dataclasses.replace(le, seed=s), data, z, str(d / "pc_init.h5"), [str(d / "shard0.h5")],
+            latent_top_em.run(dataclasses.replace(top, seed=s), data, z, str(d / "pc_init.h5"), [str(d / "shard0.h5")],
                               str(d / "pc_latent.h5"))
             finetune.run(dataclasses.replace(ft, seed=s), data, str(d / "pc_latent.h5"), str(d / "pc_final.h5"))
             res.setdefault(f"{arm}_before_finetune", []).append(bpd(d / "pc_latent.h5"))

@@ -71,3 +71,30 @@ def test_read_json_names_the_file(tmp_path):
         io.read_json(p)
     with pytest.raises(io.ArtifactError, match=r"absent\.json: file not found \(expected teacher_metrics"):
         io.read_json(tmp_path / "absent.json", "teacher_metrics.json from train_teacher")
+
+
+def test_keys_of_the_old_latent_em_layout_are_refused_naming_their_new_place():
+    with pytest.raises(ValueError, match=r"config key 'latent_em.top_epochs' is now 'latent_top_em.epochs'; "
+                                         r"config key 'latent_em.lls_memory_gb' is now "
+                                         r"'latent_top_em.patch_lls_memory_gb'"):
+        configcheck.reject_renamed_keys({"latent_em": {"epochs": 2, "top_epochs": 3, "lls_memory_gb": 1.0}})
+    for path in [REPO / "config.yaml", *sorted((REPO / "workflow" / "presets").glob("*.yaml"))]:
+        configcheck.reject_renamed_keys(yaml.safe_load(path.read_text()))
+    old = REPO / "workflow" / "presets" / "tiny.yaml"
+    assert configcheck.main([str(old), "--schema", str(SCHEMA)]) == 0
+
+
+def test_a_stage_given_a_moved_key_names_its_new_place():
+    from lvd.stages import common, latent_em
+
+    with pytest.raises(SystemExit, match=r"unknown key\(s\) \['top_step_size'\] in config section 'latent_em' "
+                                         r"\(stage latent_em\).*'latent_em.top_step_size' is now "
+                                         r"'latent_top_em.step_size'"):
+        common.load_config(latent_em.Config, '{"top_step_size": 0.1}')
+
+
+def test_configcheck_command_names_a_moved_key(tmp_path, capsys):
+    bad = tmp_path / "old.yaml"
+    bad.write_text("latent_em:\n  top_batch_size: 128\n")
+    assert configcheck.main([str(bad), "--schema", str(SCHEMA)]) == 1
+    assert "'latent_em.top_batch_size' is now 'latent_top_em.batch_size'" in capsys.readouterr().err

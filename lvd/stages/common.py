@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from lvd import configcheck
+
 log = logging.getLogger("lvd")
 C = TypeVar("C")
 
@@ -49,7 +51,7 @@ SECTIONS = {
     "assign_latents": "latents",
     "materialize_pc": "pc",
     "latent_em": "latent_em",
-    "latent_top_em": "latent_em",
+    "latent_top_em": "latent_top_em",
     "finetune": "finetune",
     "train_baseline": "baseline",
     "train_hclt": "hclt",
@@ -141,7 +143,9 @@ def load_config(cls: type[C], text: str | dict | None, where: str = "--config") 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise SystemExit(f"{where}: unknown key(s) {unknown} in {describe(cls)}; known: {sorted(fields)}")
+        moved = configcheck.moved_keys(SECTIONS.get(stage_name(cls.__module__)), unknown)
+        hint = "".join(f"; {old!r} is now {new!r}" for old, new in moved.items())
+        raise SystemExit(f"{where}: unknown key(s) {unknown} in {describe(cls)}; known: {sorted(fields)}{hint}")
     for name in sorted(_int_fields(cls) & set(data)):
         if isinstance(data[name], float):
             raise SystemExit(f"{where}: key {name!r} of {describe(cls)} is {data[name]!r}, expected an "

@@ -46,45 +46,20 @@ WRITER = "lvd.stages.latent_em"
 
 @dataclass(frozen=True)
 class Config:
-    """Config section ``latent_em``, read by latent_em and latent_top_em."""
+    """Config section ``latent_em`` (the top tree's EM has its own: lvd.stages.latent_top_em)."""
     epochs: int = 10                # patch-head mini-batch EM epochs (each a pass over the group's members)
     full_batch_epochs: int = 0      # then full-batch EM epochs of every group (exact EM, step 1)
     batch_size: int = 256           # patches per mini-batch
     step_size: float = 0.1          # annealed linearly to step_size_end over each group's steps
     step_size_end: float = 0.01
-    pseudocount: float = 0.1        # EM pseudocount (patch heads and top tree)
+    pseudocount: float = 0.1        # EM pseudocount
     num_shards: int = 1             # jobs the groups are split over (Snakemake makes one per shard)
-    top_epochs: int = 10            # latent_top_em: EM epochs of the top tree on L = log p_i(x_i | k)
-    top_batch_size: int = 256
-    top_step_size: float = 0.1
-    top_step_size_end: float = 0.01
-    lls_memory_gb: float = 2.0      # latent_top_em: L in memory (float32) up to this, else a float16 temp file
-    seed: int = 0                   # group g shuffles with a seed from (seed, g); top EM with seed
+    seed: int = 0                   # group g shuffles with a seed from (seed, g)
 
     def __post_init__(self):
         training.check_schedule(self, "latent_em")
-        _check_top(self)
         if not isinstance(self.num_shards, int) or self.num_shards < 1:
             raise ValueError(f"latent_em.num_shards is {self.num_shards!r}, expected an integer >= 1")
-        if not self.lls_memory_gb >= 0:
-            raise ValueError(f"latent_em.lls_memory_gb is {self.lls_memory_gb!r}, expected >= 0")
-
-
-def top_schedule(cfg: Config) -> pc.Schedule:
-    """latent_top_em's schedule from the ``top_*`` fields."""
-    return pc.Schedule(epochs=cfg.top_epochs, batch_size=cfg.top_batch_size, step_size=cfg.top_step_size,
-                       step_size_end=cfg.top_step_size_end, pseudocount=cfg.pseudocount, seed=cfg.seed)
-
-
-def _check_top(cfg: Config) -> None:
-    for name, lo in (("top_epochs", 0), ("top_batch_size", 1)):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise ValueError(f"latent_em.{name} is {v!r}, expected an integer >= {lo}")
-    for name in ("top_step_size", "top_step_size_end"):
-        v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or not 0 < v <= 1:
-            raise ValueError(f"latent_em.{name} is {v!r}, expected a number in (0, 1]")
 
 
 def shard_groups(num_groups: int, shard: int, num_shards: int) -> list[int]:

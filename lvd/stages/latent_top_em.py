@@ -1,7 +1,8 @@
 """latent_top_em: gather the latent_em shards, then train the top tree on the patch likelihoods.
 
 Reads data.h5 (train, valid), latents.h5, pc_init.h5 and the shard files of latent_em; writes
-pc_latent.h5 (format lvd.pc). Settings: config section ``latent_em`` (the ``top_*`` fields).
+pc_latent.h5 (format lvd.pc). Settings: config section ``latent_top_em`` (its own EM schedule;
+latent_em's settings reach it only through the shards).
 
 Gather: every shard 0..S-1 must be given exactly once, all with the same num_shards, all trained
 from this pc_init and these latents (fingerprints), together covering every parameter group;
@@ -10,13 +11,15 @@ tables.
 
 Latent distribution step (method.md section 2 step 7): the patch heads are frozen,
 L[n, i, k] = log p_i(x_i(n) | Z_i = k) is computed once (float32 in memory when it fits in
-``lls_memory_gb``; otherwise a float16 temporary HDF5 file beside the output holding L minus its
+``patch_lls_memory_gb``; otherwise a float16 temporary HDF5 file beside the output holding L minus its
 per-(n, i) maximum, rows in a seeded random order read sequentially, the float32 maxima kept in
 memory), and the top tree (count-initialized from z by materialize_pc) is trained by mini-batch
-EM on the true marginal sum_z p_top(z) prod_i exp(L[n, i, z_i]). Its valid log-likelihood after
-each epoch is the whole circuit's valid log p(x).
+EM on the true marginal sum_z p_top(z) prod_i exp(L[n, i, z_i]) with the schedule of
+lvd.training (``epochs`` mini-batch epochs, step size ``step_size`` -> ``step_size_end``, then
+``full_batch_epochs``). Its valid log-likelihood after each epoch is the whole circuit's valid
+log p(x).
 
-    python -m lvd.stages.latent_top_em --config '{"top_epochs": 10}' --data data.h5 \
+    python -m lvd.stages.latent_top_em --config '{"epochs": 10}' --data data.h5 \
         --latents k16/latents.h5 --pc k16/pc_init.h5 --shards k16/latent_em/shard*.h5 --out k16/pc_latent.h5
 """
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -34,11 +37,29 @@ import torch
 from lvd import fingerprints, io, metrics, pc, training
 from lvd.pc import validate
 from lvd.stages import common, inputs
-from lvd.stages.latent_em import Config, shard_groups, top_schedule
+from lvd.stages.latent_em import shard_groups
 
 log = logging.getLogger("lvd.latent_top_em")
 WRITER = "lvd.stages.latent_top_em"
 CHUNK_BYTES = 256 * 2**20  # working memory per chunk of the patch pass
+
+
+@dataclass(frozen=True)
+class Config:
+    """Config section ``latent_top_em``: the top tree's EM on the patch likelihoods L."""
+    epochs: int = 10                 # mini-batch EM epochs of the top tree (each a pass over the images)
+    full_batch_epochs: int = 0       # then full-batch EM epochs (step 1)
+    batch_size: int = 256            # images per mini-batch
+    step_size: float = 0.1           # annealed linearly to step_size_end over all mini-batch steps
+    step_size_end: float = 0.01
+    pseudocount: float = 0.1         # EM pseudocount
+    patch_lls_memory_gb: float = 2.0  # L in memory (float32) up to this size, else a float16 temp file
+    seed: int = 0                    # shuffling (epoch e with a seed from (seed, e)); the temp file's row order
+
+    def __post_init__(self):
+        training.check_schedule(self, "latent_top_em")
+        if not self.patch_lls_memory_gb >= 0:
+            raise ValueError(f"latent_top_em.patch_lls_memory_gb is {self.patch_lls_memory_gb!r}, expected >= 0")
 
 
 class ShardError(io.ArtifactError):
@@ -177,21 +198,21 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
         g = gather(c, [str(s) for s in shards], pc_path, latents)
         n = g["num_examples"]
         cond = [float(np.nansum(g["history"][:, e] * n) / len(x)) for e in range(g["history"].shape[1])]
-        patch_record = {"stage": "latent_em", "epochs": cfg.epochs + cfg.full_batch_epochs, "num_shards": len(shards),
+        patch_record = {"stage": "latent_em", "epochs": len(cond), "num_shards": len(shards),
                         "train_ll_given_z": cond, "group_sizes": n.tolist()}
         rows = chunk_rows(c)
         need = len(x) * c.num_positions * c.num_states * 4
         valid_L = latent_lls(c, xv, rows)
         disk = None
         try:
-            if need <= cfg.lls_memory_gb * 2**30:
+            if need <= cfg.patch_lls_memory_gb * 2**30:
                 log.info("L: %d x %d x %d float32 in memory (%.2f GB)", len(x), c.num_positions,
                          c.num_states, need / 2**30)
                 L, shuffle = latent_lls(c, x, rows), True
             else:
                 tmp = Path(out).with_name(f".{Path(out).name}.lls-{os.getpid()}.h5")
-                log.info("L: %.2f GB float32 > lls_memory_gb=%s: float16 temp file %s", need / 2**30,
-                         cfg.lls_memory_gb, tmp)
+                log.info("L: %.2f GB float32 > patch_lls_memory_gb=%s: float16 temp file %s", need / 2**30,
+                         cfg.patch_lls_memory_gb, tmp)
                 L = disk = DiskLLs(c, x, tmp, rows, cfg.seed)
                 shuffle = False
             # L is soft evidence on the top's nodes (tree top: node i = Z_i) or on its leaf
@@ -200,7 +221,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
             valid = lambda t: pc.mean_log_likelihood(t, None, **{key: valid_L})  # noqa: E731
             start = valid(c.top)
             log.info("before top EM: valid ll %.4f (bpd %.4f)", start, metrics.bpd(start, c.num_vars))
-            _, record = training.train(c.top, None, top_schedule(cfg), stage="latent_top_em",
+            _, record = training.train(c.top, None, training.schedule_from(cfg), stage="latent_top_em",
                                        valid=valid, shuffle=shuffle, **{key: L})
         finally:
             if disk is not None:

@@ -6,8 +6,10 @@ top trees of an LVD circuit, or the HMM); every parameter is re-drawn at random 
 (step size annealed linearly from ``step_size`` to ``step_size_end``) and ``full_batch_epochs``
 full-batch epochs. Writes baseline.h5 (format lvd.pc) with the same attributes as pc_final.h5.
 
-Budget: set the epochs equal to the LVD pipeline's passes over the training set:
-    images: epochs = latent_em.epochs + latent_em.top_epochs + finetune.epochs
+Budget: set the epochs equal to the LVD pipeline's passes over the training set (the
+workflow's ``epochs: auto``, lvd_budget in workflow/rules/common.smk):
+    images: epochs = latent_em.epochs + latent_em.full_batch_epochs + latent_top_em.epochs
+                     + latent_top_em.full_batch_epochs + finetune.epochs
     text:   epochs = finetune.epochs
     full_batch_epochs = finetune.full_batch_epochs
 (every pass of EM counts as an epoch, whichever part of the circuit it trains; a patch-head or

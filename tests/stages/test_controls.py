@@ -75,9 +75,9 @@ def test_train_hclt_matches_the_lvd_circuits_size(files, tmp_path):
 def _trained_lvd(files, d, latents, seed):
     init, shard, lat = d / f"init{seed}.h5", d / f"shard{seed}.h5", d / f"lat{seed}.h5"
     materialize_pc.run(materialize_pc.Config(num_latents=2, seed=seed), files["data"], latents, init)
-    le = latent_em.Config(epochs=1, full_batch_epochs=2, top_epochs=1, seed=seed)
+    le = latent_em.Config(epochs=1, full_batch_epochs=2, seed=seed)
     latent_em.run(le, files["data"], latents, init, 0, 1, shard)
-    latent_top_em.run(le, files["data"], latents, init, [shard], lat)
+    latent_top_em.run(latent_top_em.Config(epochs=1, seed=seed), files["data"], latents, init, [shard], lat)
     return lat
 
 

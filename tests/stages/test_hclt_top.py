@@ -12,7 +12,8 @@ from lvd import pc
 from lvd.stages import evaluate, finetune, inputs, latent_em, latent_top_em, materialize_pc, train_baseline
 
 K, M = 4, 3  # patch states, hidden states of the top's H_i
-LCFG = latent_em.Config(epochs=2, batch_size=64, top_epochs=2, top_batch_size=64)
+LCFG = latent_em.Config(epochs=2, batch_size=64)
+TCFG = latent_top_em.Config(epochs=2, batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def hclt_dir(tmp_path_factory):
     summary = materialize_pc.run(cfg, data, lat, d / "pc_init.h5")
     for s in range(2):
         latent_em.run(LCFG, data, lat, d / "pc_init.h5", s, 2, d / f"shard{s}.h5")
-    top = latent_top_em.run(LCFG, data, lat, d / "pc_init.h5", [d / "shard0.h5", d / "shard1.h5"],
+    top = latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", [d / "shard0.h5", d / "shard1.h5"],
                             d / "pc_latent.h5")
     return {"dir": d, "data": data, "latents": lat, "x": x, "z": z.astype(np.int64), "init": summary,
             "top": top}
@@ -55,7 +56,7 @@ def test_latent_top_em_trains_the_hclt_top_on_soft_evidence(hclt_dir):
     init, c = pc.load(d / "pc_init.h5"), pc.load(d / "pc_latent.h5")
     assert not torch.equal(c.top.params["leaves"], init.top.params["leaves"])
     rec = inputs.history_of(d / "pc_latent.h5")[-1]
-    assert rec["stage"] == "latent_top_em" and len(rec["valid_ll"]) == LCFG.top_epochs
+    assert rec["stage"] == "latent_top_em" and len(rec["valid_ll"]) == TCFG.epochs
     xv = inputs.load_split(hclt_dir["data"], "valid")
     assert float(c.log_likelihood(xv).double().mean()) == pytest.approx(rec["valid_ll"][-1], rel=1e-5)
     assert rec["valid_ll"][-1] > rec["valid_ll_init"]

@@ -14,7 +14,8 @@ from lvd import io, pc
 from lvd.stages import evaluate, finetune, inputs, latent_em, latent_top_em, materialize_pc, train_baseline, train_hclt
 
 K, KH = 4, 4  # patch states, patch-tree hidden states
-LCFG = latent_em.Config(epochs=2, batch_size=64, top_epochs=2, top_batch_size=64)
+LCFG = latent_em.Config(epochs=2, batch_size=64)
+TCFG = latent_top_em.Config(epochs=2, batch_size=64)
 FCFG = finetune.Config(epochs=2, full_batch_epochs=1, batch_size=64)
 
 
@@ -30,7 +31,7 @@ def run_dir(tmp_path_factory):
     for s in range(2):
         latent_em.run(LCFG, data, lat, d / "pc_init.h5", s, 2, d / f"shard{s}.h5")
     latent_em.run(LCFG, data, lat, d / "pc_init.h5", 0, 1, d / "whole.h5")
-    latent_top_em.run(LCFG, data, lat, d / "pc_init.h5", [d / "shard1.h5", d / "shard0.h5"], d / "pc_latent.h5")
+    latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", [d / "shard1.h5", d / "shard0.h5"], d / "pc_latent.h5")
     return {"dir": d, "data": data, "latents": lat, "x": x, "z": z.astype(np.int64)}
 
 
@@ -102,7 +103,7 @@ def test_sharded_latent_em_equals_unsharded(run_dir):
 
 def test_gather_rejects_missing_duplicate_and_foreign_shards(run_dir, tmp_path):
     d, data, lat = run_dir["dir"], run_dir["data"], run_dir["latents"]
-    run = lambda shards: latent_top_em.run(LCFG, data, lat, d / "pc_init.h5", shards, tmp_path / "o.h5")  # noqa: E731
+    run = lambda shards: latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", shards, tmp_path / "o.h5")  # noqa: E731
     with pytest.raises(latent_top_em.ShardError, match=r"missing shard\(s\) \[1\] of num_shards=2"):
         run([d / "shard0.h5"])
     with pytest.raises(latent_top_em.ShardError, match="shard 0 given twice"):
@@ -122,7 +123,7 @@ def test_latent_top_em_trains_the_top_and_records_history(run_dir, tmp_path):
     stages = [r["stage"] for r in attrs["history"]]
     assert stages == ["latent_em", "latent_top_em"]
     top = attrs["history"][1]
-    assert len(top["train_ll"]) == len(top["valid_ll"]) == LCFG.top_epochs
+    assert len(top["train_ll"]) == len(top["valid_ll"]) == TCFG.epochs
     c = pc.load(d / "pc_latent.h5")
     xv = inputs.load_split(run_dir["data"], "valid")
     assert float(c.log_likelihood(xv).double().mean()) == pytest.approx(top["valid_ll"][-1], rel=1e-5)
@@ -138,7 +139,7 @@ def test_latent_top_em_trains_the_top_and_records_history(run_dir, tmp_path):
     finally:
         disk.close()
     assert not (tmp_path / "l.h5").exists()
-    cfg = latent_em.Config(**{**LCFG.__dict__, "lls_memory_gb": 0.0})
+    cfg = latent_top_em.Config(**{**TCFG.__dict__, "patch_lls_memory_gb": 0.0})
     s = latent_top_em.run(cfg, run_dir["data"], run_dir["latents"], d / "pc_init.h5",
                           [d / "shard0.h5", d / "shard1.h5"], tmp_path / "disk.h5")
     assert s["lls_on_disk"] and s["valid_ll"] == pytest.approx(top["valid_ll"][-1], abs=0.5)
@@ -212,7 +213,7 @@ def test_every_em_stage_logs_under_its_own_name(run_dir, tmp_path, caplog):
                                                          tmp_path / "b.h5"),
             "train_hclt": lambda: train_hclt.run(train_hclt.Config(**one, num_latents=2), data, d / "pc_init.h5",
                                                  tmp_path / "h.h5"),
-            "latent_top_em": lambda: latent_top_em.run(LCFG, data, run_dir["latents"], d / "pc_init.h5",
+            "latent_top_em": lambda: latent_top_em.run(TCFG, data, run_dir["latents"], d / "pc_init.h5",
                                                        [d / "shard0.h5", d / "shard1.h5"], tmp_path / "t.h5")}
     for stage, run in runs.items():
         caplog.clear()
@@ -300,7 +301,7 @@ def test_text_count_init_finetune_and_perplexity(tmp_path):
 
 def test_gather_refuses_tampered_shards(run_dir, tmp_path):
     d, data, lat = run_dir["dir"], run_dir["data"], run_dir["latents"]
-    run = lambda shards: latent_top_em.run(LCFG, data, lat, d / "pc_init.h5", shards, tmp_path / "o.h5")  # noqa: E731
+    run = lambda shards: latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", shards, tmp_path / "o.h5")  # noqa: E731
     bad = tmp_path / "shard1.h5"
     with open(d / "shard1.h5", "rb") as src:
         bad.write_bytes(src.read())

@@ -99,6 +99,14 @@ def test_unknown_config_key_stops_the_workflow_naming_it(workdir):
     assert "'step_sise' was unexpected" in out and "schema['properties']['finetune']" in out
 
 
+def test_a_key_of_the_old_latent_em_layout_stops_the_workflow_naming_its_new_place(workdir):
+    old = workdir / "old.yaml"
+    old.write_text(yaml.safe_dump({"latent_em": {"top_epochs": 3}}))
+    proc, _ = snakemake(workdir, "-n", "--configfile", old.name, check=False)
+    assert proc.returncode != 0
+    assert "config key 'latent_em.top_epochs' is now 'latent_top_em.epochs'" in proc.stdout + proc.stderr
+
+
 def test_editing_one_section_reruns_only_that_stage_and_what_follows(workdir):
     """Settings reach the stages as params: Snakemake's params trigger does the rest.
 
@@ -123,6 +131,18 @@ def test_editing_one_section_reruns_only_that_stage_and_what_follows(workdir):
     proc, _ = snakemake(run_dir, *args, changed.name, "-n")
     seeds = config["evaluate"]["num_seeds"]
     assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "train_baseline": seeds * len(ks),
+                                                    "train_hclt": seeds * len(ks), "evaluate": len(ks),
+                                                    "summarize": 1, "all": 1}
+    # the top tree's settings have their own section: latent_em's shards stay, its jobs do not rerun
+    changed.write_text(yaml.safe_dump({"latent_top_em": {"step_size_end": 0.02}}))
+    proc, _ = snakemake(run_dir, *args, changed.name, "-n")
+    assert job_stats(proc.stdout + proc.stderr) == {"latent_top_em": arms * len(ks), "finetune": arms * len(ks),
+                                                    "evaluate": len(ks), "summarize": 1, "all": 1}
+    # ... and its epochs count in LVD's budget, so the controls follow (latent_em still does not)
+    changed.write_text(yaml.safe_dump({"latent_top_em": {"epochs": config["latent_top_em"]["epochs"] + 1}}))
+    proc, _ = snakemake(run_dir, *args, changed.name, "-n")
+    assert job_stats(proc.stdout + proc.stderr) == {"latent_top_em": arms * len(ks), "finetune": arms * len(ks),
+                                                    "train_baseline": seeds * len(ks),
                                                     "train_hclt": seeds * len(ks), "evaluate": len(ks),
                                                     "summarize": 1, "all": 1}
     # a new K runs only that K's jobs (num_states is not part of the latents stage's params)

@@ -47,13 +47,14 @@ def lvd_budget():
     """LVD's passes over the training set, the budget of the controls trained from scratch.
 
     Every pass of EM counts as an epoch, whichever part of the circuit it trains. Images:
-    latent_em epochs (mini-batch and full-batch) + top epochs + finetune epochs; text:
-    finetune epochs. Then the same full-batch epochs as finetune.
+    latent_em epochs + latent_top_em epochs (each mini-batch and full-batch) + finetune
+    epochs; text: finetune epochs. Then the same full-batch epochs as finetune.
     """
     epochs = config["finetune"]["epochs"]
     if not is_text():
-        em = config["latent_em"]
-        epochs += em["epochs"] + em["full_batch_epochs"] + em["top_epochs"]
+        for section in ("latent_em", "latent_top_em"):
+            em = config[section]
+            epochs += em["epochs"] + em["full_batch_epochs"]
     return {
         "epochs": epochs,
         "full_batch_epochs": config["finetune"]["full_batch_epochs"],

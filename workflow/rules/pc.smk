@@ -58,7 +58,7 @@ rule latent_top_em:
         runtime=120,
         gpu=1,
     params:
-        cfg=seeded_config("latent_em"),
+        cfg=seeded_config("latent_top_em"),
     shell:
         "python -m lvd.stages.latent_top_em --config {params.cfg:q}"
         " --data {input.data} --latents {input.latents} --pc {input.pc}"

@@ -1,4 +1,4 @@
-"""How fine-tuning's first epochs treat the head start: mini-batch EM from a pc_latent.h5 at a
+"""How fine-tuning's first epochs treat the head start: mini-batch EM from a pc_latent_em.h5 at a
 given step size and batch size, valid bpd after every epoch (one JSON line). The epochs follow
 finetune's schedule (lvd.pc.Schedule: the step size annealed linearly over all their steps,
 epoch e shuffled with the schedule's seed of e).
@@ -7,7 +7,7 @@ Per-state patch circuits see about batch_size / K patches of each state per step
 grey levels a small batch gives each state's leaves a sparse, noisy estimate, and a large step
 then throws away what latent_em fitted. This script measures that trade-off.
 
-    python scripts/finetune_steps.py --pc results/fashion_mnist/k16/lvd/s0/pc_latent.h5 \
+    python scripts/finetune_steps.py --pc results/fashion_mnist/k16/lvd/s0/pc_latent_em.h5 \
         --data results/fashion_mnist/data.h5 --step 0.1 0.01 --batch-size 2048
 """
 

@@ -67,9 +67,9 @@ def main(argv=None) -> None:
                                                      root_states=a.root_states, seed=s), data, z, str(d / "pc_init.h5"))
             latent_em.run(dataclasses.replace(le, seed=s), data, z, str(d / "pc_init.h5"), 0, 1, str(d / "shard0.h5"))
             latent_top_em.run(dataclasses.replace(top, seed=s), data, z, str(d / "pc_init.h5"), [str(d / "shard0.h5")],
-                              str(d / "pc_latent.h5"))
-            finetune.run(dataclasses.replace(ft, seed=s), data, str(d / "pc_latent.h5"), str(d / "pc_final.h5"))
-            res.setdefault(f"{arm}_before_finetune", []).append(bpd(d / "pc_latent.h5"))
+                              str(d / "pc_latent_em.h5"))
+            finetune.run(dataclasses.replace(ft, seed=s), data, str(d / "pc_latent_em.h5"), str(d / "pc_final.h5"))
+            res.setdefault(f"{arm}_before_finetune", []).append(bpd(d / "pc_latent_em.h5"))
             res.setdefault(arm, []).append(bpd(d / "pc_final.h5"))
         init = str(out / "lvd" / f"s{s}" / "pc_init.h5")
         train_baseline.run(train_baseline.Config(**budget, seed=s + 1), data, init, str(out / f"baseline{s}.h5"))

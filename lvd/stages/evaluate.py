@@ -204,7 +204,8 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
                     histories[arm] = inputs.history_of(path)
             for split in ("test", "valid"):
                 key = f"{prefix(arm)}{split}_{unit}"
-                m[key], m[key + "_std"], m[key + "_seeds"] = float(np.mean(per[split])), metrics.spread(per[split]), per[split]
+                m[key], m[key + "_std"] = float(np.mean(per[split])), metrics.spread(per[split])
+                m[key + "_seeds"] = per[split]
             m[f"{prefix(arm)}num_params"] = int(first[arm].num_params)
         if files["hclt"]:
             attrs = [pc.load_attrs(p) for p in files["hclt"]]

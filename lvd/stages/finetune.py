@@ -1,6 +1,6 @@
 """finetune: EM of the whole circuit on x alone (the latents summed out), resumable.
 
-Reads data.h5 (train, valid) and a circuit (images: pc_latent.h5; text: the count-initialized
+Reads data.h5 (train, valid) and a circuit (images: pc_latent_em.h5; text: the count-initialized
 HMM pc_init.h5); writes pc_final.h5 (format lvd.pc). ``epochs`` mini-batch EM epochs with the
 step size annealed linearly from ``step_size`` to ``step_size_end`` over all their steps, then
 ``full_batch_epochs`` full-batch epochs (flows of the whole epoch, one update with step 1.0;
@@ -16,7 +16,7 @@ Attributes of the output: ``history`` (the input's history plus this stage's rec
 valid mean ll per epoch, see lvd.training), ``train_ll``, ``valid_ll``, ``valid_bpd``
 (images) or ``valid_perplexity`` (text), ``seconds``.
 
-    python -m lvd.stages.finetune --config '{"epochs": 5}' --data data.h5 --pc k16/pc_latent.h5 \
+    python -m lvd.stages.finetune --config '{"epochs": 5}' --data data.h5 --pc k16/pc_latent_em.h5 \
         --out k16/pc_final.h5 --ckpt-dir k16/finetune_ckpt
 """
 
@@ -53,7 +53,7 @@ def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = N
 
 
 def main(argv=None) -> None:
-    emstage.stage_main(argv, __doc__, Config, run, "circuit to start from (pc_latent.h5; text: pc_init.h5)",
+    emstage.stage_main(argv, __doc__, Config, run, "circuit to start from (pc_latent_em.h5; text: pc_init.h5)",
                        "pc_final.h5 to write (format lvd.pc)")
 
 

@@ -1,7 +1,7 @@
 """latent_top_em: gather the latent_em shards, then train the top tree on the patch likelihoods.
 
 Reads data.h5 (train, valid), latents.h5, pc_init.h5 and the shard files of latent_em; writes
-pc_latent.h5 (format lvd.pc). Settings: config section ``latent_top_em`` (its own EM schedule;
+pc_latent_em.h5 (format lvd.pc). Settings: config section ``latent_top_em`` (its own EM schedule;
 latent_em's settings reach it only through the shards).
 
 Gather: every shard 0..S-1 must be given exactly once, all with the same num_shards, all trained
@@ -9,18 +9,18 @@ from this pc_init and these latents (fingerprints), together covering every para
 anything else is an error naming the shard file. The trained tables replace pc_init's patch
 tables.
 
-Latent distribution step (method.md section 2 step 7): the patch heads are frozen,
-L[n, i, k] = log p_i(x_i(n) | Z_i = k) is computed once (float32 in memory when it fits in
-``patch_lls_memory_gb``; otherwise a float16 temporary HDF5 file beside the output holding L minus its
-per-(n, i) maximum, rows in a seeded random order read sequentially, the float32 maxima kept in
-memory), and the top tree (count-initialized from z by materialize_pc) is trained by mini-batch
+Latent distribution step (method.md section 2 step 7): the patch heads are frozen, the patch
+log-likelihoods (patch_lls) L[n, i, k] = log p_i(x_i(n) | Z_i = k) are computed once (float32
+in memory when they fit in ``patch_lls_memory_gb``; otherwise a float16 temporary HDF5 file
+beside the output holding L minus its per-(n, i) maximum, rows in a seeded random order read
+sequentially, the float32 maxima kept in memory), and the top tree (count-initialized from z by materialize_pc) is trained by mini-batch
 EM on the true marginal sum_z p_top(z) prod_i exp(L[n, i, z_i]) with the schedule of
 lvd.training (``epochs`` mini-batch epochs, step size ``step_size`` -> ``step_size_end``, then
 ``full_batch_epochs``). Its valid log-likelihood after each epoch is the whole circuit's valid
 log p(x).
 
     python -m lvd.stages.latent_top_em --config '{"epochs": 10}' --data data.h5 \
-        --latents k16/latents.h5 --pc k16/pc_init.h5 --shards k16/latent_em/shard*.h5 --out k16/pc_latent.h5
+        --latents k16/latents.h5 --pc k16/pc_init.h5 --shards k16/latent_em/shard*.h5 --out k16/pc_latent_em.h5
 """
 
 from __future__ import annotations
@@ -135,16 +135,17 @@ def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
     return int(max(1, min(4096, budget // per_row)))
 
 
-def latent_lls(c: pc.LVDCircuit, x: np.ndarray, rows: int) -> torch.Tensor:
-    """L [N, m, K] float32 in memory."""
+def patch_lls(c: pc.LVDCircuit, x: np.ndarray, rows: int) -> torch.Tensor:
+    """The patch log-likelihoods L [N, m, K] = log p_i(x_i(n) | Z_i = k), float32 in memory
+    (the engine computes them as ``LVDCircuit.latent_lls``)."""
     out = torch.empty(len(x), c.num_positions, c.num_states)
     for i in range(0, len(x), rows):
         out[i:i + rows] = c.latent_lls(x[i:i + rows]).cpu()
     return out
 
 
-class DiskLLs:
-    """L [N, m, K] in a float16 HDF5 file (minus its per-(n, i) max, kept float32 in memory).
+class DiskPatchLLs:
+    """The patch log-likelihoods L [N, m, K] in a float16 HDF5 file (minus its per-(n, i) max, kept float32 in memory).
 
     Row r of the file is example perm[r]; ``rows`` given to __getitem__ are file rows.
     Indexing returns float32 numpy [len(rows), m, K].
@@ -202,18 +203,18 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
                         "train_ll_given_z": cond, "group_sizes": n.tolist()}
         rows = chunk_rows(c)
         need = len(x) * c.num_positions * c.num_states * 4
-        valid_L = latent_lls(c, xv, rows)
+        valid_L = patch_lls(c, xv, rows)
         disk = None
         try:
             if need <= cfg.patch_lls_memory_gb * 2**30:
                 log.info("L: %d x %d x %d float32 in memory (%.2f GB)", len(x), c.num_positions,
                          c.num_states, need / 2**30)
-                L, shuffle = latent_lls(c, x, rows), True
+                L, shuffle = patch_lls(c, x, rows), True
             else:
                 tmp = Path(out).with_name(f".{Path(out).name}.lls-{os.getpid()}.h5")
                 log.info("L: %.2f GB float32 > patch_lls_memory_gb=%s: float16 temp file %s", need / 2**30,
                          cfg.patch_lls_memory_gb, tmp)
-                L = disk = DiskLLs(c, x, tmp, rows, cfg.seed)
+                L = disk = DiskPatchLLs(c, x, tmp, rows, cfg.seed)
                 shuffle = False
             # L is soft evidence on the top's nodes (tree top: node i = Z_i) or on its leaf
             # variables (HCLT top: Z_i is the observed child of the hidden H_i)
@@ -230,7 +231,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
     history = inputs.history_of(pc_path) + [patch_record, record]
     final = record["valid_ll"][-1] if record["valid_ll"] else start
     summary = {"seconds": timer.seconds, "valid_ll": final, "valid_bpd": metrics.bpd(final, c.num_vars),
-               "lls_on_disk": disk is not None}
+               "patch_lls_on_disk": disk is not None}
     pc.save(c, out, writer=WRITER, config=asdict(cfg), history=history, **summary)
     log.info("wrote %s in %.1f s: valid bpd %.4f", out, timer.seconds, summary["valid_bpd"])
     return summary
@@ -242,7 +243,7 @@ def main(argv=None) -> None:
     p.add_argument("--latents", required=True, help="latents.h5 (format lvd.latents)")
     p.add_argument("--pc", required=True, help="pc_init.h5 (format lvd.pc)")
     p.add_argument("--shards", nargs="+", required=True, help="every shard file of latent_em")
-    p.add_argument("--out", required=True, help="pc_latent.h5 to write (format lvd.pc)")
+    p.add_argument("--out", required=True, help="pc_latent_em.h5 to write (format lvd.pc)")
     args = p.parse_args(argv)
     cfg = common.load_config(Config, args.config)
     device = common.setup(args, seed=cfg.seed)

@@ -21,7 +21,7 @@ FCFG = finetune.Config(epochs=2, full_batch_epochs=1, batch_size=64)
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """digits (200 train) -> position-mode latents -> pc_init -> shards (S=2 and S=1) -> pc_latent."""
+    """digits (200 train) -> position-mode latents -> pc_init -> shards (S=2 and S=1) -> pc_latent_em."""
     d = tmp_path_factory.mktemp("images")
     data = fx.write_digits(d / "data.h5", n_train=200, n_valid=30, n_test=40)
     x = inputs.load_split(data, "train")
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
     for s in range(2):
         latent_em.run(LCFG, data, lat, d / "pc_init.h5", s, 2, d / f"shard{s}.h5")
     latent_em.run(LCFG, data, lat, d / "pc_init.h5", 0, 1, d / "whole.h5")
-    latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", [d / "shard1.h5", d / "shard0.h5"], d / "pc_latent.h5")
+    latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", [d / "shard1.h5", d / "shard0.h5"], d / "pc_latent_em.h5")
     return {"dir": d, "data": data, "latents": lat, "x": x, "z": z.astype(np.int64)}
 
 
@@ -88,7 +88,7 @@ def test_sharded_latent_em_equals_unsharded(run_dir):
     d = run_dir["dir"]
     whole, init = pc.load(d / "pc_init.h5"), pc.load(d / "pc_init.h5")
     latent_top_em.gather(whole, [str(d / "whole.h5")], str(d / "pc_init.h5"), str(run_dir["latents"]))
-    sharded = pc.load(d / "pc_latent.h5")
+    sharded = pc.load(d / "pc_latent_em.h5")
     for name, t in whole.patch.params.items():
         assert torch.equal(t, sharded.patch.params[name]), name
         assert not torch.equal(t, init.patch.params[name]), f"{name} was not trained"
@@ -119,18 +119,18 @@ def test_gather_rejects_missing_duplicate_and_foreign_shards(run_dir, tmp_path):
 
 def test_latent_top_em_trains_the_top_and_records_history(run_dir, tmp_path):
     d = run_dir["dir"]
-    attrs = pc.load_attrs(d / "pc_latent.h5")
+    attrs = pc.load_attrs(d / "pc_latent_em.h5")
     stages = [r["stage"] for r in attrs["history"]]
     assert stages == ["latent_em", "latent_top_em"]
     top = attrs["history"][1]
     assert len(top["train_ll"]) == len(top["valid_ll"]) == TCFG.epochs
-    c = pc.load(d / "pc_latent.h5")
+    c = pc.load(d / "pc_latent_em.h5")
     xv = inputs.load_split(run_dir["data"], "valid")
     assert float(c.log_likelihood(xv).double().mean()) == pytest.approx(top["valid_ll"][-1], rel=1e-5)
     assert not torch.equal(c.top.params["edges"], pc.load(d / "pc_init.h5").top.params["edges"])
     # L through the float16 file: the same values up to float16 rounding of L - max
-    L = latent_top_em.latent_lls(c, run_dir["x"], 64)
-    disk = latent_top_em.DiskLLs(c, run_dir["x"], tmp_path / "l.h5", 64, seed=0)
+    L = latent_top_em.patch_lls(c, run_dir["x"], 64)
+    disk = latent_top_em.DiskPatchLLs(c, run_dir["x"], tmp_path / "l.h5", 64, seed=0)
     try:
         got = torch.as_tensor(disk[np.arange(10, 90)])
         want = L[torch.as_tensor(disk.perm[10:90])]
@@ -142,11 +142,11 @@ def test_latent_top_em_trains_the_top_and_records_history(run_dir, tmp_path):
     cfg = latent_top_em.Config(**{**TCFG.__dict__, "patch_lls_memory_gb": 0.0})
     s = latent_top_em.run(cfg, run_dir["data"], run_dir["latents"], d / "pc_init.h5",
                           [d / "shard0.h5", d / "shard1.h5"], tmp_path / "disk.h5")
-    assert s["lls_on_disk"] and s["valid_ll"] == pytest.approx(top["valid_ll"][-1], abs=0.5)
+    assert s["patch_lls_on_disk"] and s["valid_ll"] == pytest.approx(top["valid_ll"][-1], abs=0.5)
 
 
 def test_finetune_resumes_after_a_kill(run_dir, tmp_path, monkeypatch):
-    src, data = run_dir["dir"] / "pc_latent.h5", run_dir["data"]
+    src, data = run_dir["dir"] / "pc_latent_em.h5", run_dir["data"]
     ref = finetune.run(FCFG, data, src, tmp_path / "ref.h5", tmp_path / "ckpt_ref")
     assert not (tmp_path / "ckpt_ref").exists()  # removed (file and empty folder) once the output is written
     real, calls = pc.em_epoch, []
@@ -177,7 +177,7 @@ def test_finetune_resumes_after_a_kill(run_dir, tmp_path, monkeypatch):
 
 
 def test_finetune_ignores_a_checkpoint_of_another_config(run_dir, tmp_path):
-    src, data = run_dir["dir"] / "pc_latent.h5", run_dir["data"]
+    src, data = run_dir["dir"] / "pc_latent_em.h5", run_dir["data"]
     one = finetune.Config(epochs=1, full_batch_epochs=0, batch_size=64)
     c = pc.load(src)
     pc.save(c, tmp_path / "ckpt" / "finetune.h5", epoch=1, record={}, resume_key="another run")
@@ -208,7 +208,7 @@ def test_every_em_stage_logs_under_its_own_name(run_dir, tmp_path, caplog):
     as lvd.<stage> (the engine's own lines stay under lvd.pc.*)."""
     d, data = run_dir["dir"], run_dir["data"]
     one = dict(epochs=1, full_batch_epochs=0, batch_size=64)
-    runs = {"finetune": lambda: finetune.run(finetune.Config(**one), data, d / "pc_latent.h5", tmp_path / "f.h5"),
+    runs = {"finetune": lambda: finetune.run(finetune.Config(**one), data, d / "pc_latent_em.h5", tmp_path / "f.h5"),
             "train_baseline": lambda: train_baseline.run(train_baseline.Config(**one), data, d / "pc_init.h5",
                                                          tmp_path / "b.h5"),
             "train_hclt": lambda: train_hclt.run(train_hclt.Config(**one, num_latents=2), data, d / "pc_init.h5",
@@ -226,7 +226,7 @@ def test_every_em_stage_logs_under_its_own_name(run_dir, tmp_path, caplog):
 
 def test_evaluate_images_metrics_and_figures(run_dir, tmp_path):
     d, data = run_dir["dir"], run_dir["data"]
-    finetune.run(finetune.Config(epochs=1, full_batch_epochs=0, batch_size=64), data, d / "pc_latent.h5",
+    finetune.run(finetune.Config(epochs=1, full_batch_epochs=0, batch_size=64), data, d / "pc_latent_em.h5",
                  tmp_path / "pc_final.h5")
     train_baseline.run(train_baseline.Config(epochs=1, full_batch_epochs=0), data, d / "pc_init.h5",
                        tmp_path / "baseline.h5")

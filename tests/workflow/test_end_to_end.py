@@ -87,7 +87,7 @@ def test_tiny_forcerun_finetune_reruns_exactly_finetune_and_downstream(tiny):
     assert "Nothing to be done" in proc.stdout + proc.stderr, "a finished run must be up to date"
     ks = tiny.config["latents"]["num_states"]
     k_dir = tiny.results / f"k{ks[0]}"
-    names = ("lvd/s0/pc_init.h5", "lvd/s0/pc_latent.h5", "baseline/s0.h5", "hclt/s0.h5", "lvd/s0/pc_final.h5",
+    names = ("lvd/s0/pc_init.h5", "lvd/s0/pc_latent_em.h5", "baseline/s0.h5", "hclt/s0.h5", "lvd/s0/pc_final.h5",
              "random/s0/pc_final.h5")
     before = {name: os.stat(k_dir / name).st_mtime_ns for name in names}
     proc, _ = snakemake(tiny.workdir, *tiny.args, "--forcerun", "finetune")
@@ -108,5 +108,5 @@ def test_tiny_text_whole_dag(tiny_text):
     check_finished_run(tiny_text, TEXT_KEYS)
     for k in tiny_text.config["latents"]["num_states"]:
         assert not (tiny_text.results / f"k{k}" / "lvd" / "s0" / "latent_em").exists()
-        assert not (tiny_text.results / f"k{k}" / "lvd" / "s0" / "pc_latent.h5").exists()
+        assert not (tiny_text.results / f"k{k}" / "lvd" / "s0" / "pc_latent_em.h5").exists()
         assert not (tiny_text.results / f"k{k}" / "hclt").exists()

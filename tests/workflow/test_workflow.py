@@ -85,7 +85,7 @@ def test_dry_run_lists_the_expected_jobs(workdir, preset):
     run = config["run"]
     for k in config["latents"]["num_states"]:
         assert f"results/{run}/k{k}/metrics.json" in proc.stdout
-    start = "pc_init.h5" if text else "pc_latent.h5"
+    start = "pc_init.h5" if text else "pc_latent_em.h5"
     assert re.search(rf"rule finetune:\n\s+input: results/{run}/data.h5, results/{run}/k\d+/(lvd|random)/s\d+/{start}",
                      proc.stdout), "finetune starts from the wrong circuit"
 

@@ -4,7 +4,7 @@
 # k{K}/ directory below each for every K in latents.num_states. The wildcard `run` is
 # pinned to config["run"], so a path of another run can never be built with this config.
 # Below k{K}/, the arms of the comparison, each once per seed s in 0 .. evaluate.num_seeds-1:
-#   lvd/s{seed}/      the teacher's latents -> pc_init, latent_em shards, pc_latent, pc_final
+#   lvd/s{seed}/      the teacher's latents -> pc_init, latent_em shards, pc_latent_em, pc_final
 #   random/s{seed}/   the same pipeline on random latents (random_latents: z permuted per position)
 #   baseline/s{seed}.h5   the LVD structure, random init, EM on x alone
 #   hclt/s{seed}.h5       a plain HCLT of about the LVD circuit's size (images only)
@@ -97,10 +97,10 @@ def arm_latents(wildcards):
 def finetune_start(wildcards):
     """The circuit fine-tuning starts from.
 
-    Images: after the latent-distribution EM step (pc_latent.h5). Text: the HMM is fully
+    Images: after the latent-distribution EM step (pc_latent_em.h5). Text: the HMM is fully
     count-initialized by materialize_pc, so pc_init.h5 (latent_em is skipped).
     """
-    name = "pc_init.h5" if is_text() else "pc_latent.h5"
+    name = "pc_init.h5" if is_text() else "pc_latent_em.h5"
     return f"{arm_dir(wildcards)}/{name}"
 
 

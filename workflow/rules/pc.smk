@@ -45,7 +45,7 @@ rule latent_top_em:
             allow_missing=True,
         ),
     output:
-        "results/{run}/k{K}/{arm}/s{seed}/pc_latent.h5",
+        "results/{run}/k{K}/{arm}/s{seed}/pc_latent_em.h5",
     log:
         "logs/{run}/k{K}/{arm}/s{seed}/latent_top_em.log",
     benchmark:

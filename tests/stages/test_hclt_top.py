@@ -28,7 +28,7 @@ def hclt_dir(tmp_path_factory):
     for s in range(2):
         latent_em.run(LCFG, data, lat, d / "pc_init.h5", s, 2, d / f"shard{s}.h5")
     top = latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", [d / "shard0.h5", d / "shard1.h5"],
-                            d / "pc_latent.h5")
+                            d / "pc_latent_em.h5")
     return {"dir": d, "data": data, "latents": lat, "x": x, "z": z.astype(np.int64), "init": summary,
             "top": top}
 
@@ -53,9 +53,9 @@ def test_materialize_builds_an_hclt_over_the_zs_fitted_to_z(hclt_dir):
 
 def test_latent_top_em_trains_the_hclt_top_on_soft_evidence(hclt_dir):
     d = hclt_dir["dir"]
-    init, c = pc.load(d / "pc_init.h5"), pc.load(d / "pc_latent.h5")
+    init, c = pc.load(d / "pc_init.h5"), pc.load(d / "pc_latent_em.h5")
     assert not torch.equal(c.top.params["leaves"], init.top.params["leaves"])
-    rec = inputs.history_of(d / "pc_latent.h5")[-1]
+    rec = inputs.history_of(d / "pc_latent_em.h5")[-1]
     assert rec["stage"] == "latent_top_em" and len(rec["valid_ll"]) == TCFG.epochs
     xv = inputs.load_split(hclt_dir["data"], "valid")
     assert float(c.log_likelihood(xv).double().mean()) == pytest.approx(rec["valid_ll"][-1], rel=1e-5)
@@ -64,7 +64,7 @@ def test_latent_top_em_trains_the_hclt_top_on_soft_evidence(hclt_dir):
 
 def test_finetune_baseline_and_evaluate_with_the_hclt_top(hclt_dir, tmp_path):
     d, data = hclt_dir["dir"], hclt_dir["data"]
-    finetune.run(finetune.Config(epochs=1, full_batch_epochs=1, batch_size=64), data, d / "pc_latent.h5",
+    finetune.run(finetune.Config(epochs=1, full_batch_epochs=1, batch_size=64), data, d / "pc_latent_em.h5",
                  tmp_path / "pc_final.h5")
     train_baseline.run(train_baseline.Config(epochs=1, full_batch_epochs=0), data, d / "pc_init.h5",
                        tmp_path / "baseline.h5")

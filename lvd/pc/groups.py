@@ -45,7 +45,8 @@ def _block_size(tc, batch_size: int, max_bytes: float) -> int:
 
 
 def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, group_seeds=None,
-              max_bytes: float = 512 * 2**20, progress_seconds: float = 30.0, **schedule_fields) -> np.ndarray:
+              max_bytes: float = 512 * 2**20, progress_seconds: float = 30.0, masks: dict | None = None,
+              **schedule_fields) -> np.ndarray:
     """Train the G groups of TreeCircuit ``tc`` in place; returns history [G, total epochs].
 
     xs[g]: int64 [n_g, V] the members of group g; heads[g]: int64 [n_g] each member's head.
@@ -55,6 +56,11 @@ def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, gr
     is not used (each group has its own). history[g, e] = mean log p_{g, head}(x) of group
     g's members during epoch e (NaN when n_g = 0; a full-batch epoch's is at its start).
     group_seeds[g]: seed of group g's shuffling (default g).
+
+    masks: {table name: bool tensor shaped like that table} of the entries allowed to be
+    non-zero (lvd.pc.grow: pruned edges, inactive states); after every update the other
+    entries are set to 0 and each distribution renormalized, so neither the pseudocount nor
+    the flows revive them. None (the default): every entry free, the dense path unchanged.
     """
     sched = Schedule(**schedule_fields) if schedule is None else schedule
     if schedule is not None and schedule_fields:
@@ -78,7 +84,7 @@ def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, gr
     for b0 in range(0, len(active), block):
         groups = active[b0:b0 + block]
         _train_block(tc, groups, [xs[g] for g in groups], [heads[g] for g in groups],
-                     [seeds[g] for g in groups], sched, hist)
+                     [seeds[g] for g in groups], sched, hist, masks)
         if time.perf_counter() - t_last > progress_seconds or b0 + block >= len(active):
             log.info("groups: %d / %d trained (%d epochs each)", min(b0 + block, len(active)),
                      len(active), sched.epochs)
@@ -86,10 +92,19 @@ def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, gr
     return hist
 
 
-def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist):
+def masked_(p: torch.Tensor, mask: torch.Tensor, dim: int) -> None:
+    """In place: zero the entries of ``p`` outside ``mask`` and renormalize over ``dim`` (a
+    distribution left without mass keeps its masked values as they are, i.e. zero)."""
+    p.mul_(mask)
+    p.div_(p.sum(dim, keepdim=True).clamp_min(1e-38))
+
+
+def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist, masks=None):
     dev, Gb, V = tc.device, len(groups), tc.num_vars
     batch_size, pseudocount = sched.batch_size, sched.pseudocount
     gidx = torch.as_tensor(groups, device=dev)
+    bmask = None if masks is None else {k: m.index_select(_group_dim(k), gidx.to(m.device)).to(dev)
+                                        for k, m in masks.items()}
     # the block's tables as a circuit of Gb groups (copies; written back at the end)
     sub = tc.select_groups(groups)
     rngs = [np.random.default_rng(s) for s in seeds]
@@ -135,11 +150,17 @@ def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist):
                     shape[d] = Gb
                     p.lerp_(target(F, p, sub.norm_dims[k], pseudocount),
                             step.clamp(max=1.0).view(shape))
+                    if bmask is not None and k in bmask:   # only groups that took a step: a
+                        q = p.clone()                       # renormalization moves the last bits
+                        masked_(q, bmask[k], sub.norm_dims[k])
+                        p.copy_(torch.where(step.view(shape) > 0, q, p))
         if full:
             with torch.no_grad():
                 for k, F in zip(names, acc):
                     p = sub.params[k]
                     p.copy_(target(F, p, sub.norm_dims[k], pseudocount))
+                    if bmask is not None and k in bmask:
+                        masked_(p, bmask[k], sub.norm_dims[k])
         mean = (ll_sum.cpu().numpy() / n)
         for j, g in enumerate(groups):
             hist[g, e] = mean[j]

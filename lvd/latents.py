@@ -251,3 +251,55 @@ def shared(emb, k: int, niter: int = 50, nredo: int = 1, seed: int = 0, use_gpu:
         log.info("assigned %d/%d samples", start + len(block), n)
     _warn_empty(assigner.sizes, "shared vocabulary")
     return LatentResult(z, centroids[None], assigner.sizes[None], np.array([assigner.inertia]))
+
+
+class ClusterResult(NamedTuple):
+    z: np.ndarray              # int32 [N, P]: state = cluster * heads_per_cluster + sub-cluster
+    centroids: np.ndarray      # float32 [1, num_clusters, D]: the shared vocabulary
+    sub_centroids: np.ndarray  # float32 [num_clusters, initial_heads, D] (NaN: sub-cluster unused)
+    sizes: np.ndarray          # int64 [1, num_clusters * heads_per_cluster]: rows per state
+    inertia: np.ndarray        # float64 [1]: of the shared k-means
+
+
+def clusters(emb, num_clusters: int, heads_per_cluster: int, initial_heads: int, niter: int = 50,
+             nredo: int = 1, seed: int = 0, use_gpu: str = "auto", max_points_per_centroid: int | None = 256,
+             gpu_id: int | None = None, chunk_rows: int = 8192) -> ClusterResult:
+    """Two-level k-means for LVD-PG's progressive growing (method.md section 3).
+
+    One k-means over all N*P rows into ``num_clusters`` clusters (``shared``), then a k-means of
+    each cluster's rows into its ``initial_heads`` sub-clusters (seed + 1 + cluster). Row (n, i)
+    gets state z = cluster * heads_per_cluster + sub-cluster: states cluster * H .. + H - 1 belong
+    to one cluster, of which only the first ``initial_heads`` are used now; the others are the
+    heads growing adds. A cluster with fewer rows than ``initial_heads`` puts them all in
+    sub-cluster 0 (logged).
+    """
+    if not 1 <= initial_heads <= heads_per_cluster:
+        raise ValueError(f"initial_heads={initial_heads} must be in [1, heads_per_cluster={heads_per_cluster}]")
+    top = shared(emb, num_clusters, niter=niter, nredo=nredo, seed=seed, use_gpu=use_gpu,
+                 max_points_per_centroid=max_points_per_centroid, gpu_id=gpu_id, chunk_rows=chunk_rows)
+    n, p, d = emb.shape
+    device = faiss_device(use_gpu, gpu_id)
+    cluster = top.z.reshape(-1).astype(np.int64)                     # [N*P]
+    order = np.argsort(cluster, kind="stable")
+    bounds = np.searchsorted(cluster[order], np.arange(num_clusters + 1))
+    rows_f32 = gather_rows(emb, None, chunk_rows)                    # [N*P, D]
+    sub = np.zeros(n * p, dtype=np.int64)
+    sub_centroids = np.full((num_clusters, initial_heads, d), np.nan, dtype=np.float32)
+    for c in range(num_clusters):
+        rows = order[bounds[c]:bounds[c + 1]]
+        if len(rows) < initial_heads:
+            log.warning("cluster %d has %d rows, fewer than initial_heads=%d: all in sub-cluster 0",
+                        c, len(rows), initial_heads)
+            if len(rows):
+                sub_centroids[c, 0] = rows_f32[rows].mean(0)
+            continue
+        x = rows_f32[rows]
+        pick = _sample_rows(len(x), initial_heads, max_points_per_centroid, seed + 1 + c)
+        cents = train(x if pick is None else x[pick], initial_heads, niter, nredo, seed + 1 + c, device, None)
+        sub[rows] = Assigner(cents, device)(x)
+        sub_centroids[c] = cents
+    z = (cluster * heads_per_cluster + sub).reshape(n, p).astype(np.int32)
+    sizes = np.bincount(z.reshape(-1), minlength=num_clusters * heads_per_cluster).astype(np.int64)
+    log.info("clusters: %d clusters x %d initial heads (of %d); smallest cluster %d rows", num_clusters,
+             initial_heads, heads_per_cluster, int(np.diff(bounds).min()))
+    return ClusterResult(z, top.centroids, sub_centroids, sizes[None], top.inertia)

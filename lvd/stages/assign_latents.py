@@ -10,7 +10,13 @@ and writes ``latents.h5`` (format lvd.latents):
     attrs          mode, num_states, faiss_device ("cpu" or "gpu:<i>"), num_positions, dim, seconds
 
 mode "position" runs one k-means per position (first axis P); "shared" one k-means over all
-N*P rows (first axis 1). FAISS uses the GPU only when this job's device is CUDA, the FAISS
+N*P rows (first axis 1). mode "clusters" (LVD-PG's progressive growing, lvd.latents.clusters):
+num_clusters = num_states / heads_per_cluster clusters by one shared k-means, then a k-means of
+every cluster into ``initial_heads`` sub-clusters; state = cluster * heads_per_cluster +
+sub-cluster (the other heads of a cluster are grown by grow_patch_pcs); extra dataset
+``sub_centroids`` float32 [num_clusters, initial_heads, dim], attrs num_clusters,
+heads_per_cluster, initial_heads; ``centroids`` [1, num_clusters, dim], ``cluster_sizes``
+[1, num_states]. FAISS uses the GPU only when this job's device is CUDA, the FAISS
 build sees a GPU and ``use_gpu`` is "auto". With ``use_gpu: never`` the stage claims no GPU
 (``--device auto`` becomes ``cpu``; the rule asks for none either).
 
@@ -29,7 +35,7 @@ from lvd.stages import common
 
 log = logging.getLogger("lvd.assign_latents")
 
-MODES = ("position", "shared")
+MODES = ("position", "shared", "clusters")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class Config:
     seed: int = 0  # FAISS seed (position p uses seed + p) and the training-subset seed
     use_gpu: str = "auto"  # "auto": FAISS GPU when the job's device is CUDA; "never": CPU FAISS
     max_points_per_centroid: int | None = 256  # train on <= this * K rows (FAISS rule); null: all rows
+    heads_per_cluster: int = 4  # mode clusters: heads (states) per cluster after growing; divides num_states
+    initial_heads: int = 2      # mode clusters: sub-clusters (heads) per cluster before growing
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -48,10 +56,17 @@ class Config:
         if self.use_gpu not in latents.USE_GPU_CHOICES:
             raise ValueError(f"latents.use_gpu is {self.use_gpu!r}, expected one of "
                              f"{latents.USE_GPU_CHOICES}")
-        for name in ("num_states", "niter", "nredo"):
+        for name in ("num_states", "niter", "nredo", "heads_per_cluster", "initial_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"latents.{name} is {value!r}, expected an integer >= 1")
+        if self.mode == "clusters":
+            if self.num_states % self.heads_per_cluster:
+                raise ValueError(f"latents.heads_per_cluster={self.heads_per_cluster} must divide "
+                                 f"num_states={self.num_states} (mode clusters)")
+            if self.initial_heads > self.heads_per_cluster:
+                raise ValueError(f"latents.initial_heads={self.initial_heads} exceeds "
+                                 f"heads_per_cluster={self.heads_per_cluster}")
         mpc = self.max_points_per_centroid
         if mpc is not None and (not isinstance(mpc, int) or mpc < 1):
             raise ValueError(f"latents.max_points_per_centroid is {mpc!r}, expected an integer >= 1 or null")
@@ -71,10 +86,14 @@ def run(cfg: Config, embeddings: str, out: str, device="cpu") -> dict:
         log.info("%s: %d samples x %d positions x dim %d; mode %s, K=%d, FAISS on %s",
                  embeddings, n, p, d, cfg.mode, cfg.num_states, faiss_device)
         fit = latents.per_position if cfg.mode == "position" else latents.shared
+        kw = dict(niter=cfg.niter, nredo=cfg.nredo, seed=cfg.seed, use_gpu=use_gpu, gpu_id=gpu_id,
+                  max_points_per_centroid=cfg.max_points_per_centroid)
         try:
-            res = fit(emb, cfg.num_states, niter=cfg.niter, nredo=cfg.nredo, seed=cfg.seed,
-                      use_gpu=use_gpu, gpu_id=gpu_id,
-                      max_points_per_centroid=cfg.max_points_per_centroid)
+            if cfg.mode == "clusters":
+                res = latents.clusters(emb, cfg.num_states // cfg.heads_per_cluster, cfg.heads_per_cluster,
+                                       cfg.initial_heads, **kw)
+            else:
+                res = fit(emb, cfg.num_states, **kw)
         except ValueError as e:
             raise ValueError(f"{embeddings}: field 'train' {tuple(emb.shape)}: {e}") from e
     summary = {"mode": cfg.mode, "num_states": cfg.num_states, "faiss_device": faiss_device,
@@ -87,6 +106,11 @@ def run(cfg: Config, embeddings: str, out: str, device="cpu") -> dict:
         g["inertia"] = res.inertia
         for key in ("mode", "num_states", "faiss_device", "num_positions", "dim", "seconds"):
             g.attrs[key] = summary[key]
+        if cfg.mode == "clusters":
+            g["sub_centroids"] = res.sub_centroids
+            g.attrs["num_clusters"] = cfg.num_states // cfg.heads_per_cluster
+            g.attrs["heads_per_cluster"] = cfg.heads_per_cluster
+            g.attrs["initial_heads"] = cfg.initial_heads
     log.info("wrote %s in %.1f s: inertia %.6g, %d empty clusters", out, timer.seconds,
              summary["inertia"], summary["empty_clusters"])
     return summary

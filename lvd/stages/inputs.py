@@ -92,8 +92,8 @@ def load_latents(path, num_train: int, num_positions: int) -> tuple[np.ndarray, 
     if z.shape != (num_train, num_positions):
         raise io.ArtifactError(f"{path}: field 'z' has shape {z.shape}, expected ({num_train}, "
                                f"{num_positions}) (train rows x positions of data.h5)")
-    if mode not in ("position", "shared"):
-        raise io.ArtifactError(f"{path}: attribute 'mode' is {mode!r}, expected 'position' or 'shared'")
+    if mode not in ("position", "shared", "clusters"):
+        raise io.ArtifactError(f"{path}: attribute 'mode' is {mode!r}, expected 'position', 'shared' or 'clusters'")
     if z.min() < 0 or z.max() >= k:
         raise io.ArtifactError(f"{path}: field 'z' has values in [{z.min()}, {z.max()}], "
                                f"expected [0, num_states={k})")

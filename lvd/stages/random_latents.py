@@ -42,7 +42,8 @@ def run(latents: str, out: str, seed: int) -> dict:
     with io.open_artifact(latents, "lvd.latents") as f:
         z = io.require(f, "z", ndim=2, dtype_kind="iu")[()]
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()
-                 if k in ("mode", "num_states", "num_positions", "dim")}
+                 if k in ("mode", "num_states", "num_positions", "dim", "num_clusters", "heads_per_cluster",
+                          "initial_heads")}
         for key in ("mode", "num_states"):
             if key not in attrs:
                 raise io.ArtifactError(f"{latents}: missing attribute {key!r}")

@@ -152,3 +152,36 @@ def test_nan_or_inf_embeddings_name_the_file_and_field(tmp_path, mode):
     with pytest.raises(ValueError, match=r"embeddings\.h5: field 'train' \(60, 2, 3\): 1 NaN or infinite values"):
         stage.run(stage.Config(mode=mode, num_states=3), str(src), str(tmp_path / "l.h5"))
     assert not (tmp_path / "l.h5").exists()
+
+
+def test_clusters_mode_is_a_two_level_kmeans(tmp_path):
+    """3 clusters (far apart) of 2 sub-blobs each (close together), shared by 2 positions: the
+    shared k-means finds the clusters, the k-means inside each cluster its 2 sub-blobs;
+    state = cluster * heads_per_cluster + sub-cluster, with heads 2, 3 of each cluster unused."""
+    rng = np.random.default_rng(3)
+    n, p, d = 120, 2, 3
+    big = 40 * np.eye(d)                                       # cluster centres
+    truth_c = rng.integers(0, 3, size=(n, p))
+    truth_s = rng.integers(0, 2, size=(n, p))
+    emb = big[truth_c] + np.where(truth_s[..., None] == 1, 4.0, -4.0) * np.ones(d) + rng.normal(size=(n, p, d)) * 0.05
+    src = write_embeddings(tmp_path / "embeddings.h5", emb)
+    out = tmp_path / "latents.h5"
+    cfg = stage.Config(mode="clusters", num_states=12, heads_per_cluster=4, initial_heads=2, niter=20, nredo=10)
+    stage.run(cfg, str(src), str(out))
+    with io.open_artifact(out, "lvd.latents") as f:
+        z, cent, sub, sizes = f["z"][:], f["centroids"][:], f["sub_centroids"][:], f["cluster_sizes"][:]
+        attrs = dict(f.attrs)
+    assert attrs["mode"] == "clusters" and attrs["num_states"] == 12
+    assert (attrs["num_clusters"], attrs["heads_per_cluster"], attrs["initial_heads"]) == (3, 4, 2)
+    assert cent.shape == (1, 3, 3) and sub.shape == (3, 2, 3) and sizes.shape == (1, 12)
+    assert set(np.unique(z % 4)) == {0, 1}                     # only the initial heads are used
+    assert same_partition((z // 4).reshape(-1), truth_c.reshape(-1))
+    assert same_partition(z.reshape(-1), (truth_c * 2 + truth_s).reshape(-1))
+    assert sizes.sum() == n * p and (sizes[0].reshape(3, 4)[:, 2:] == 0).all()
+
+
+def test_clusters_mode_checks_its_sizes():
+    with pytest.raises(ValueError, match="must divide"):
+        stage.Config(mode="clusters", num_states=10, heads_per_cluster=4)
+    with pytest.raises(ValueError, match="exceeds"):
+        stage.Config(mode="clusters", num_states=8, heads_per_cluster=2, initial_heads=3)

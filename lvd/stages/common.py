@@ -52,6 +52,7 @@ SECTIONS = {
     "materialize_pc": "pc",
     "latent_em": "latent_em",
     "latent_top_em": "latent_top_em",
+    "grow_patch_pcs": "grow",
     "finetune": "finetune",
     "train_baseline": "baseline",
     "train_hclt": "hclt",

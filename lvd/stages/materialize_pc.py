@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from lvd import pc
+from lvd import io, pc
 from lvd.stages import common, inputs
 
 log = logging.getLogger("lvd.materialize_pc")
@@ -68,6 +68,23 @@ def chunked_count_init(tc, z, x=None, pseudocount: float = 0.1, chunk: int = COU
         c = pc.counts(tc, z[i:i + chunk], None if x is None else x[i:i + chunk])
         total = c if total is None else {k: total[k] + c[k] for k in total}
     pc.update(tc, {k: v.to(tc.device) for k, v in total.items()}, 1.0, pseudocount)
+
+
+def pg_layout(latents: str, num_latents: int) -> tuple[int, int, int]:
+    """(num_clusters, heads_per_cluster, allocated hidden states) of clusters-mode latents: the
+    patch circuit allocates num_latents + (heads_per_cluster - initial_heads) states per node,
+    one free state per growing round (lvd.pc.grow)."""
+    a = _latent_attrs(latents)
+    for key in ("num_clusters", "heads_per_cluster", "initial_heads"):
+        if key not in a:
+            raise io.ArtifactError(f"{latents}: mode 'clusters' but no attribute {key!r}")
+    G, H, H0 = int(a["num_clusters"]), int(a["heads_per_cluster"]), int(a["initial_heads"])
+    return G, H, num_latents + (H - H0)
+
+
+def _latent_attrs(path) -> dict:
+    with io.open_artifact(path, "lvd.latents") as f:
+        return dict(f.attrs)
 
 
 HCLT_TOP_LEAF_SMOOTHING = 0.01  # p(Z_i = k | H_i = k) = 1 - 0.01 + 0.01 / K at the start
@@ -115,20 +132,25 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
         log.info("%s: %d train rows of %d variables; %s: %s mode, %d states", data, len(x),
                  info.num_vars, latents, mode, K)
         if info.kind == "image":
-            if mode == "shared" and K % cfg.num_groups:
+            if mode == "shared" and K % cfg.num_groups:   # (mode clusters: the groups are the clusters)
                 raise ValueError(f"pc.num_groups={cfg.num_groups} must divide num_states={K} "
                                  f"(from {latents}) in shared mode")
             H, nl = cfg.heads_per_group or None, cfg.num_latents
-            if cfg.root_states:   # Z_i is the root variable: every patch-tree node gets K states
+            groups = cfg.num_groups
+            if mode == "clusters":   # LVD-PG: grow_patch_pcs grows every cluster's circuit
+                mode, groups, H, nl = "shared", *pg_layout(latents, cfg.num_latents)
+                log.info("latents mode clusters: %d clusters of %d heads; %d hidden states per node "
+                         "allocated (%d initial + one per growing round)", groups, H, nl, cfg.num_latents)
+            elif cfg.root_states:   # Z_i is the root variable: every patch-tree node gets K states
                 H = nl = K
                 log.info("pc.root_states: num_latents = heads_per_group = num_states = %d", K)
             if H is not None and K % H:
                 raise ValueError(f"pc.heads_per_group={H} must divide num_states={K} (from {latents})")
-            why = pc.lvdcircuit.distinguishable(H or (1 if mode == "position" else K // cfg.num_groups), nl)
+            why = pc.lvdcircuit.distinguishable(H or (1 if mode == "position" else K // groups), nl)
             if why and not cfg.root_states:
                 log.warning("pc: %s", why)
             c = pc.lvd_circuit(info.image_shape, info.patch_size, num_states=K, num_latents=nl,
-                               num_cats=info.num_cats, mode=mode, num_groups=cfg.num_groups,
+                               num_cats=info.num_cats, mode=mode, num_groups=groups,
                                heads_per_group=H, root_states=cfg.root_states, data=x, z=z,
                                top=cfg.top, top_num_latents=cfg.top_num_latents or K, seed=cfg.seed,
                                device=device)

@@ -1,0 +1,104 @@
+"""grow_patch_pcs: clusters-mode latents -> pc_init -> grown shards -> gathered by latent_top_em."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import pc_fixtures as fx
+from lvd import io, pc
+from lvd.pc.patches import patch_index
+from lvd.stages import assign_latents, grow_patch_pcs, latent_top_em, materialize_pc
+
+GCFG = grow_patch_pcs.Config(epochs=2, full_batch_epochs=1, batch_size=64, prune_threshold=1e-3)
+TOP = latent_top_em.Config(epochs=1, batch_size=64)
+
+
+def write_embeddings(path, data):
+    """Stand-in teacher embeddings: each patch's pixels (with a little seeded noise)."""
+    with h5py.File(data, "r") as f:
+        imgs = f["train"][()]
+    n = len(imgs)
+    idx = patch_index(8, 8, 1, 2)
+    emb = imgs.reshape(n, -1)[:, idx].astype(np.float32)
+    emb += np.random.default_rng(0).normal(size=emb.shape).astype(np.float32) * 0.3
+    with io.create(path, "lvd.embeddings", "tests", {}) as f:
+        f["train"] = emb.astype(np.float16)
+        f.attrs["num_positions"], f.attrs["dim"] = emb.shape[1], emb.shape[2]
+    return path
+
+
+@pytest.fixture(scope="module")
+def pg_dir(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # tiny circuits: a second thread only waits (see tests/pc/conftest.py)
+    try:
+        yield build(tmp_path_factory.mktemp("pg"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build(d):
+    data = fx.write_digits(d / "data.h5", n_train=120)
+    emb = write_embeddings(d / "embeddings.h5", data)
+    lat = d / "latents.h5"
+    assign_latents.run(assign_latents.Config(mode="clusters", num_states=9, heads_per_cluster=3, initial_heads=2,
+                                             niter=10), str(emb), str(lat))
+    materialize_pc.run(materialize_pc.Config(num_latents=2), str(data), str(lat), str(d / "pc_init.h5"))
+    for S in (1, 3):
+        for s in range(S):
+            grow_patch_pcs.run(GCFG, str(data), str(lat), str(emb), str(d / "pc_init.h5"), s, S,
+                               str(d / f"grow{S}_{s}.h5"))
+    return d
+
+
+def test_materialize_allocates_one_state_per_growing_round(pg_dir):
+    c = pc.load(pg_dir / "pc_init.h5")
+    assert c.mode == "shared" and c.num_states == 9
+    assert (c.patch.num_groups, c.patch.num_heads, c.patch.num_latents) == (3, 3, 3)
+
+
+def test_shards_hold_grown_clusters_and_their_curves(pg_dir):
+    with io.open_artifact(pg_dir / "grow1_0.h5", "lvd.pc_shard") as f:
+        assert f["groups"][()].tolist() == [0, 1, 2]
+        assert f["num_heads"][()].tolist() == [3, 3, 3]
+        hist, n, heads = f["history"][()], f["num_examples"][()], f["heads"][()]
+        assert hist.shape == (3, 2) and np.isfinite(hist).all()
+        assert n.sum() == 120 * 16 and len(heads) == n.sum()
+        assert set(np.unique(heads)) == {0, 1, 2}
+        edges, mask = f["params/edges"][()], f["masks/edges"][()]
+        assert (edges[~mask] == 0).all() and f.attrs["initial_states"] == 2
+
+
+def test_one_shard_equals_three_shards(pg_dir):
+    one, three = pc.load(pg_dir / "pc_init.h5"), pc.load(pg_dir / "pc_init.h5")
+    lat = str(pg_dir / "latents.h5")
+    latent_top_em.gather(one, [str(pg_dir / "grow1_0.h5")], str(pg_dir / "pc_init.h5"), lat)
+    latent_top_em.gather(three, [str(pg_dir / f"grow3_{s}.h5") for s in (2, 0, 1)], str(pg_dir / "pc_init.h5"), lat)
+    for name, t in one.patch.params.items():
+        assert torch.equal(t, three.patch.params[name]), name
+    with h5py.File(pg_dir / "grow1_0.h5", "r") as f:
+        n, heads = f["num_examples"][()], f["heads"][()]
+    per_group = np.split(heads, np.cumsum(n)[:-1])
+    for s in range(3):
+        with h5py.File(pg_dir / f"grow3_{s}.h5", "r") as f:
+            for g, h in zip(f["groups"][()], np.split(f["heads"][()], np.cumsum(f["num_examples"][()])[:-1])):
+                np.testing.assert_array_equal(h, per_group[g])
+
+
+def test_latent_top_em_gathers_the_grown_shards(pg_dir, tmp_path):
+    d = pg_dir
+    summary = latent_top_em.run(TOP, str(d / "data.h5"), str(d / "latents.h5"), str(d / "pc_init.h5"),
+                                [str(d / f"grow3_{s}.h5") for s in range(3)], str(tmp_path / "pc_latent.h5"))
+    assert np.isfinite(summary["valid_bpd"])
+    c = pc.load(tmp_path / "pc_latent.h5")
+    x = torch.zeros(2, 64, dtype=torch.long)
+    assert torch.isfinite(c.log_likelihood(x)).all()
+
+
+def test_refuses_latents_that_are_not_clusters(pg_dir, tmp_path):
+    d = pg_dir
+    lat = fx.write_latents(tmp_path / "lat.h5", np.zeros((120, 16), dtype=np.int32), 9, mode="shared")
+    with pytest.raises(io.ArtifactError, match="needs latents.mode: clusters"):
+        grow_patch_pcs.run(GCFG, str(d / "data.h5"), str(lat), str(d / "embeddings.h5"), str(d / "pc_init.h5"), 0, 1,
+                           str(tmp_path / "o.h5"))

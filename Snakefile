@@ -34,6 +34,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/latents.smk"
 include: "workflow/rules/pc.smk"
+include: "workflow/rules/pg.smk"
 include: "workflow/rules/evaluate.smk"
 
 

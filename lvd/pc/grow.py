@@ -122,7 +122,7 @@ def init_masks(tc, num_states: int, num_heads) -> Masks:
     if not 1 <= num_states <= K:
         raise ValueError(f"init_masks: {num_states} active states, the circuit allocates {K}")
     heads = np.broadcast_to(np.asarray(num_heads, dtype=np.int64), (G,)).copy()
-    if heads.min() < 1 or heads.max() > H:
+    if G and (heads.min() < 1 or heads.max() > H):
         raise ValueError(f"init_masks: active heads must be in [1, {H}], got {sorted(set(heads.tolist()))}")
     active = torch.zeros(V, G, K, dtype=torch.bool, device=tc.device)
     active[:, :, :num_states] = True

@@ -28,7 +28,8 @@ from lvd.stages.common import SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs")
-PRESETS = ("tiny", "digits_sizes", "fashion_mnist", "fashion_mnist_sizes", "tiny_text", "wikitext2")
+PRESETS = ("tiny", "digits_sizes", "fashion_mnist", "fashion_mnist_sizes", "tiny_text", "wikitext2", "tiny_pg",
+           "fashion_mnist_pg")
 # stage module -> its config section (None: a stage without settings): the stages' own table
 STAGE_SECTIONS = dict(SECTIONS)
 
@@ -146,7 +147,11 @@ def expected_jobs(config: dict, text: bool) -> dict[str, int]:
     jobs = {"prepare_data": 1, "train_teacher": 1, "extract_embeddings": 1, "assign_latents": k,
             "random_latents": k * s, "materialize_pc": 2 * k * s, "finetune": 2 * k * s,
             "train_baseline": k * s, "evaluate": k, "summarize": 1, "all": 1}
-    if not text:
+    if not text and config["latents"].get("mode") == "clusters":   # LVD-PG: growing replaces latent_em
+        jobs["grow_patch_pcs"] = 2 * k * s * config["grow"]["num_shards"]
+        jobs["latent_top_em"] = 2 * k * s
+        jobs["train_hclt"] = k * s
+    elif not text:
         jobs["latent_em"] = 2 * k * s * config["latent_em"]["num_shards"]
         jobs["latent_top_em"] = 2 * k * s
         jobs["train_hclt"] = k * s

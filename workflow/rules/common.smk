@@ -4,7 +4,8 @@
 # k{K}/ directory below each for every K in latents.num_states. The wildcard `run` is
 # pinned to config["run"], so a path of another run can never be built with this config.
 # Below k{K}/, the arms of the comparison, each once per seed s in 0 .. evaluate.num_seeds-1:
-#   lvd/s{seed}/      the teacher's latents -> pc_init, latent_em shards, pc_latent_em, pc_final
+#   lvd/s{seed}/      the teacher's latents -> pc_init, latent_em shards (LVD-PG: grow/ shards),
+#                     pc_latent_em, pc_final
 #   random/s{seed}/   the same pipeline on random latents (random_latents: z permuted per position)
 #   baseline/s{seed}.h5   the LVD structure, random init, EM on x alone
 #   hclt/s{seed}.h5       a plain HCLT of about the LVD circuit's size (images only)
@@ -16,6 +17,8 @@ import re
 RUN = config["run"]
 NUM_STATES = config["latents"]["num_states"]
 SHARDS = list(range(config["latent_em"]["num_shards"]))
+# grow_patch_pcs's shards (latents.mode: clusters)
+GROW_SHARDS = list(range(config["grow"]["num_shards"]))
 SEEDS = list(range(config["evaluate"]["num_seeds"]))
 ARMS = ("lvd", "random")
 TEXT_DATASETS = ("wikitext2",)
@@ -52,8 +55,15 @@ def lvd_budget():
     """
     epochs = config["finetune"]["epochs"]
     if not is_text():
-        for section in ("latent_em", "latent_top_em"):
-            em = config[section]
+        top = config["latent_top_em"]
+        epochs += top["epochs"] + top["full_batch_epochs"]
+        if is_pg():
+            # every growing round trains every cluster: grow.epochs + its full-batch epochs
+            lat, grow = config["latents"], config["grow"]
+            rounds = lat["heads_per_cluster"] - lat["initial_heads"] + 1
+            epochs += rounds * (grow["epochs"] + grow["full_batch_epochs"])
+        else:
+            em = config["latent_em"]
             epochs += em["epochs"] + em["full_batch_epochs"]
     return {
         "epochs": epochs,
@@ -75,6 +85,22 @@ def seeded_config(section):
 def is_text():
     """True when the dataset is text (an HMM over token windows), else images."""
     return config["data"]["dataset"] in TEXT_DATASETS
+
+
+def is_pg():
+    """True for LVD-PG runs (latents.mode: clusters): grow_patch_pcs replaces latent_em."""
+    return config["latents"]["mode"] == "clusters" and not is_text()
+
+
+def patch_shards(wildcards):
+    """latent_top_em's shards: grow_patch_pcs's (LVD-PG) or latent_em's, of one arm and seed."""
+    if is_pg():
+        return expand(
+            "{dir}/grow/shard{shard}.h5", dir=arm_dir(wildcards), shard=GROW_SHARDS
+        )
+    return expand(
+        "{dir}/latent_em/shard{shard}.h5", dir=arm_dir(wildcards), shard=SHARDS
+    )
 
 
 def latents_gpus():

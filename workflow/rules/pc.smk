@@ -1,6 +1,7 @@
 # Training the circuits of each arm (lvd: the teacher's latents, random: the random-latent
 # control) and seed: the patch heads with the latents observed (images only; one job per
-# shard of the patch groups, then one job gathering the shards and training the top circuit),
+# shard of the patch groups, then one job gathering the shards and training the top circuit;
+# LVD-PG runs grow the shards with grow_patch_pcs instead, workflow/rules/pg.smk),
 # fine-tuning on x alone; and the controls trained from scratch with LVD's budget: the
 # baseline (LVD's structure, random init) and a plain HCLT of the same size (images).
 # Checkpoints under *_ckpt/ are not outputs (see teacher.smk).
@@ -39,11 +40,7 @@ rule latent_top_em:
         data="results/{run}/data.h5",
         latents=arm_latents,
         pc="results/{run}/k{K}/{arm}/s{seed}/pc_init.h5",
-        shards=expand(
-            "results/{run}/k{K}/{arm}/s{seed}/latent_em/shard{shard}.h5",
-            shard=SHARDS,
-            allow_missing=True,
-        ),
+        shards=patch_shards,
     output:
         "results/{run}/k{K}/{arm}/s{seed}/pc_latent_em.h5",
     log:

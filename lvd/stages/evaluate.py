@@ -163,6 +163,13 @@ def verdict(m: dict, key: str, unit: str) -> str:
     return "; ".join(parts) + f" [{m['num_seeds']} seed(s)]"
 
 
+def data_color(data) -> str:
+    """The colour space of data.h5's images ("rgb" for files written before data.color existed)."""
+    with io.open_artifact(data, "lvd.data") as f:
+        c = f.attrs.get("color", "rgb")
+    return c.decode() if isinstance(c, bytes) else str(c)
+
+
 def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir: str | None,
         out: str, figdir: str, device="cpu") -> dict:
     """Score every arm's circuits, draw the figures, write metrics.json; returns the metrics.
@@ -220,6 +227,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
                   "baseline": ("baseline", "s", "C1"), "hclt": ("HCLT", "^", "C3")}
         if image:
             m["teacher_test_bpd"] = read_teacher(teacher_metrics, "teacher_test_bpd")
+            m["color"] = data_color(data)   # "ycbcr": every bpd is in the lossy YCbCr space
             m.update(_image_extras(cfg, info, c, first.get("baseline"), xt, m, fig))
             series = []
             for arm, h in histories.items():

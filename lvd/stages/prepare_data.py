@@ -2,7 +2,9 @@
 
 Image sources (attr kind = "image"): digits (scikit-learn's bundled 8x8 digits, 17 grey
 levels, no download), fashion_mnist and mnist (idx files), array (the user's .npz / .h5).
-Writes train, valid, test as uint8 [N, H, W, Ch].
+Writes train, valid, test as uint8 [N, H, W, Ch]; attr ``color`` ("rgb", or "ycbcr": with
+``color: ycbcr`` a 3-channel array dataset is converted to lossy 8-bit BT.709 YCbCr,
+lvd.data.color, and every likelihood downstream is in that space).
 
 Text source (attr kind = "text"): wikitext2 (a directory holding train/valid/test files).
 Writes the int32 token streams train_tokens, valid_tokens, test_tokens, the int32 windows
@@ -22,7 +24,7 @@ import h5py
 import numpy as np
 
 from lvd import io
-from lvd.data import SPLITS, DataError
+from lvd.data import SPLITS, DataError, color
 from lvd.data import images as image_data
 from lvd.data import text as text_data
 from lvd.stages import common
@@ -48,6 +50,7 @@ class Config:
     stride: int = 1               # text: step between window starts (1 = every window)
     max_tokens: int = 0           # text: cut every split's stream to this many tokens; 0 = all
     seed: int = 0                 # splits and subsampling
+    color: str = "rgb"            # images, dataset array with 3 channels: "ycbcr" = lossy 8-bit BT.709 YCbCr
 
 
 def check_config(cfg: Config) -> None:
@@ -67,6 +70,10 @@ def check_config(cfg: Config) -> None:
         value = getattr(cfg, field)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             bad(field, "a number strictly between 0 and 1")
+    if cfg.color not in color.COLORS:
+        bad("color", f"one of {list(color.COLORS)}")
+    if cfg.color != "rgb" and cfg.dataset != "array":
+        bad("color", "'rgb' unless dataset is 'array' (colour images of your own)")
     if cfg.dataset in TEXT_SOURCES and cfg.num_cats:
         bad("num_cats", "0 for text (the vocabulary size sets num_cats)")
 
@@ -89,6 +96,13 @@ def _run_images(cfg: Config, out: Path, start: float) -> dict:
         cfg.dataset, cfg.path, patch_size=cfg.patch_size, num_cats=cfg.num_cats,
         valid_fraction=cfg.valid_fraction, test_fraction=cfg.test_fraction,
         max_train=cfg.max_train, max_test=cfg.max_test, seed=cfg.seed)
+    if cfg.color == "ycbcr":   # lossy: every split, so the test bpd is in YCbCr space (recorded)
+        if attrs["channels"] != 3 or attrs["num_cats"] != 256:
+            raise DataError(f"data.color=ycbcr needs 3 channels of 256 levels, {cfg.path} has "
+                            f"{attrs['channels']} channel(s) of {attrs['num_cats']} levels")
+        splits = {s: color.rgb_to_ycbcr(x) for s, x in splits.items()}
+        log.info("colour: RGB -> YCbCr (BT.709, rounded to 8 bits; lossy)")
+    attrs["color"] = cfg.color
     with io.create(out, "lvd.data", WRITER, common.config_dict(cfg), kind="image", **attrs) as f:
         for s in SPLITS:
             x = splits[s]  # uint8 [N, H, W, Ch]

@@ -88,3 +88,34 @@ def test_failure_mid_write_leaves_no_file(tmp_path, monkeypatch):
     with io.open_artifact(out, "lvd.data") as f:
         assert f.attrs["seq_len"] == 4
         np.testing.assert_array_equal(f["train"][0], [0, 1, 2, 3])
+
+
+def test_ycbcr_converts_colour_arrays_and_records_it(tmp_path):
+    """data.color: ycbcr on an RGB array: BT.709 by hand for a few pixels, attr color, lossy."""
+    from lvd.data import color
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(20, 4, 4, 3), dtype=np.uint8)
+    imgs[0, 0, 0] = [255, 0, 0]
+    imgs[0, 0, 1] = [0, 0, 255]
+    src = tmp_path / "rgb.npz"
+    np.savez(src, train=imgs[:16], test=imgs[16:])
+    out = tmp_path / "data.h5"
+    run(Config(dataset="array", path=str(src), patch_size=2, num_cats=256, color="ycbcr", max_test=4), out)
+    with io.open_artifact(out, "lvd.data") as f:
+        assert f.attrs["color"] == "ycbcr"
+        got = np.concatenate([f["train"][()], f["valid"][()]])
+    # red: Y = 0.2126*255 = 54.2 -> 54, Cb = (0 - 54.213)/1.8556 + 128 = 98.8 -> 99, Cr = (255 - 54.213)/1.5748 + 128 = 255.5 -> 255
+    # blue: Y = 18.4 -> 18, Cb = (255 - 18.411)/1.8556 + 128 = 255.5 -> 255, Cr = (0 - 18.411)/1.5748 + 128 = 116.3 -> 116
+    assert color.rgb_to_ycbcr(np.array([[255, 0, 0], [0, 0, 255]], np.uint8)).tolist() == [[54, 99, 255], [18, 255, 116]]
+    assert sorted(map(tuple, got.reshape(-1, 3))) == sorted(map(tuple, color.rgb_to_ycbcr(imgs[:16]).reshape(-1, 3)))
+    back = color.ycbcr_to_rgb(color.rgb_to_ycbcr(imgs))
+    assert np.abs(back.astype(int) - imgs).max() <= 3      # close, not exact: the transform is lossy
+    with pytest.raises(DataError, match="data.color"):
+        check_config(Config(dataset="digits", color="ycbcr"))
+    with pytest.raises(DataError, match="data.color"):
+        check_config(Config(dataset="array", color="lab"))
+    grey = tmp_path / "grey.npz"
+    np.savez(grey, train=imgs[:16, :, :, :1], test=imgs[16:, :, :, :1])
+    with pytest.raises(DataError, match="3 channels"):
+        run(Config(dataset="array", path=str(grey), patch_size=2, num_cats=256, color="ycbcr"), tmp_path / "g.h5")

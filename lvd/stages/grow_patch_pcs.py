@@ -160,7 +160,7 @@ def run(cfg: Config, data: str, latents: str, embeddings: str, pc_path: str, sha
             if w.sum():
                 log.info("round %d: mean ll given the head %.4f, %d entries pruned", r + 1,
                          float(np.nansum(res.curve[:, r] * n) / w.sum()), int(res.pruned[:, r].sum()))
-    rounds = res.curve.shape[1]
+    rounds = H - H0 + 1   # also for a shard without clusters (more shards than clusters)
     summary = {"shard": shard, "num_shards": num_shards, "num_groups": G, "groups": len(groups),
                "seconds": timer.seconds, "initial_states": K0, "rounds": rounds,
                "pc_fingerprint": fingerprints.fingerprint(pc_path), "latents_fingerprint": fingerprints.fingerprint(latents),
@@ -169,7 +169,7 @@ def run(cfg: Config, data: str, latents: str, embeddings: str, pc_path: str, sha
               "history": np.asarray(res.curve, dtype=np.float64).reshape(len(groups), rounds),
               **{f"params/{k}": v.cpu().numpy() for k, v in sub.params.items()},
               "heads": np.concatenate(res.heads).astype(np.int64) if groups else np.zeros(0, np.int64),
-              "num_heads": masks.heads.astype(np.int64), "pruned": res.pruned.astype(np.int64),
+              "num_heads": masks.heads.astype(np.int64), "pruned": res.pruned.astype(np.int64).reshape(len(groups), rounds),
               "masks/edges": masks.edges.cpu().numpy(), "masks/root": masks.root.cpu().numpy(),
               "masks/active": masks.active.cpu().numpy()}
     with io.create(out, "lvd.pc_shard", WRITER, asdict(cfg), **summary) as f:

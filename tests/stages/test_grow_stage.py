@@ -102,3 +102,24 @@ def test_refuses_latents_that_are_not_clusters(pg_dir, tmp_path):
     with pytest.raises(io.ArtifactError, match="needs latents.mode: clusters"):
         grow_patch_pcs.run(GCFG, str(d / "data.h5"), str(lat), str(d / "embeddings.h5"), str(d / "pc_init.h5"), 0, 1,
                            str(tmp_path / "o.h5"))
+
+
+def test_a_shard_without_clusters_is_written_and_gathered(pg_dir, tmp_path):
+    """4 shards over 3 clusters: shard 3 holds none, and the gather still covers every cluster."""
+    d = pg_dir
+    args = [str(d / "data.h5"), str(d / "latents.h5"), str(d / "embeddings.h5"), str(d / "pc_init.h5")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for s in range(4):
+            grow_patch_pcs.run(GCFG, *args, s, 4, str(tmp_path / f"g{s}.h5"))
+    finally:
+        torch.set_num_threads(threads)
+    with io.open_artifact(tmp_path / "g3.h5", "lvd.pc_shard") as f:
+        assert f["groups"].shape == (0,) and f["history"].shape == (0, 2)
+    four, one = pc.load(d / "pc_init.h5"), pc.load(d / "pc_init.h5")
+    lat = str(d / "latents.h5")
+    latent_top_em.gather(four, [str(tmp_path / f"g{s}.h5") for s in (3, 0, 1, 2)], str(d / "pc_init.h5"), lat)
+    latent_top_em.gather(one, [str(d / "grow1_0.h5")], str(d / "pc_init.h5"), lat)
+    for name, t in one.patch.params.items():
+        assert torch.equal(t, four.patch.params[name]), name

@@ -58,7 +58,7 @@ def test_a_config_error_is_one_line_naming_the_section(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "--config: config section 'latents' (stage assign_latents): latents.mode is 'both', "
-        "expected one of ('position', 'shared')"]
+        "expected one of ('position', 'shared', 'clusters')"]
     assert "config section 'latents'" in log.read_text() and "__main__" not in proc.stderr
     proc = stage("finetune", "--config", '{"epoch": 3}', "--data", "d.h5", "--pc", "p.h5", "--out", "o.h5",
                  "--log", str(log), cwd=tmp_path)

@@ -99,6 +99,21 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def add_shard_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of a sharded stage (latent_em, grow_patch_pcs): --shard, --num-shards, --out."""
+    p.add_argument("--shard", type=int, required=True, help="this job's shard index in [0, num_shards)")
+    p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: config num_shards)")
+    p.add_argument("--out", required=True, help="shard file to write (format lvd.pc_shard)")
+
+
+def num_shards(args, cfg, section: str, log) -> int:
+    """--num-shards, or the config's num_shards; a disagreement is logged (the argument wins)."""
+    n = cfg.num_shards if args.num_shards is None else args.num_shards
+    if n != cfg.num_shards:
+        log.warning("--num-shards %d differs from %s.num_shards %d; using %d", n, section, cfg.num_shards, n)
+    return n
+
+
 def stage_name(module: str | None = None) -> str:
     """The stage's name (``assign_latents``) for a module name, ``__main__`` included."""
     if module is None or module == "__main__":

@@ -145,17 +145,12 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
     p.add_argument("--latents", required=True, help="latents.h5 (format lvd.latents)")
     p.add_argument("--pc", required=True, help="pc_init.h5 (format lvd.pc, an LVD circuit)")
-    p.add_argument("--shard", type=int, required=True, help="this job's shard index in [0, num_shards)")
-    p.add_argument("--num-shards", type=int, default=None, help="number of shards (default: config num_shards)")
-    p.add_argument("--out", required=True, help="shard file to write (format lvd.pc_shard)")
+    common.add_shard_args(p)
     args = p.parse_args(argv)
     cfg = common.load_config(Config, args.config)
     device = common.setup(args, seed=cfg.seed)
-    num_shards = cfg.num_shards if args.num_shards is None else args.num_shards
-    if num_shards != cfg.num_shards:
-        log.warning("--num-shards %d differs from latent_em.num_shards %d; using %d", num_shards,
-                    cfg.num_shards, num_shards)
-    run(cfg, args.data, args.latents, args.pc, args.shard, num_shards, args.out, device=device)
+    n = common.num_shards(args, cfg, "latent_em", log)
+    run(cfg, args.data, args.latents, args.pc, args.shard, n, args.out, device=device)
 
 
 if __name__ == "__main__":

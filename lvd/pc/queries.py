@@ -67,9 +67,8 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
     gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     p = tc.params
     leaves = p.get("leaves")
-    logleaf = leaves.clamp_min(1e-38).log() if leaves is not None else None
     xs, miss, ev = _prepare(st, x, missing, evidence, tc.num_cats or 1, G, dev)
-    u, _, _ = upward(st, p["edges"], logleaf, xs, miss, ev, B)
+    u, _, _ = upward(st, p["edges"], leaves, xs, miss, ev, B)
     idx = st.on(dev)
     root = p["root"]                                                    # [G, H, K]
     if heads is None:
@@ -92,7 +91,7 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
             cols = torch.gather(tab, 3, states[a:b][:, :, None, :].expand(-1, -1, tab.shape[2], -1))
             draw = _draw(cols.permute(0, 1, 3, 2), gen)                 # [n, G, B]
             out[a:b] = torch.where(miss[a:b], draw, out[a:b])
-    inv = torch.from_numpy(st.position).to(dev)
+    inv = idx["position"]
     states = index_select(states, inv).permute(2, 1, 0)
     if out is not None:
         out = index_select(out, inv).permute(2, 1, 0)
@@ -145,5 +144,4 @@ def _map_chunk(tc, x, missing, evidence):
         c0, c1 = st.levels[d]
         kp = index_select(states[st.levels[d - 1][0]:st.levels[d - 1][1]], idx["parent_local"][d])
         states[c0:c1] = torch.gather(arg[c0:c1], 3, kp[..., None]).squeeze(-1)
-    inv = torch.from_numpy(st.position).to(dev)
-    return index_select(states, inv).permute(2, 1, 0)
+    return index_select(states, idx["position"]).permute(2, 1, 0)

@@ -199,13 +199,12 @@ class TreeCircuit:
 
 
 def latent_evidence(z, K: int, evidence=None, device="cpu") -> torch.Tensor:
-    """Hard evidence as log-potentials: 0 at the observed state, -inf elsewhere; z = -1 is unobserved."""
+    """Hard evidence as log-potentials: 0 at the observed state, -inf elsewhere; z = -1 is unobserved.
+    (Elementwise, without reading anything back from the device.)"""
     z = _as_long(z, device)
-    ev = torch.zeros(*z.shape, K, device=device)
-    obs = z >= 0
-    if obs.any():
-        ev[obs] = float("-inf")
-        ev[obs] = ev[obs].scatter(-1, z[obs][:, None], 0.0)
+    states = torch.arange(K, device=z.device)
+    off = (z[..., None] >= 0) & (states != z[..., None])               # [..., K]
+    ev = torch.zeros(off.shape, device=z.device).masked_fill_(off, float("-inf"))
     if evidence is not None:
         ev = ev + evidence
     return ev

@@ -10,10 +10,29 @@ MAP runs max-product upward in the log domain and backtracks.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import torch
 
 from lvd.pc._cpu import index_add, index_select
 from lvd.pc.tree import TINY, _prepare, upward
+
+
+_CHECKED = threading.local()
+
+
+@contextmanager
+def values_checked():
+    """Within this block ``check_values`` checks shapes only: the caller has checked the values
+    already (EM checks its data once, not every batch: the check reads a min and a max back
+    from the device)."""
+    depth = getattr(_CHECKED, "depth", 0)
+    _CHECKED.depth = depth + 1
+    try:
+        yield
+    finally:
+        _CHECKED.depth = depth
 
 
 def check_values(x: torch.Tensor, missing, num_vars: int, num_cats: int) -> None:
@@ -22,7 +41,7 @@ def check_values(x: torch.Tensor, missing, num_vars: int, num_cats: int) -> None
     x [B, V] or [B, G, V]; missing bool like x, or [B, V] for a 3-d x, or None."""
     if x.shape[-1] != num_vars:
         raise ValueError(f"x has {x.shape[-1]} variables per example, expected num_vars = {num_vars}")
-    if num_cats and x.numel():
+    if num_cats and x.numel() and not getattr(_CHECKED, "depth", 0):
         if missing is not None and missing.dim() < x.dim():
             missing = missing[:, None]
         obs = x if missing is None else x.masked_fill(missing, 0)

@@ -67,6 +67,11 @@ class TreeCircuit:
         return self.structure.num_nodes
 
     @property
+    def num_edges(self) -> int:
+        """K x K weight blocks an example passes through (non-root nodes that are not copies)."""
+        return self.structure.num_edges
+
+    @property
     def num_params(self) -> int:
         """Free parameters (each normalized distribution of size n has n - 1)."""
         total = 0

@@ -340,17 +340,17 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
     if root_states and H != num_latents:
         raise ValueError(f"root_states needs heads_per_group = num_latents, got {H} heads and "
                          f"{num_latents} root states")
-    patch = TreeCircuit(tree_structure(patch_parents), num_latents, num_cats, num_groups=G,
+    patch = TreeCircuit(tree_structure(patch_parents, edge_order="bfs"), num_latents, num_cats, num_groups=G,
                         num_heads=H, kind="patch", seed=seed, device=device,
                         meta={"root_states": bool(root_states)})
     if root_states:
         patch.params["root"] = torch.eye(H, device=device).expand(G, H, H).contiguous()
     if top == "tree":
-        top_tree = TreeCircuit(tree_structure(top_parents), num_states, 0, kind="top", seed=seed + 1,
+        top_tree = TreeCircuit(tree_structure(top_parents, edge_order="bfs"), num_states, 0, kind="top", seed=seed + 1,
                                device=device)
     else:
         if int(top_num_latents) < 1:
             raise ValueError(f"top_num_latents must be >= 1, got {top_num_latents!r}")
-        top_tree = TreeCircuit(tree_structure(top_parents), int(top_num_latents), num_states, kind="top",
+        top_tree = TreeCircuit(tree_structure(top_parents, edge_order="bfs"), int(top_num_latents), num_states, kind="top",
                                seed=seed + 1, device=device)
     return LVDCircuit(patch, top_tree, image_shape, patch_size, mode)

@@ -59,13 +59,18 @@ class TreeStructure:
     """A rooted tree over ``num_nodes`` nodes, in the user's node order.
 
     parents[v] = parent of node v, -1 for the (single) root. BFS positions group the nodes
-    by depth; ``order[i]`` is the node at BFS position i. Within a level the nodes are in
-    rank-major order: every parent's first child (children by node index), in the parents'
-    order, then every second child, and so on.
+    by depth; ``order[i]`` is the node at BFS position i. ``edge_index[v] = -1`` at a non-root
+    node makes v a *copy*: its latent is its parent's (an identity edge, no table row, no
+    matmul), so its observed variable emits from the parent's hidden variable (PyJuice's HCLT
+    hangs the Chow-Liu tree's leaves on their parents' latents this way).
+
+    Within a level the nodes are ordered edge children first, then copies, each part
+    rank-major: every parent's first child (children by node index), in the parents' order,
+    then every second child, and so on.
     """
 
     parents: np.ndarray
-    edge_index: np.ndarray  # [V] table row of the edge into v (root entry unused, 0)
+    edge_index: np.ndarray  # [V] table row of the edge into v (root entry unused, 0); -1: a copy
     leaf_index: np.ndarray  # [V] table row of v's leaf distribution
 
     def __post_init__(self) -> None:
@@ -74,60 +79,71 @@ class TreeStructure:
         roots = np.flatnonzero(parents < 0)
         if v == 0 or len(roots) != 1:
             raise ValueError(f"a tree needs exactly one root (parent -1), found {len(roots)}")
+        self.edge_index = np.asarray(self.edge_index, dtype=np.int64)
+        self.leaf_index = np.asarray(self.leaf_index, dtype=np.int64)
+        copy = (self.edge_index < 0) & (parents >= 0)
         children: list[list[int]] = [[] for _ in range(v)]
         for node, par in enumerate(parents):
             if par >= 0:
                 if par >= v:
                     raise ValueError(f"parent {par} of node {node} is out of range [0, {v})")
                 children[par].append(node)
+        for kids in children:                          # edge children first, then copies
+            kids.sort(key=lambda n: (bool(copy[n]), n))
         levels_nodes = [[int(roots[0])]]
         seen = 1
-        while True:
+        while seen <= v:
             prev = levels_nodes[-1]
-            nxt = [children[p][r] for r in range(max(len(children[p]) for p in prev))
-                   for p in prev if len(children[p]) > r]
+            deg = max(len(children[p]) for p in prev)
+            nxt = [children[p][r] for part in (False, True) for r in range(deg) for p in prev
+                   if len(children[p]) > r and bool(copy[children[p][r]]) == part]
             if not nxt:
                 break
             seen += len(nxt)
-            if seen > v:
-                break
             levels_nodes.append(nxt)
         order = [n for lvl in levels_nodes for n in lvl]
         if len(order) != v or len(set(order)) != v:
             raise ValueError("parents do not form a tree (a cycle, or nodes unreachable from the root)")
         self.parents = parents
-        self.edge_index = np.asarray(self.edge_index, dtype=np.int64)
-        self.leaf_index = np.asarray(self.leaf_index, dtype=np.int64)
+        self.copy = copy
         self.order = np.array(order, dtype=np.int64)
         self.position = np.empty(v, dtype=np.int64)
         self.position[self.order] = np.arange(v)
         sizes = [len(lvl) for lvl in levels_nodes]
         bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         self.levels = list(zip(bounds[:-1], bounds[1:]))  # BFS position ranges, root level first
-        edge_rows = self.edge_index[self.order]
+        edge_rows = np.maximum(self.edge_index[self.order], 0)
         self.parent_local = [None]       # per level > 0: parent positions in the previous level
-        self.rank_groups = [None]        # per level > 0: [lo, hi) child ranges multiplied together
+        self.num_edge_nodes = [0]        # per level: its nodes with an edge (the first ones)
+        self.rank_groups = [None]        # per level > 0: per group, [lo, hi) child ranges multiplied together
         self.rescale_rows = [None]       # per level > 0, per group > 0: parents rescaled before it
         self.edge_slices = [None]        # per level > 0: (r0, r1) when its edge rows are r0..r1-1
         for d in range(1, len(self.levels)):
             (p0, _), (a, b) = self.levels[d - 1], self.levels[d]
             nodes = self.order[a:b]
+            ne = int((~copy[nodes]).sum())
+            self.num_edge_nodes.append(ne)
             self.parent_local.append(torch.from_numpy(self.position[parents[nodes]] - p0))
             rank = np.array([children[parents[n]].index(n) for n in nodes])
             groups, big = [], []
             for g0 in range(0, int(rank.max()) + 1, RESCALE_EVERY):
+                ranges = []
+                for lo, hi in ((0, ne), (ne, b - a)):        # ranks ascend within each part
+                    sel = lo + np.flatnonzero((rank[lo:hi] >= g0) & (rank[lo:hi] < g0 + RESCALE_EVERY))
+                    if len(sel):
+                        ranges.append((int(sel[0]), int(sel[-1]) + 1))
+                groups.append(ranges)
                 sel = np.flatnonzero((rank >= g0) & (rank < g0 + RESCALE_EVERY))
-                groups.append((int(sel[0]), int(sel[-1]) + 1))      # contiguous: rank-major order
-                big.append(None if g0 == 0 else torch.from_numpy(
-                    np.unique(self.position[parents[nodes[sel]]] - p0)))
+                big.append(None if g0 == 0 else torch.from_numpy(np.unique(self.position[parents[nodes[sel]]] - p0)))
             self.rank_groups.append(groups)
             self.rescale_rows.append(big)
-            rows = edge_rows[a:b]
-            contiguous = bool(np.all(rows == np.arange(rows[0], rows[0] + len(rows))))
-            self.edge_slices.append((int(rows[0]), int(rows[0]) + len(rows)) if contiguous else None)
-        used = edge_rows[1:]
+            rows = edge_rows[a:a + ne]
+            contiguous = ne > 0 and bool(np.all(rows == np.arange(rows[0], rows[0] + ne)))
+            self.edge_slices.append((int(rows[0]), int(rows[0]) + ne) if contiguous else None)
+        used = edge_rows[1:][~copy[self.order[1:]]]
         # every edge row written exactly once by one level slice: flows need no zero-filled table
-        self.edge_rows_exact = (all(sl is not None for sl in self.edge_slices[1:])
+        self.num_edges = len(used)
+        self.edge_rows_exact = (all(sl is not None for d, sl in enumerate(self.edge_slices) if d and self.num_edge_nodes[d])
                                 and len(np.unique(used)) == len(used))
         self.edge_rows = torch.from_numpy(edge_rows)
         self.leaf_rows = torch.from_numpy(self.leaf_index[self.order])
@@ -177,12 +193,13 @@ def _mm(a, b, out=None):
 
 
 def edge_level(st: TreeStructure, idx: dict, W: torch.Tensor, d: int) -> torch.Tensor:
-    """Edge tables of level d's nodes [n_d, G, K, K]: a view when their rows are contiguous."""
+    """Edge tables of level d's edge nodes (its first num_edge_nodes[d]) [n, G, K, K]: a view
+    when their rows are contiguous."""
     sl = st.edge_slices[d]
     if sl is not None:
         return W[sl[0]:sl[1]]
-    c0, c1 = st.levels[d]
-    return index_select(W, idx["edge_rows"][c0:c1])
+    c0 = st.levels[d][0]
+    return index_select(W, idx["edge_rows"][c0:c0 + st.num_edge_nodes[d]])
 
 
 def leaf_rows(st, a, b, G, C, xs, repeat: int = 1):
@@ -278,13 +295,18 @@ def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, r
         _node_factors(st, a, b, ul, sl, flat, C, G, xs, miss, ev, repeat)
         if d + 1 < st.depth:
             c0, c1 = st.levels[d + 1]
-            Wl = edge_level(st, idx, W, d + 1)                                    # [nc, G, K, K]
-            m = _mm(u[c0:c1], Wl.transpose(-1, -2), out=None if M is None else M[c0:c1])
+            ne = st.num_edge_nodes[d + 1]
+            msg = None
+            if ne:
+                Wl = edge_level(st, idx, W, d + 1)                                # [ne, G, K, K]
+                msg = _mm(u[c0:c0 + ne], Wl.transpose(-1, -2), out=None if M is None else M[c0:c0 + ne])
             par = idx["parent_local"][d + 1]
-            for g, (lo, hi) in enumerate(st.rank_groups[d + 1]):
+            for g, ranges in enumerate(st.rank_groups[d + 1]):
                 if g:
                     _rescale(ul, sl, idx["rescale_rows"][d + 1][g])
-                index_reduce(ul, par[lo:hi], m[lo:hi], "prod")
+                for lo, hi in ranges:                       # copies send u itself (identity edge)
+                    src = msg[lo:hi] if hi <= ne else u[c0 + lo:c0 + hi]
+                    index_reduce(ul, par[lo:hi], src, "prod")
             index_add(sl, par, s[c0:c1])
         _rescale(ul, sl)
     return u, s, M
@@ -416,17 +438,23 @@ class TreeLL(torch.autograd.Function):
         g_root = root * torch.matmul(rq.transpose(-1, -2), u[0])         # [G, H, K]
         g_edges = None
         if want_edges:
-            g_edges = torch.empty_like(W) if st.edge_rows_exact and W.shape[0] == st.num_nodes - 1 \
+            g_edges = torch.empty_like(W) if st.edge_rows_exact and W.shape[0] == st.num_edges \
                 else torch.zeros_like(W)
         u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
         # level by level: r = a_parent / M_child; edge flows W * (r^T u_child); a_child = u_child * (r W)
         for d in range(st.depth - 1):
             a, b = st.levels[d]
             c0, c1 = st.levels[d + 1]
-            r = index_select(u[a:b], idx["parent_local"][d + 1])         # [nc, G, B, K]
-            r.div_(M[c0:c1])                                             # M >= TINY (_rescale)
+            ne = st.num_edge_nodes[d + 1]
+            par = idx["parent_local"][d + 1]
+            if ne < c1 - c0:                                             # copies: a_c = a_parent
+                index_select(u[a:b], par[ne:], out=u[c0 + ne:c1])
+            if not ne:
+                continue
+            r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
+            r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
             Wl = edge_level(st, idx, W, d + 1)
-            uc = u[c0:c1]
+            uc = u[c0:c0 + ne]
             if want_edges:
                 sl = st.edge_slices[d + 1]
                 if sl is not None and st.edge_rows_exact:
@@ -434,8 +462,8 @@ class TreeLL(torch.autograd.Function):
                 elif sl is not None:
                     g_edges[sl[0]:sl[1]].add_(Wl * torch.matmul(r.transpose(-1, -2), uc))
                 else:
-                    index_add(g_edges, idx["edge_rows"][c0:c1], Wl * torch.matmul(r.transpose(-1, -2), uc))
-            uc.mul_(_mm(r, Wl, out=M[c0:c1]))                              # u[c] <- flows a of c
+                    index_add(g_edges, idx["edge_rows"][c0:c0 + ne], Wl * torch.matmul(r.transpose(-1, -2), uc))
+            uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
         g_leaves = None
         if want_leaves:
             g_leaves = W.new_zeros(L_t * G * C + 1, K)                   # last row: missing sink

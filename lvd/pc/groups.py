@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from lvd.pc.em import check_data, target
+from lvd.pc.em import _to_device, check_data, target
 from lvd.pc.queries import values_checked
 from lvd.pc.tree import log_handles
 
@@ -115,7 +115,7 @@ def _train_block(tc, groups, xs, heads, seeds, epochs, full_batch_epochs, batch_
                 x[:len(rows), j] = X[j][rows]
                 h[:len(rows), j] = Hd[j][rows]
                 w[:len(rows), j] = 1.0
-            x, h, w = x.to(dev), h.to(dev), w.to(dev)
+            x, h, w = (_to_device(t, dev) for t in (x, h, w))        # pinned, non-blocking
             logp = log_handles(sub.params, True)                       # no log of the tables
             with values_checked():
                 lls = sub.group_lls(logp, x)                          # [B, Gb, H]

@@ -4,10 +4,15 @@ epoch (issue 10: GPU-ready hot paths).
 Counted on the CPU: every Tensor method that hands a value to the host (item, tolist, bool,
 float, int, index, format, numpy, cpu) and boolean-mask indexing (its output size is a
 device read) is wrapped while ``pc.em`` / ``pc.em_groups`` run; the count must not grow with the
-number of batches per epoch. On CUDA each of these is a host synchronization.
+number of batches per epoch. On CUDA each of these is a host synchronization; there (the
+``gpu`` half of the ``device`` fixture) CUDA's own synchronization warnings are counted
+(torch.cuda.set_sync_debug_mode).
 """
 
 from __future__ import annotations
+
+import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -47,7 +52,17 @@ def _has_mask(index) -> bool:
     return any(torch.is_tensor(i) and i.dtype == torch.bool for i in items)
 
 
-def reads_during(monkeypatch, fn) -> int:
+def reads_during(monkeypatch, fn, device=torch.device("cpu")) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in seen)
     with monkeypatch.context() as m:
         r = Reads(m)
         fn()
@@ -70,31 +85,32 @@ def circuits():
 
 
 @pytest.mark.parametrize("case", list(circuits()), ids=lambda c: c[0])
-def test_em_reads_the_device_only_once_per_epoch(monkeypatch, case):
+def test_em_reads_the_device_only_once_per_epoch(monkeypatch, case, device):
     _, circuit, arrays = case
+    circuit = copy.deepcopy(circuit).to(device)
 
     def run(batch_size):
         pc.em(circuit, epochs=2, batch_size=batch_size, step_size=0.2, **arrays)
 
     run(64)                                                           # warm caches (index tensors)
-    few, many = (reads_during(monkeypatch, lambda b=b: run(b)) for b in (32, 8))   # 2 and 8 steps an epoch
+    few, many = (reads_during(monkeypatch, lambda b=b: run(b), device) for b in (32, 8))   # 2 and 8 steps
     assert few == many, f"{many - few} more device reads with 6 more steps per epoch"
     assert many <= 2 * 2, f"{many} device reads in 2 epochs"         # the epoch's mean ll
 
 
-def test_mean_log_likelihood_reads_once(monkeypatch):
+def test_mean_log_likelihood_reads_once(monkeypatch, device):
     rng = np.random.default_rng(1)
     X = rng.integers(0, 3, (64, 6))
-    c = pc.hclt(X, num_latents=3, num_cats=3, seed=0)
+    c = pc.hclt(X, num_latents=3, num_cats=3, seed=0, device=device)
     pc.mean_log_likelihood(c, X, batch_size=8)
     with pytest.raises(ValueError, match="num_cats"):
         pc.em(c, X + 3, epochs=1)                                     # still checked, once
-    assert reads_during(monkeypatch, lambda: pc.mean_log_likelihood(c, X, batch_size=8)) == 1
+    assert reads_during(monkeypatch, lambda: pc.mean_log_likelihood(c, X, batch_size=8), device) == 1
 
 
-def test_em_groups_reads_once_per_epoch(monkeypatch):
+def test_em_groups_reads_once_per_epoch(monkeypatch, device):
     rng = np.random.default_rng(2)
-    tc = pc.TreeCircuit(pc.tree_structure([-1, 0, 0, 1]), 3, 3, num_groups=3, seed=0)
+    tc = pc.TreeCircuit(pc.tree_structure([-1, 0, 0, 1]), 3, 3, num_groups=3, seed=0, device=device)
     xs = [rng.integers(0, 3, (n, 4)) for n in (40, 16, 0)]
     heads = [np.zeros(len(x), np.int64) for x in xs]
 
@@ -102,13 +118,13 @@ def test_em_groups_reads_once_per_epoch(monkeypatch):
         pc.em_groups(tc, xs, heads, epochs=2, batch_size=batch_size, step_size=0.3, full_batch_epochs=1)
 
     run(40)
-    few, many = (reads_during(monkeypatch, lambda b=b: run(b)) for b in (20, 5))
+    few, many = (reads_during(monkeypatch, lambda b=b: run(b), device) for b in (20, 5))
     assert few == many
     assert many <= 2 * 3                                              # per epoch: the members' mean ll
 
 
-def test_index_tensors_are_made_once_per_device():
-    c = pc.hclt(np.random.default_rng(3).integers(0, 3, (32, 5)), num_latents=2, num_cats=3)
+def test_index_tensors_are_made_once_per_device(device):
+    c = pc.hclt(np.random.default_rng(3).integers(0, 3, (32, 5)), num_latents=2, num_cats=3, device=device)
     cache = c.structure.on(c.device)
     pc.em(c, np.random.default_rng(4).integers(0, 3, (32, 5)), epochs=1, batch_size=8)
     assert c.structure.on(c.device) is cache

@@ -1,20 +1,29 @@
 """Benchmarks. Each prints progress, then ONE JSON line last.
 
     python -m lvd.bench em --num-vars 784 --num-cats 256 --num-latents 128
+    python -m lvd.bench em --num-latents 32 --leaf-latents no      # PyJuice's HCLT layout
     python -m lvd.bench hmm --seq-len 32 --vocab-size 33278 --num-latents 256
     python -m lvd.bench kmeans --num-points 200000 --dim 64 --num-clusters 256
     python -m lvd.bench peak
 
 FLOP counting (em, hmm): 6 * E * K^2 per example and EM step, E = the number of K x K weight
-blocks the example passes through (V - 1 tree edges): one matmul forward, two backward
+blocks the example passes through (the tree's edges): one matmul forward, two backward
 (flows and downward messages). ``ratio`` = achieved GFLOP/s over torch's float32 matmul
 GFLOP/s measured in the same process (``matmul_peak_gflops``), so both see the same machine.
+
+Honest numbers on a shared machine: every timed EM step is timed on its own (wall clock and
+the process's CPU time) and the peak is measured ``--peak-repeats`` times before and as many
+after the steps; the JSON gives medians and spreads (step quartiles, peak min / max), the
+ratio of the medians, the same ratio in CPU time (``ratio_cpu``: what the process got done per
+CPU second, less sensitive to other jobs when it runs on one thread) and the load average
+before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -22,34 +31,76 @@ import numpy as np
 import torch
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5, device="cpu") -> float:
-    """Best-of float32 matmul GFLOP/s on this machine, now."""
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _loadavg() -> float | None:
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def matmul_peaks(n: int = 2048, repeats: int = 5, device="cpu") -> list[tuple[float, float]]:
+    """(wall, CPU) GFLOP/s of ``repeats`` float32 n x n matmuls on this machine, now."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b
-    best = float("inf")
+    _sync(device)
+    out = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         a @ b
-        if a.is_cuda:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+        _sync(device)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        out.append((2 * n**3 / wall / 1e9, 2 * n**3 / max(cpu, 1e-9) / 1e9))
+    return out
 
 
-def _time_steps(circuit, x, batch_size, steps, device) -> float:
+def matmul_peak(n: int = 2048, repeats: int = 5, device="cpu") -> float:
+    """Best-of float32 matmul GFLOP/s on this machine, now."""
+    return max(w for w, _ in matmul_peaks(n, repeats, device))
+
+
+def _time_steps(circuit, x, batch_size, steps, device, warmup: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(wall, CPU) seconds of each of ``steps`` EM steps (flows + update) on fresh batches."""
     from lvd import pc
 
-    batches = [x[i * batch_size:(i + 1) * batch_size].to(device) for i in range(steps + 1)]
-    f, _ = pc.flows(circuit, {"x": batches[0]})            # warm-up
-    pc.update(circuit, f, 0.1, 0.1)
-    t = time.perf_counter()
-    for b in batches[1:]:
+    batches = [x[i * batch_size:(i + 1) * batch_size].to(device) for i in range(steps + warmup)]
+    for b in batches[:warmup]:
         f, _ = pc.flows(circuit, {"x": b})
         pc.update(circuit, f, 0.1, 0.1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
+    _sync(device)
+    wall, cpu = [], []
+    for b in batches[warmup:]:
+        t, c = time.perf_counter(), time.process_time()
+        f, _ = pc.flows(circuit, {"x": b})
+        pc.update(circuit, f, 0.1, 0.1)
+        _sync(device)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return np.array(wall), np.array(cpu)
+
+
+def measure(circuit, x, batch_size: int, steps: int, flop_per_step: float, device, peak_repeats: int) -> dict:
+    """Steps and peaks, with medians and spreads (see the module docstring)."""
+    load0 = _loadavg()
+    peaks = matmul_peaks(repeats=peak_repeats, device=device)
+    wall, cpu = _time_steps(circuit, x, batch_size, steps, device)
+    peaks += matmul_peaks(repeats=peak_repeats, device=device)
+    pw, pc_ = np.array([p[0] for p in peaks]), np.array([p[1] for p in peaks])
+    step = float(np.median(wall))
+    gflops = flop_per_step / step / 1e9
+    gflops_cpu = flop_per_step / float(np.median(cpu)) / 1e9
+    return {"seconds_per_batch": step,
+            "seconds_per_batch_quartiles": [float(np.quantile(wall, 0.25)), float(np.quantile(wall, 0.75))],
+            "cpu_seconds_per_batch": float(np.median(cpu)), "timed_steps": int(steps),
+            "gflops": gflops, "matmul_peak_gflops": float(np.median(pw)),
+            "matmul_peak_range": [float(pw.min()), float(pw.max())], "peak_measurements": len(pw),
+            "ratio": gflops / float(np.median(pw)), "ratio_cpu": gflops_cpu / float(np.median(pc_)),
+            "loadavg": [load0, _loadavg()], "threads": torch.get_num_threads(), "device": str(device)}
 
 
 def bench_em(args) -> dict:
@@ -57,21 +108,20 @@ def bench_em(args) -> dict:
 
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
-    n = args.batch_size * (args.steps + 1)
+    n = args.batch_size * (args.steps + 2)
     data = rng.integers(0, args.num_cats, size=(max(n, 2000), args.num_vars))
     t = time.perf_counter()
-    c = pc.hclt(data, num_latents=args.num_latents, num_cats=args.num_cats, seed=0, device=device)
+    c = pc.hclt(data, num_latents=args.num_latents, num_cats=args.num_cats, seed=0, device=device,
+                leaf_latents=args.leaf_latents == "yes")
     build = time.perf_counter() - t
-    print(f"built HCLT: {args.num_vars} vars, depth {c.structure.depth}, {build:.1f} s", file=sys.stderr)
-    peak = matmul_peak(device=device)
-    per_step = _time_steps(c, torch.from_numpy(data), args.batch_size, args.steps, device)
-    E, K = c.num_vars - 1, args.num_latents
-    gflops = 6 * E * K * K * args.batch_size / per_step / 1e9
+    E, K = c.num_edges, args.num_latents
+    print(f"built HCLT: {args.num_vars} vars, {E} edges, depth {c.structure.depth}, {build:.1f} s",
+          file=sys.stderr)
+    r = measure(c, torch.from_numpy(data), args.batch_size, args.steps, 6 * E * K * K * args.batch_size,
+                device, args.peak_repeats)
     return {"bench": "em", "num_vars": args.num_vars, "num_cats": args.num_cats, "num_latents": K,
-            "batch_size": args.batch_size, "seconds_per_batch": per_step,
-            "seconds_per_epoch_60k": per_step * 60000 / args.batch_size,
-            "gflops": gflops, "matmul_peak_gflops": peak, "ratio": gflops / peak,
-            "threads": torch.get_num_threads(), "device": str(device)}
+            "leaf_latents": args.leaf_latents == "yes", "num_edges": E, "batch_size": args.batch_size,
+            "seconds_per_epoch_60k": r["seconds_per_batch"] * 60000 / args.batch_size, **r}
 
 
 def bench_hmm(args) -> dict:
@@ -80,16 +130,12 @@ def bench_hmm(args) -> dict:
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     h = pc.hmm(args.seq_len, args.num_latents, args.vocab_size, homogeneous=True, seed=0, device=device)
-    x = torch.from_numpy(rng.integers(0, args.vocab_size, size=(args.batch_size * (args.steps + 1), args.seq_len)))
-    peak = matmul_peak(device=device)
-    per_step = _time_steps(h, x, args.batch_size, args.steps, device)
+    x = torch.from_numpy(rng.integers(0, args.vocab_size, size=(args.batch_size * (args.steps + 2), args.seq_len)))
     E, H = args.seq_len - 1, args.num_latents
-    gflops = 6 * E * H * H * args.batch_size / per_step / 1e9
+    r = measure(h, x, args.batch_size, args.steps, 6 * E * H * H * args.batch_size, device, args.peak_repeats)
     return {"bench": "hmm", "seq_len": args.seq_len, "vocab_size": args.vocab_size, "num_latents": H,
-            "batch_size": args.batch_size, "seconds_per_batch": per_step,
-            "tokens_per_second": args.batch_size * args.seq_len / per_step,
-            "gflops": gflops, "matmul_peak_gflops": peak, "ratio": gflops / peak,
-            "threads": torch.get_num_threads(), "device": str(device)}
+            "batch_size": args.batch_size,
+            "tokens_per_second": args.batch_size * args.seq_len / r["seconds_per_batch"], **r}
 
 
 def main(argv=None) -> None:
@@ -105,21 +151,29 @@ def main(argv=None) -> None:
     e.add_argument("--num-vars", type=int, default=784)
     e.add_argument("--num-cats", type=int, default=256)
     e.add_argument("--num-latents", type=int, default=32)
+    e.add_argument("--leaf-latents", choices=["yes", "no"], default="yes",
+                   help="no: a Chow-Liu leaf variable emits from its parent's latent (pc.hclt)")
     h = sub.add_parser("hmm", help="EM steps of a homogeneous HMM on random tokens")
     h.add_argument("--seq-len", type=int, default=32)
     h.add_argument("--vocab-size", type=int, default=33278)
     h.add_argument("--num-latents", type=int, default=256)
     for q in (e, h):
         q.add_argument("--batch-size", type=int, default=512)
-        q.add_argument("--steps", type=int, default=5, help="timed EM steps (after one warm-up)")
+        q.add_argument("--steps", type=int, default=20, help="timed EM steps (after two warm-up steps)")
+        q.add_argument("--peak-repeats", type=int, default=5,
+                       help="matmul peak measurements before and as many after the steps")
         q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         q.add_argument("--threads", type=int, default=None)
-    sub.add_parser("peak", help="float32 matmul GFLOP/s")
+    k = sub.add_parser("peak", help="float32 matmul GFLOP/s")
+    k.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.what == "peak":
-        result = {"bench": "peak", "matmul_peak_gflops": matmul_peak()}
+        pw = np.array([w for w, _ in matmul_peaks(repeats=args.repeats)])
+        result = {"bench": "peak", "matmul_peak_gflops": float(np.median(pw)),
+                  "matmul_peak_range": [float(pw.min()), float(pw.max())], "loadavg": _loadavg(),
+                  "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     else:
         result = bench_em(args) if args.what == "em" else bench_hmm(args)
     print(json.dumps(result))

@@ -6,6 +6,10 @@
         bar.update(ll=mean_ll)     # named numbers shown beside the count
     bar.close()
 
+A number may be a callable (``ll=lambda: float(total) / seen``): it is called only when the
+line or the bar's postfix is written (at most once a second on a terminal), so a loop over
+device tensors reads them back rarely instead of at every step.
+
 On a terminal (stderr is a TTY) a tqdm bar is drawn on stderr (after ``delay`` seconds, so
 short loops draw nothing) and nothing is logged. Otherwise (Snakemake's log files, SLURM's
 output) a plain log line is written every ``EVERY_SECONDS`` (30 s), and at every 10% of the
@@ -40,12 +44,14 @@ class Progress:
             self.bar = tqdm(total=self.total, desc=desc, file=getattr(stream, "stream", stream), leave=False,
                             delay=delay, dynamic_ncols=True)
 
-    def update(self, n: int = 1, **numbers: float) -> None:
+    def update(self, n: int = 1, **numbers) -> None:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-            if numbers:
-                self.bar.set_postfix({k: f"{v:.4g}" for k, v in numbers.items()}, refresh=False)
+            now = self.clock()
+            if numbers and now - getattr(self, "_shown", -1e9) >= 1.0:
+                self._shown = now
+                self.bar.set_postfix({k: f"{_value(v):.4g}" for k, v in numbers.items()}, refresh=False)
             return
         now = self.clock()
         frac = self.done / self.total if self.total else 1.0
@@ -56,7 +62,7 @@ class Progress:
             self.last = now
             spent = now - self.start
             rate = self.done / spent if spent > 0 else float("inf")
-            extra = "".join(f", {k} {v:.4g}" for k, v in numbers.items())
+            extra = "".join(f", {k} {_value(v):.4g}" for k, v in numbers.items())
             self.log.info("%s: %d/%d (%.0f%%), %.1f s, %.3g/s%s", self.desc, self.done, self.total,
                           100 * frac, spent, rate, extra)
 
@@ -70,6 +76,10 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _value(v) -> float:
+    return v() if callable(v) else v
 
 
 def _isatty(stream) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lvd.pc import queries
-from lvd.pc.tree import NodeMajor, TreeStructure, tree_lls
+from lvd.pc.tree import NodeMajor, Probs, TreeStructure, log_handles, tree_lls
 
 
 def _as_long(x, device) -> torch.Tensor:
@@ -67,6 +67,11 @@ class TreeCircuit:
         return self.structure.num_nodes
 
     @property
+    def num_edges(self) -> int:
+        """K x K weight blocks an example passes through (non-root nodes that are not copies)."""
+        return self.structure.num_edges
+
+    @property
     def num_params(self) -> int:
         """Free parameters (each normalized distribution of size n has n - 1)."""
         total = 0
@@ -81,6 +86,11 @@ class TreeCircuit:
 
     def log_params(self) -> dict[str, torch.Tensor]:
         return {k: v.clamp_min(1e-38).log() for k, v in self.params.items()}
+
+    def log_handles(self, requires_grad=False) -> dict[str, torch.Tensor]:
+        """``log_params`` without computing a log: tree.log_handles of the tables (what
+        ``objective`` reads through tree.probs)."""
+        return log_handles(self.params, requires_grad)
 
     # ------------------------------------------------------------ core forward
     def group_lls(self, logp, x=None, missing=None, evidence=None, leaf_evidence=None) -> torch.Tensor:
@@ -125,8 +135,8 @@ class TreeCircuit:
             raise ValueError(f"leaf_evidence has shape {tuple(phi.shape)}, expected [B, ({self.num_groups},) "
                              f"{self.num_vars}, {self.num_cats}] (batch, groups, num_vars, num_cats)")
         top = phi.amax(-1, keepdim=True).clamp_min(-1e30)     # [B, G, V, 1]; no host sync
-        rows = torch.as_tensor(self.structure.leaf_index, device=self.device)
-        theta = logleaves.exp().index_select(0, rows)         # [V, G, C, K]
+        rows = self.structure.on(self.device)["leaf_index"]
+        theta = Probs.apply(logleaves).index_select(0, rows)  # [V, G, C, K]
         e = (phi - top).exp().permute(2, 1, 0, 3)             # [V, G, B, C]
         s = torch.matmul(e, theta)                            # [V, G, B, K]
         return s.clamp_min(1e-38).log().permute(2, 1, 0, 3) + top
@@ -154,8 +164,8 @@ class TreeCircuit:
         leaf_evidence: float [B, V, C] log-potentials per value of the observed variables
         (instead of x).
         """
-        return self.objective(self.log_params(), {"x": x, "missing": missing, "z": z,
-                                                  "evidence": evidence, "leaf_evidence": leaf_evidence})
+        return self.objective(self.log_handles(), {"x": x, "missing": missing, "z": z,
+                                                   "evidence": evidence, "leaf_evidence": leaf_evidence})
 
     def latent_posterior(self, x=None, missing=None, evidence=None) -> torch.Tensor:
         """p(state of node v = k | evidence): [B, V, K] (G = 1 circuits)."""
@@ -163,7 +173,7 @@ class TreeCircuit:
         ev = torch.zeros(B, self.num_vars, self.num_latents, device=self.device) \
             if evidence is None else evidence.clone()
         ev.requires_grad_(True)
-        lls = self.group_lls(self.log_params(), x, missing, ev)
+        lls = self.group_lls(self.log_handles(), x, missing, ev)
         (post,) = torch.autograd.grad(lls.sum(), ev)
         return post
 
@@ -194,13 +204,12 @@ class TreeCircuit:
 
 
 def latent_evidence(z, K: int, evidence=None, device="cpu") -> torch.Tensor:
-    """Hard evidence as log-potentials: 0 at the observed state, -inf elsewhere; z = -1 is unobserved."""
+    """Hard evidence as log-potentials: 0 at the observed state, -inf elsewhere; z = -1 is unobserved.
+    (Elementwise, without reading anything back from the device.)"""
     z = _as_long(z, device)
-    ev = torch.zeros(*z.shape, K, device=device)
-    obs = z >= 0
-    if obs.any():
-        ev[obs] = float("-inf")
-        ev[obs] = ev[obs].scatter(-1, z[obs][:, None], 0.0)
+    states = torch.arange(K, device=z.device)
+    off = (z[..., None] >= 0) & (states != z[..., None])               # [..., K]
+    ev = torch.zeros(off.shape, device=z.device).masked_fill_(off, float("-inf"))
     if evidence is not None:
         ev = ev + evidence
     return ev

@@ -29,7 +29,12 @@ def counts(tc, z, x=None) -> dict[str, torch.Tensor]:
     out = {k: torch.zeros_like(v, device="cpu") for k, v in tc.params.items()}
     root = int(st.order[0])
     out["root"][0, 0] = torch.bincount(z[:, root], minlength=K).float()
-    nodes = torch.from_numpy(np.flatnonzero(st.parents >= 0))
+    if st.copy.any():                            # a copy's latent is its parent's (its own column ignored)
+        z = z.clone()
+        for v in st.order[1:]:
+            if st.copy[v]:
+                z[:, v] = z[:, st.parents[v]]
+    nodes = torch.from_numpy(np.flatnonzero((st.parents >= 0) & ~st.copy))
     par = torch.from_numpy(st.parents[nodes.numpy()])
     rows = torch.from_numpy(st.edge_index[nodes.numpy()])
     # flat index (row, parent state, child state) for every (example, edge)

@@ -20,20 +20,24 @@ import time
 import numpy as np
 import torch
 
+from lvd.pc.queries import check_values, values_checked
 from lvd.pc.schedule import FULL_BATCH_STEP, Schedule
+from lvd.pc.tree import log_handles
 from lvd.progress import Progress
 
 log = logging.getLogger("lvd.pc.em")
 
 
 def flows(circuit, batch: dict, names=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """(flows per parameter table, per-example lls [B]) for one batch."""
-    logp = {k: v.detach().clamp_min(1e-38).log().requires_grad_(names is None or _selected(k, names))
-            for k, v in circuit.params.items()}
+    """(flows per parameter table, per-example lls [B]) for one batch.
+
+    The objective gets autograd handles of the log tables (lvd.pc.tree.log_handles): no log of
+    any table is computed, and nothing is read back from the device."""
+    logp = log_handles(circuit.params, lambda k: names is None or _selected(k, names))
     lls = circuit.objective(logp, batch)
     wanted = [k for k, v in logp.items() if v.requires_grad]
     grads = torch.autograd.grad(lls.sum(), [logp[k] for k in wanted], allow_unused=True)
-    out = {k: (g if g is not None else torch.zeros_like(logp[k])) for k, g in zip(wanted, grads)}
+    out = {k: (g if g is not None else torch.zeros_like(circuit.params[k])) for k, g in zip(wanted, grads)}
     return out, lls.detach()
 
 
@@ -43,13 +47,27 @@ def _selected(name: str, names) -> bool:
 
 def target(F: torch.Tensor, p: torch.Tensor, dim: int, pseudocount: float) -> torch.Tensor:
     """The EM estimate (F + a / n) / (sum F + a) over ``dim``; a distribution with no flow and
-    no pseudocount has no estimate and keeps its values ``p``."""
+    no pseudocount has no estimate and keeps its values ``p``. (No value is read back from the
+    device: the test of the denominators is elementwise.)"""
     n = F.shape[dim]
     denom = F.sum(dim, keepdim=True).add_(pseudocount)
-    new = (F + pseudocount / n).div_(denom)
-    if not bool((denom > 0).all()):
-        new = torch.where(denom > 0, new, p)
-    return new
+    live = denom > 0
+    inv = torch.where(live, 1.0 / denom, 0.0)          # [.., 1, ..]: per distribution
+    new = torch.addcmul(inv * (pseudocount / n), F, inv)
+    return new.addcmul_(p, (~live).to(p.dtype))        # p where there is no estimate
+
+
+def em_step(p: torch.Tensor, F: torch.Tensor, dim: int, step_size, pseudocount: float) -> None:
+    """p <- (1 - s) p + s (F + a / n) / (sum F + a) in place, over ``dim``, without reading
+    anything back from the device: one sum, then two passes over the table (the target is never
+    materialized). A distribution with no flow and no pseudocount keeps its values."""
+    n = F.shape[dim]
+    denom = F.sum(dim, keepdim=True).add_(pseudocount)
+    live = denom > 0
+    w = torch.where(live, step_size / denom, 0.0)      # [.., 1, ..]: s / (sum F + a)
+    keep = torch.where(live, 1.0 - step_size, 1.0)     # (1 - s), or 1 where there is no estimate
+    step = torch.addcmul(w * (pseudocount / n), F, w)  # s (F + a / n) / (sum F + a)
+    torch.addcmul(step, p, keep, out=p)
 
 
 @torch.no_grad()
@@ -57,8 +75,7 @@ def update(circuit, flow: dict, step_size: float, pseudocount: float) -> None:
     """Apply the EM update to every table that has flows."""
     for name, F in flow.items():
         dim = circuit.norm_dims[name.split(".")[-1]]
-        p = circuit.params[name]
-        p.lerp_(target(F, p, dim, pseudocount), min(step_size, 1.0))   # (1 - s) p + s new, one pass
+        em_step(circuit.params[name], F, dim, min(step_size, 1.0), pseudocount)
 
 
 def _batches(N: int, batch_size: int, shuffle: bool, gen: np.random.Generator):
@@ -67,19 +84,64 @@ def _batches(N: int, batch_size: int, shuffle: bool, gen: np.random.Generator):
         yield np.sort(order[i:i + batch_size])
 
 
-def _take(arrays: dict, rows: np.ndarray, device) -> dict:
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """t on ``device``; host -> CUDA through pinned memory without waiting for the device."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _take(arrays: dict, rows: np.ndarray, device, circuit=None) -> dict:
+    """The rows of every array as tensors on ``device``; with ``circuit``, observed values read
+    from a store that is neither an array nor a tensor (h5py) are checked on the host first."""
     out = {}
     for k, a in arrays.items():
         if a is None:
             continue
-        t = a[rows] if not torch.is_tensor(a) else a[torch.from_numpy(rows)]
-        out[k] = torch.as_tensor(np.asarray(t) if not torch.is_tensor(t) else t).to(device)
-    return out
+        if torch.is_tensor(a):
+            out[k] = a[_to_device(torch.from_numpy(rows), a.device)]
+        else:
+            out[k] = np.ascontiguousarray(a[rows])
+    if circuit is not None and "x" in out and not _in_memory(arrays["x"]):
+        _check_host(circuit, out["x"], out.get("missing"))
+    return {k: _to_device(t if torch.is_tensor(t) else torch.from_numpy(t), device) for k, t in out.items()}
+
+
+def _in_memory(a) -> bool:
+    return isinstance(a, np.ndarray) or torch.is_tensor(a)
+
+
+def _check_host(circuit, x: np.ndarray, missing) -> None:
+    """lvd.pc.queries.check_values, on the host (numpy)."""
+    num_vars, num_cats = circuit.num_vars, getattr(circuit, "num_cats", 0)
+    if x.shape[-1] != num_vars:
+        raise ValueError(f"x has {x.shape[-1]} variables per example, expected num_vars = {num_vars}")
+    if num_cats and x.size:
+        obs = x if missing is None else np.where(np.asarray(missing, bool), 0, x)
+        lo, hi = obs.min(), obs.max()
+        if lo < 0 or hi >= num_cats:
+            raise ValueError(f"observed values must lie in [0, {num_cats}) (num_cats), found [{lo}, {hi}]")
+
+
+def check_data(circuit, x, missing=None, chunk: int = 8192) -> None:
+    """Check observed values [N, ...] (array or tensor) once, in chunks: EM's steps then skip the
+    per-batch check, which reads a min and a max back from the device. Arrays are checked on
+    the host, tensors where they live (two values read back per chunk)."""
+    if x is None or not _in_memory(x):
+        return
+    for i in range(0, len(x), chunk):
+        m = None if missing is None else missing[i:i + chunk]
+        if torch.is_tensor(x):
+            check_values(x[i:i + chunk], None if m is None else torch.as_tensor(m, device=x.device).bool(),
+                         circuit.num_vars, getattr(circuit, "num_cats", 0))
+        else:
+            _check_host(circuit, np.asarray(x[i:i + chunk]), None if m is None else np.asarray(m))
 
 
 def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.Generator | None = None,
              shuffle: bool = True, params=None, full_batch_step: float = FULL_BATCH_STEP, logger=None,
-             **arrays) -> float:
+             checked: bool = False, **arrays) -> float:
     """Run epoch ``epoch`` (0-based) of ``sched`` on ``circuit`` in place; returns its mean train ll.
 
     A mini-batch epoch (epoch < sched.epochs) updates after every batch with the schedule's step
@@ -87,7 +149,8 @@ def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.
     every batch and updates once with ``full_batch_step`` (1 = exact EM), its mean ll being the
     one at the start of the epoch. data, arrays, params: as for ``em``. gen: the shuffling
     generator (default: one seeded with ``sched.epoch_seed(epoch)``). logger: where the progress
-    lines go (default lvd.pc.em).
+    lines go (default lvd.pc.em). checked: the caller has run ``check_data`` on these arrays
+    (otherwise it runs once here); the steps never read values back from the device.
     """
     arrays = {"x": data, **arrays}
     N = next(len(a) for a in arrays.values() if a is not None)
@@ -96,13 +159,17 @@ def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.
     full_batch = sched.is_full_batch(epoch)
     nb = sched.num_batches(N)
     gen = np.random.default_rng(sched.epoch_seed(epoch)) if gen is None else gen
-    total, acc, seen = 0.0, None, 0
+    if not checked:
+        check_data(circuit, arrays["x"], arrays.get("missing"))   # once per epoch, not per step
+    acc, seen = None, 0
+    ll_sum = torch.zeros((), dtype=torch.float64, device=circuit.device)   # read once per epoch
     bar = Progress(nb, f"EM epoch {epoch + 1}/{sched.total_epochs}", logger or log)  # lvd.progress
     for j, rows in enumerate(_batches(N, sched.batch_size, shuffle and not full_batch, gen)):
-        f, lls = flows(circuit, _take(arrays, rows, circuit.device), params)
-        total += float(lls.double().sum())
+        with values_checked():
+            f, lls = flows(circuit, _take(arrays, rows, circuit.device, circuit), params)
+        ll_sum += lls.double().sum()
         seen += len(rows)
-        bar.update(ll=total / seen)
+        bar.update(ll=lambda seen=seen: float(ll_sum) / seen)         # read only when shown
         if full_batch:
             acc = f if acc is None else {k: acc[k] + f[k] for k in acc}
         else:
@@ -110,7 +177,7 @@ def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.
     bar.close()
     if full_batch:
         update(circuit, acc, full_batch_step, sched.pseudocount)
-    return total / N
+    return float(ll_sum) / N
 
 
 def em(circuit, data=None, epochs: int = 1, batch_size: int = 512, step_size: float = 0.1,
@@ -133,10 +200,11 @@ def em(circuit, data=None, epochs: int = 1, batch_size: int = 512, step_size: fl
                      pseudocount=pseudocount, seed=seed)
     gen = np.random.default_rng(seed)
     history = []
+    check_data(circuit, data, arrays.get("missing"))      # once; the steps skip the check
     for epoch in range(epochs):
         t0 = time.perf_counter()
         history.append(em_epoch(circuit, sched, epoch, data, gen=gen, shuffle=shuffle, params=params,
-                                full_batch_step=step_size, **arrays))
+                                full_batch_step=step_size, checked=True, **arrays))
         log.info("EM epoch %d/%d: mean train ll %.4f (%.1f s)", epoch + 1, epochs, history[-1],
                  time.perf_counter() - t0)
         if callback is not None:
@@ -149,9 +217,12 @@ def mean_log_likelihood(circuit, data=None, batch_size: int = 1024, **arrays) ->
     """Mean per-example log-likelihood over a dataset, in batches."""
     arrays = {"x": data, **arrays}
     N = next(len(a) for a in arrays.values() if a is not None)
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=circuit.device)
+    logp = circuit.log_handles() if hasattr(circuit, "log_handles") else circuit.log_params()
+    check_data(circuit, arrays["x"], arrays.get("missing"))
     for i in range(0, N, batch_size):
         rows = np.arange(i, min(i + batch_size, N))
-        batch = _take(arrays, rows, circuit.device)
-        total += float(circuit.objective(circuit.log_params(), batch).double().sum())
-    return total / N
+        batch = _take(arrays, rows, circuit.device, circuit)
+        with values_checked():
+            total += circuit.objective(logp, batch).double().sum()
+    return float(total) / N

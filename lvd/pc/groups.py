@@ -27,8 +27,10 @@ import time
 import numpy as np
 import torch
 
-from lvd.pc.em import target
+from lvd.pc.em import _to_device, check_data, target
+from lvd.pc.queries import values_checked
 from lvd.pc.schedule import Schedule
+from lvd.pc.tree import log_handles
 
 log = logging.getLogger("lvd.pc.groups")
 
@@ -76,6 +78,7 @@ def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, gr
             raise ValueError(f"em_groups: group {g} has {sizes[g]} members and {len(heads[g])} heads")
         if sizes[g] and (int(np.min(heads[g])) < 0 or int(np.max(heads[g])) >= tc.num_heads):
             raise ValueError(f"em_groups: group {g} has heads outside [0, {tc.num_heads})")
+        check_data(tc, xs[g])                    # once, on the host: the steps skip the check
     active = [g for g in range(G) if sizes[g] > 0]
     if not active:
         return hist
@@ -129,9 +132,10 @@ def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist, masks=None
                 x[:len(rows), j] = X[j][rows]
                 h[:len(rows), j] = Hd[j][rows]
                 w[:len(rows), j] = 1.0
-            x, h, w = x.to(dev), h.to(dev), w.to(dev)
-            logp = {k: v.clamp_min(1e-38).log().requires_grad_(True) for k, v in sub.params.items()}
-            lls = sub.group_lls(logp, x)                              # [B, Gb, H]
+            x, h, w = (_to_device(t, dev) for t in (x, h, w))        # pinned, non-blocking
+            logp = log_handles(sub.params, True)                       # no log of the tables
+            with values_checked():
+                lls = sub.group_lls(logp, x)                          # [B, Gb, H]
             ll = lls.gather(2, h[..., None])[..., 0] * w              # [B, Gb]
             names = list(logp)
             grads = torch.autograd.grad(ll.sum(), [logp[k] for k in names])

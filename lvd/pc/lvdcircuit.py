@@ -33,7 +33,7 @@ from lvd.pc import queries
 from lvd.pc.circuit import TreeCircuit, _as_long, latent_evidence
 from lvd.pc.patches import patch_index
 from lvd.pc.structures import chow_liu_tree, tree_structure
-from lvd.pc.tree import node_major
+from lvd.pc.tree import log_handles, node_major
 
 
 class LVDCircuit:
@@ -120,6 +120,10 @@ class LVDCircuit:
     def log_params(self) -> dict[str, torch.Tensor]:
         return {k: v.clamp_min(1e-38).log() for k, v in self.params.items()}
 
+    def log_handles(self, requires_grad=False) -> dict[str, torch.Tensor]:
+        """``log_params`` without computing a log (lvd.pc.tree.log_handles)."""
+        return log_handles(self.params, requires_grad)
+
     @staticmethod
     def _split(logp):
         return ({k[6:]: v for k, v in logp.items() if k.startswith("patch.")},
@@ -130,7 +134,15 @@ class LVDCircuit:
         a = torch.as_tensor(a, device=self.device)
         if a.dim() != 2 or a.shape[-1] != self.num_vars:
             raise ValueError(f"x has shape {tuple(a.shape)}, expected [B, num_vars = {self.num_vars}]")
-        return a[:, self.index.to(self.device)]                      # [B, m, P]
+        return a[:, self._index_on(a.device)]                        # [B, m, P]
+
+    def _index_on(self, device) -> torch.Tensor:
+        """The patch index [m, P] on ``device`` (made once per device)."""
+        cache = self.__dict__.setdefault("_index_cache", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = self.index.to(device)
+        return cache[key]
 
     def patch_lls(self, logp_patch, x, missing=None) -> torch.Tensor:
         """L[b, i, k] = log p_i(x_i(b) | Z_i = k): [B, m, num_states]."""
@@ -199,13 +211,13 @@ class LVDCircuit:
     @torch.no_grad()
     def log_likelihood(self, x, missing=None, z=None, evidence=None) -> torch.Tensor:
         """log p(x_observed) [B]; with z [B, m] (-1 = unobserved): log p(x_observed, z)."""
-        return self.objective(self.log_params(), {"x": x, "missing": missing, "z": z,
-                                                  "evidence": evidence})
+        return self.objective(self.log_handles(), {"x": x, "missing": missing, "z": z,
+                                                   "evidence": evidence})
 
     @torch.no_grad()
     def latent_lls(self, x, missing=None) -> torch.Tensor:
         """Patch log-likelihoods under every state, [B, m, num_states] (top-level EM input)."""
-        return self.patch_lls(self._split(self.log_params())[0], x, missing)
+        return self.patch_lls(self._split(self.log_handles())[0], x, missing)
 
     @torch.no_grad()
     def map_latents(self, x, missing=None) -> torch.Tensor:
@@ -328,17 +340,17 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
     if root_states and H != num_latents:
         raise ValueError(f"root_states needs heads_per_group = num_latents, got {H} heads and "
                          f"{num_latents} root states")
-    patch = TreeCircuit(tree_structure(patch_parents), num_latents, num_cats, num_groups=G,
+    patch = TreeCircuit(tree_structure(patch_parents, edge_order="bfs"), num_latents, num_cats, num_groups=G,
                         num_heads=H, kind="patch", seed=seed, device=device,
                         meta={"root_states": bool(root_states)})
     if root_states:
         patch.params["root"] = torch.eye(H, device=device).expand(G, H, H).contiguous()
     if top == "tree":
-        top_tree = TreeCircuit(tree_structure(top_parents), num_states, 0, kind="top", seed=seed + 1,
+        top_tree = TreeCircuit(tree_structure(top_parents, edge_order="bfs"), num_states, 0, kind="top", seed=seed + 1,
                                device=device)
     else:
         if int(top_num_latents) < 1:
             raise ValueError(f"top_num_latents must be >= 1, got {top_num_latents!r}")
-        top_tree = TreeCircuit(tree_structure(top_parents), int(top_num_latents), num_states, kind="top",
+        top_tree = TreeCircuit(tree_structure(top_parents, edge_order="bfs"), int(top_num_latents), num_states, kind="top",
                                seed=seed + 1, device=device)
     return LVDCircuit(patch, top_tree, image_shape, patch_size, mode)

@@ -10,10 +10,29 @@ MAP runs max-product upward in the log domain and backtracks.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import torch
 
 from lvd.pc._cpu import index_add, index_select
-from lvd.pc.tree import TINY, _prepare, upward
+from lvd.pc.tree import TINY, _prepare, edge_level, upward
+
+
+_CHECKED = threading.local()
+
+
+@contextmanager
+def values_checked():
+    """Within this block ``check_values`` checks shapes only: the caller has checked the values
+    already (EM checks its data once, not every batch: the check reads a min and a max back
+    from the device)."""
+    depth = getattr(_CHECKED, "depth", 0)
+    _CHECKED.depth = depth + 1
+    try:
+        yield
+    finally:
+        _CHECKED.depth = depth
 
 
 def check_values(x: torch.Tensor, missing, num_vars: int, num_cats: int) -> None:
@@ -22,7 +41,7 @@ def check_values(x: torch.Tensor, missing, num_vars: int, num_cats: int) -> None
     x [B, V] or [B, G, V]; missing bool like x, or [B, V] for a 3-d x, or None."""
     if x.shape[-1] != num_vars:
         raise ValueError(f"x has {x.shape[-1]} variables per example, expected num_vars = {num_vars}")
-    if num_cats and x.numel():
+    if num_cats and x.numel() and not getattr(_CHECKED, "depth", 0):
         if missing is not None and missing.dim() < x.dim():
             missing = missing[:, None]
         obs = x if missing is None else x.masked_fill(missing, 0)
@@ -67,9 +86,8 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
     gen.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, ()).item()))
     p = tc.params
     leaves = p.get("leaves")
-    logleaf = leaves.clamp_min(1e-38).log() if leaves is not None else None
     xs, miss, ev = _prepare(st, x, missing, evidence, tc.num_cats or 1, G, dev)
-    u, _, _ = upward(st, p["edges"], logleaf, xs, miss, ev, B)
+    u, _, _ = upward(st, p["edges"], leaves, xs, miss, ev, B)
     idx = st.on(dev)
     root = p["root"]                                                    # [G, H, K]
     if heads is None:
@@ -81,10 +99,13 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
     states[0] = _draw(rootp * u[0], gen)
     for d in range(1, st.depth):
         c0, c1 = st.levels[d]
-        Wl = index_select(p["edges"], idx["edge_rows"][c0:c1])        # [nc, G, K, K]
+        ne = st.num_edge_nodes[d]
         kp = index_select(states[st.levels[d - 1][0]:st.levels[d - 1][1]], idx["parent_local"][d])
-        rows = torch.gather(Wl, 2, kp[..., None].expand(-1, -1, -1, Wl.shape[-1]))  # [nc, G, B, K]
-        states[c0:c1] = _draw(rows * u[c0:c1], gen)
+        if ne:
+            Wl = edge_level(st, idx, p["edges"], d)                     # [ne, G, K, K]
+            rows = torch.gather(Wl, 2, kp[:ne, :, :, None].expand(-1, -1, -1, Wl.shape[-1]))  # [ne, G, B, K]
+            states[c0:c0 + ne] = _draw(rows * u[c0:c0 + ne], gen)
+        states[c0 + ne:c1] = kp[ne:]                                    # copies: the parent's state
     out = xs.clone() if xs is not None else None
     if leaves is not None and miss is not None:
         for a, b in st.levels:
@@ -92,7 +113,7 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
             cols = torch.gather(tab, 3, states[a:b][:, :, None, :].expand(-1, -1, tab.shape[2], -1))
             draw = _draw(cols.permute(0, 1, 3, 2), gen)                 # [n, G, B]
             out[a:b] = torch.where(miss[a:b], draw, out[a:b])
-    inv = torch.from_numpy(st.position).to(dev)
+    inv = idx["position"]
     states = index_select(states, inv).permute(2, 1, 0)
     if out is not None:
         out = index_select(out, inv).permute(2, 1, 0)
@@ -134,16 +155,21 @@ def _map_chunk(tc, x, missing, evidence):
             score[a:b] += ev[a:b]
         if d + 1 < st.depth:
             c0, c1 = st.levels[d + 1]
-            lw = index_select(logW, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
-            cand = lw[:, :, None] + score[c0:c1, :, :, None, :]        # [nc, G, B, K, K]
-            best, arg[c0:c1] = cand.max(-1)
-            index_add(score[a:b], idx["parent_local"][d + 1], best)
+            ne, par = st.num_edge_nodes[d + 1], idx["parent_local"][d + 1]
+            if ne:
+                lw = edge_level(st, idx, logW, d + 1)                  # [ne, G, K, K]
+                cand = lw[:, :, None] + score[c0:c0 + ne, :, :, None, :]   # [ne, G, B, K, K]
+                best, arg[c0:c0 + ne] = cand.max(-1)
+                index_add(score[a:b], par[:ne], best)
+            if ne < c1 - c0:                                           # copies: identity edge
+                index_add(score[a:b], par[ne:], score[c0 + ne:c1])
     states = torch.empty(st.num_nodes, G, B, dtype=torch.long, device=dev)
     logroot = p["root"][:, 0].clamp_min(1e-38).log()                   # [G, K]
     states[0] = (score[0] + logroot[:, None, :]).argmax(-1)
     for d in range(1, st.depth):
         c0, c1 = st.levels[d]
+        ne = st.num_edge_nodes[d]
         kp = index_select(states[st.levels[d - 1][0]:st.levels[d - 1][1]], idx["parent_local"][d])
-        states[c0:c1] = torch.gather(arg[c0:c1], 3, kp[..., None]).squeeze(-1)
-    inv = torch.from_numpy(st.position).to(dev)
-    return index_select(states, inv).permute(2, 1, 0)
+        states[c0:c0 + ne] = torch.gather(arg[c0:c0 + ne], 3, kp[:ne, ..., None]).squeeze(-1)
+        states[c0 + ne:c1] = kp[ne:]
+    return index_select(states, idx["position"]).permute(2, 1, 0)

@@ -21,24 +21,37 @@ HMM with parameters tied over time maps every node to row 0. Flows of tied rows 
 
 Computation runs level by level (nodes of equal depth are contiguous in BFS order), one
 batched matmul per level, in the linear domain with one log-scale per (node, example):
-u[v] = exp(score - s[v]) with max_k u[v] = 1. Products of child messages are sums of logs.
+u[v] = max(U_v / max_k U_v, TINY), s[v] = log max_k U_v, where U_v is the product of the leaf
+probability theta_v[x_v, k], exp(evidence - its max) and the children's messages
+M_c = W_c u_c. Nothing is logged or exponentiated per state: one amax and one division per
+(node, example) rescale the product (two messages at most are multiplied in between, so the
+product cannot underflow float32 unless a node's factors disagree by ~1e-38 at every state).
+When an edge table stores a level's rows contiguously (``tree_structure(edge_order="bfs")``,
+what ``pc.hclt`` and ``pc.lvd_circuit`` build) the level's weights are a view, not a copy.
+
 The backward pass is written by hand (``TreeLL``): given d(loss)/d(lls) it returns flows
 (expected counts) as the gradients of the *log*-parameter tables, and the posterior state
 weights as the gradient of the evidence. So ``torch.autograd`` composes trees (the LVD circuit
 feeds patch log-likelihoods into the top tree as evidence) and EM reads flows off ``.grad``.
+The passes read probability tables, never their logs: ``log_handles`` gives EM autograd
+handles for the log tables that carry the probability tables along (``probs``), so a step
+computes no log or exp of any table.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from lvd.pc._cpu import index_add, index_select, tune_malloc
+from lvd.pc._cpu import index_add, index_copy, index_reduce, index_select, tune_malloc
 
 tune_malloc()
 TINY = torch.finfo(torch.float32).tiny
+RESCALE_EVERY = 2            # child messages multiplied into a node's product between rescales
+warnings.filterwarnings("ignore", message=r"index_reduce\(\) is in beta")
 
 
 @dataclass
@@ -46,11 +59,18 @@ class TreeStructure:
     """A rooted tree over ``num_nodes`` nodes, in the user's node order.
 
     parents[v] = parent of node v, -1 for the (single) root. BFS positions group the nodes
-    by depth; ``order[i]`` is the node at BFS position i.
+    by depth; ``order[i]`` is the node at BFS position i. ``edge_index[v] = -1`` at a non-root
+    node makes v a *copy*: its latent is its parent's (an identity edge, no table row, no
+    matmul), so its observed variable emits from the parent's hidden variable (PyJuice's HCLT
+    hangs the Chow-Liu tree's leaves on their parents' latents this way).
+
+    Within a level the nodes are ordered edge children first, then copies, each part
+    rank-major: every parent's first child (children by node index), in the parents' order,
+    then every second child, and so on.
     """
 
     parents: np.ndarray
-    edge_index: np.ndarray  # [V] table row of the edge into v (root entry unused, 0)
+    edge_index: np.ndarray  # [V] table row of the edge into v (root entry unused, 0); -1: a copy
     leaf_index: np.ndarray  # [V] table row of v's leaf distribution
 
     def __post_init__(self) -> None:
@@ -59,37 +79,73 @@ class TreeStructure:
         roots = np.flatnonzero(parents < 0)
         if v == 0 or len(roots) != 1:
             raise ValueError(f"a tree needs exactly one root (parent -1), found {len(roots)}")
+        self.edge_index = np.asarray(self.edge_index, dtype=np.int64)
+        self.leaf_index = np.asarray(self.leaf_index, dtype=np.int64)
+        copy = (self.edge_index < 0) & (parents >= 0)
         children: list[list[int]] = [[] for _ in range(v)]
         for node, par in enumerate(parents):
             if par >= 0:
                 if par >= v:
                     raise ValueError(f"parent {par} of node {node} is out of range [0, {v})")
                 children[par].append(node)
-        order, depth_of = [int(roots[0])], {int(roots[0]): 0}
-        head = 0
-        while head < len(order):
-            node = order[head]
-            head += 1
-            for c in children[node]:
-                depth_of[c] = depth_of[node] + 1
-                order.append(c)
-        if len(order) != v:
+        for kids in children:                          # edge children first, then copies
+            kids.sort(key=lambda n: (bool(copy[n]), n))
+        levels_nodes = [[int(roots[0])]]
+        seen = 1
+        while seen <= v:
+            prev = levels_nodes[-1]
+            deg = max(len(children[p]) for p in prev)
+            nxt = [children[p][r] for part in (False, True) for r in range(deg) for p in prev
+                   if len(children[p]) > r and bool(copy[children[p][r]]) == part]
+            if not nxt:
+                break
+            seen += len(nxt)
+            levels_nodes.append(nxt)
+        order = [n for lvl in levels_nodes for n in lvl]
+        if len(order) != v or len(set(order)) != v:
             raise ValueError("parents do not form a tree (a cycle, or nodes unreachable from the root)")
-        depths = np.array([depth_of[n] for n in order])
-        levels = [int(i) for i in np.flatnonzero(np.diff(depths))]
         self.parents = parents
-        self.edge_index = np.asarray(self.edge_index, dtype=np.int64)
-        self.leaf_index = np.asarray(self.leaf_index, dtype=np.int64)
+        self.copy = copy
         self.order = np.array(order, dtype=np.int64)
         self.position = np.empty(v, dtype=np.int64)
         self.position[self.order] = np.arange(v)
-        bounds = [0] + [i + 1 for i in levels] + [v]
+        sizes = [len(lvl) for lvl in levels_nodes]
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         self.levels = list(zip(bounds[:-1], bounds[1:]))  # BFS position ranges, root level first
-        # for each level > 0: parent positions relative to the previous level's start
-        self.parent_local = [None] + [
-            torch.from_numpy(self.position[parents[self.order[a:b]]] - self.levels[d - 1][0])
-            for d, (a, b) in enumerate(self.levels) if d > 0]
-        self.edge_rows = torch.from_numpy(self.edge_index[self.order])
+        edge_rows = np.maximum(self.edge_index[self.order], 0)
+        self.parent_local = [None]       # per level > 0: parent positions in the previous level
+        self.num_edge_nodes = [0]        # per level: its nodes with an edge (the first ones)
+        self.rank_groups = [None]        # per level > 0: per group, [lo, hi) child ranges multiplied together
+        self.rescale_rows = [None]       # per level > 0, per group > 0: parents rescaled before it
+        self.edge_slices = [None]        # per level > 0: (r0, r1) when its edge rows are r0..r1-1
+        for d in range(1, len(self.levels)):
+            (p0, _), (a, b) = self.levels[d - 1], self.levels[d]
+            nodes = self.order[a:b]
+            ne = int((~copy[nodes]).sum())
+            self.num_edge_nodes.append(ne)
+            self.parent_local.append(torch.from_numpy(self.position[parents[nodes]] - p0))
+            rank = np.array([children[parents[n]].index(n) for n in nodes])
+            groups, big = [], []
+            for g0 in range(0, int(rank.max()) + 1, RESCALE_EVERY):
+                ranges = []
+                for lo, hi in ((0, ne), (ne, b - a)):        # ranks ascend within each part
+                    sel = lo + np.flatnonzero((rank[lo:hi] >= g0) & (rank[lo:hi] < g0 + RESCALE_EVERY))
+                    if len(sel):
+                        ranges.append((int(sel[0]), int(sel[-1]) + 1))
+                groups.append(ranges)
+                sel = np.flatnonzero((rank >= g0) & (rank < g0 + RESCALE_EVERY))
+                big.append(None if g0 == 0 else torch.from_numpy(np.unique(self.position[parents[nodes[sel]]] - p0)))
+            self.rank_groups.append(groups)
+            self.rescale_rows.append(big)
+            rows = edge_rows[a:a + ne]
+            contiguous = ne > 0 and bool(np.all(rows == np.arange(rows[0], rows[0] + ne)))
+            self.edge_slices.append((int(rows[0]), int(rows[0]) + ne) if contiguous else None)
+        used = edge_rows[1:][~copy[self.order[1:]]]
+        # every edge row written exactly once by one level slice: flows need no zero-filled table
+        self.num_edges = len(used)
+        self.edge_rows_exact = (all(sl is not None for d, sl in enumerate(self.edge_slices) if d and self.num_edge_nodes[d])
+                                and len(np.unique(used)) == len(used))
+        self.edge_rows = torch.from_numpy(edge_rows)
         self.leaf_rows = torch.from_numpy(self.leaf_index[self.order])
         self._device_cache: dict = {}
 
@@ -102,16 +158,30 @@ class TreeStructure:
         return len(self.levels)
 
     def on(self, device: torch.device) -> dict:
-        """Index tensors on ``device`` (cached)."""
+        """Index tensors on ``device``, made once per device and kept."""
         key = str(device)
         if key not in self._device_cache:
             self._device_cache[key] = {
                 "parent_local": [None] + [p.to(device) for p in self.parent_local[1:]],
+                "rescale_rows": [None] + [[None if r is None else r.to(device) for r in big]
+                                          for big in self.rescale_rows[1:]],
                 "edge_rows": self.edge_rows.to(device),
                 "leaf_rows": self.leaf_rows.to(device),
                 "order": torch.from_numpy(self.order).to(device),
+                "position": torch.from_numpy(self.position).to(device),
+                "leaf_index": torch.from_numpy(self.leaf_index).to(device),
             }
         return self._device_cache[key]
+
+    def leaf_base(self, device, G: int, C: int) -> torch.Tensor:
+        """[V, G] flat row (of a [L_t * G * C, K] leaf table) of value 0 for each BFS position
+        and group, made once per (device, G, C)."""
+        cache = self.on(device)
+        key = ("leaf_base", G, C)
+        if key not in cache:
+            g = torch.arange(G, device=device)
+            cache[key] = (cache["leaf_rows"][:, None] * G + g[None, :]) * C
+        return cache[key]
 
 
 def _mm(a, b, out=None):
@@ -122,12 +192,22 @@ def _mm(a, b, out=None):
     return torch.matmul(a, b, out=out) if out is not None else torch.matmul(a, b)
 
 
-def leaf_rows(idx, a, b, G, C, xs, repeat: int = 1):
+def edge_level(st: TreeStructure, idx: dict, W: torch.Tensor, d: int) -> torch.Tensor:
+    """Edge tables of level d's edge nodes (its first num_edge_nodes[d]) [n, G, K, K]: a view
+    when their rows are contiguous."""
+    sl = st.edge_slices[d]
+    if sl is not None:
+        return W[sl[0]:sl[1]]
+    c0 = st.levels[d][0]
+    return index_select(W, idx["edge_rows"][c0:c0 + st.num_edge_nodes[d]])
+
+
+def leaf_rows(st, a, b, G, C, xs, repeat: int = 1):
     """Flat rows of the leaf table (layout [L_t, G, C]) read by BFS positions [a, b): [n, G, B].
 
     xs [V, G / repeat, B]: group g0's values serve groups g0 * repeat .. + repeat - 1."""
     n = b - a
-    base = (idx["leaf_rows"][a:b, None] * G + torch.arange(G, device=xs.device)[None, :]) * C   # [n, G]
+    base = st.leaf_base(xs.device, G, C)[a:b]                                       # [n, G]
     if repeat == 1:
         return base[:, :, None] + xs[a:b]
     G0 = G // repeat
@@ -143,21 +223,49 @@ def _repeat(miss, a, b, repeat: int):
     return m[:, :, None].expand(n, G0, repeat, B).reshape(n, G0 * repeat, B)
 
 
-def _leaf_scores(idx, a, b, logleaf_flat, C, G, B, K, xs, miss, repeat=1):
-    """Gathered leaf log-probabilities of BFS positions [a, b): [n, G, B, K]."""
-    n = b - a
-    rows = leaf_rows(idx, a, b, G, C, xs, repeat)                                     # [n, G, B]
-    out = index_select(logleaf_flat, rows.reshape(-1)).view(n, G, B, K)
-    if miss is not None:
-        out.masked_fill_(_repeat(miss, a, b, repeat)[:, :, :, None], 0.0)
-    return out
+def _rescale(ul, sl, rows=None):
+    """ul <- max(ul / max_K ul, TINY) for the products ul [n, G, B, K], log max added to sl [n, G, B]
+    (all nodes, or the nodes ``rows``). The floor TINY (1e-38 against a max of 1) keeps every
+    message W u > 0, so the backward divides by messages without clamping them, and a
+    product that underflowed everywhere stays finite."""
+    if rows is None:
+        mx = ul.amax(-1, keepdim=True).clamp_min_(TINY)
+        ul.div_(mx).clamp_min_(TINY)     # (addcdiv with a 0-d TINY: 8x slower on the CPU)
+        sl.add_(mx[..., 0].log())
+        return
+    sub = index_select(ul, rows)
+    mx = sub.amax(-1, keepdim=True).clamp_min_(TINY)
+    index_copy(ul, rows, sub.div_(mx).clamp_min_(TINY))
+    index_add(sl, rows, mx[..., 0].log())
 
 
-def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False, repeat=1):
+def _node_factors(st, a, b, ul, sl, leaves_flat, C, G, xs, miss, ev, repeat):
+    """u[a:b] = leaf probability * exp(evidence - its max) (or 1); s[a:b] = that max."""
+    K = ul.shape[-1]
+    if leaves_flat is not None:
+        rows = leaf_rows(st, a, b, G, C, xs, repeat)                                 # [n, G, B]
+        index_select(leaves_flat, rows.reshape(-1), out=ul.view(-1, K))
+        if miss is not None:
+            ul.masked_fill_(_repeat(miss, a, b, repeat)[:, :, :, None], 1.0)
+    if ev is not None:
+        e = ev[a:b]
+        top = e.amax(-1, keepdim=True).clamp_min_(-1e30)   # all -inf (impossible): factor 0
+        sl.copy_(top[..., 0])
+        if leaves_flat is not None:
+            ul.mul_(torch.sub(e, top).exp_())
+        else:
+            torch.sub(e, top, out=ul).exp_()
+    else:
+        sl.zero_()
+        if leaves_flat is None:
+            ul.fill_(1.0)
+
+
+def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, repeat=1):
     """Bottom-up pass. Returns (u [V,G,B,K] scaled, s [V,G,B] log-scales, M or None).
 
-    W: edges [E_t,G,K,K] (probabilities); logleaf: [L_t,G,C,K] or None; xs: [V,G,B] values
-    in BFS order (clamped to [0, C)); miss: [V,G,B] bool or None; ev: [V,G,B,K] or None.
+    W: edges [E_t,G,K,K] and leaves [L_t,G,C,K] (or None): probability tables; xs: [V,G,B]
+    values in BFS order (clamped to [0, C)); miss: [V,G,B] bool or None; ev: [V,G,B,K] or None.
     M[v] (if kept) = W_v u_v, the scaled message v sends its parent.
     """
     idx = st.on(W.device)
@@ -166,30 +274,29 @@ def upward(st: TreeStructure, W, logleaf, xs, miss, ev, B, keep_messages=False, 
     s = W.new_empty(V, G, B)
     M = W.new_empty(V, G, B, K) if keep_messages else None
     flat = C = None
-    if logleaf is not None:
-        C = logleaf.shape[2]
-        flat = logleaf.reshape(-1, K)
+    if leaves is not None:
+        C = leaves.shape[2]
+        flat = leaves.reshape(-1, K)
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
-        if flat is not None:
-            score = _leaf_scores(idx, a, b, flat, C, G, B, K, xs, miss, repeat)
-        else:
-            score = W.new_zeros(b - a, G, B, K)
-        if ev is not None:
-            score += ev[a:b]
+        ul, sl = u[a:b], s[a:b]
+        _node_factors(st, a, b, ul, sl, flat, C, G, xs, miss, ev, repeat)
         if d + 1 < st.depth:
             c0, c1 = st.levels[d + 1]
-            Wl = index_select(W, idx["edge_rows"][c0:c1])          # [nc, G, K, K]
-            if M is not None:                                        # [nc, G, B, K]
-                m = _mm(u[c0:c1], Wl.transpose(-1, -2), out=M[c0:c1])
-                logm = m.clamp_min(TINY)
-            else:
-                logm = _mm(u[c0:c1], Wl.transpose(-1, -2)).clamp_min_(TINY)
-            logm = logm.log_().add_(s[c0:c1, :, :, None])
-            index_add(score, idx["parent_local"][d + 1], logm)
-        s[a:b] = score.amax(-1)
-        torch.sub(score, s[a:b, :, :, None], out=score)
-        u[a:b] = score.exp_()
+            ne = st.num_edge_nodes[d + 1]
+            msg = None
+            if ne:
+                Wl = edge_level(st, idx, W, d + 1)                                # [ne, G, K, K]
+                msg = _mm(u[c0:c0 + ne], Wl.transpose(-1, -2), out=None if M is None else M[c0:c0 + ne])
+            par = idx["parent_local"][d + 1]
+            for g, ranges in enumerate(st.rank_groups[d + 1]):
+                if g:
+                    _rescale(ul, sl, idx["rescale_rows"][d + 1][g])
+                for lo, hi in ranges:                       # copies send u itself (identity edge)
+                    src = msg[lo:hi] if hi <= ne else u[c0 + lo:c0 + hi]
+                    index_reduce(ul, par[lo:hi], src, "prod")
+            index_add(sl, par, s[c0:c1])
+        _rescale(ul, sl)
     return u, s, M
 
 
@@ -239,65 +346,123 @@ def _prepare(st: TreeStructure, x, missing, evidence, C, G, device):
     return xs, miss, ev
 
 
+# ------------------------------------------------------------------ log tables and their probabilities
+def probs(log_table: torch.Tensor) -> torch.Tensor:
+    """The probability table behind a log table: the one a ``log_handles`` handle carries (no
+    pass over the table), else exp(log_table)."""
+    p = getattr(log_table, "_lvd_probs", None)
+    return log_table.exp() if p is None else p
+
+
+def log_handles(params: dict, requires_grad=False) -> dict:
+    """Autograd handles for the log-parameter tables of ``params`` (name -> probability table):
+    zero-stride NaN tensors of each table's shape that carry the table itself (``probs``), so
+    EM differentiates with respect to log tables it never computes. requires_grad: True, False
+    or a predicate on the name. Whatever reads a handle's values instead of ``probs`` gets NaN."""
+    out = {}
+    for k, p in params.items():
+        h = torch.full((), float("nan"), device=p.device, dtype=p.dtype).expand(p.shape)
+        want = requires_grad(k) if callable(requires_grad) else bool(requires_grad)
+        if want:
+            h.requires_grad_(True)
+        h._lvd_probs = p.detach()
+        out[k] = h
+    return out
+
+
+class Probs(torch.autograd.Function):
+    """theta = Probs.apply(log_table): the probability table, differentiable with respect to the
+    log table (gradient = theta * d/dtheta: flows); reads a handle's table without a pass."""
+
+    @staticmethod
+    def forward(ctx, log_table):
+        p = probs(log_table)
+        ctx.save_for_backward(p)
+        return p.view_as(p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
+        return grad * p
+
+
 class TreeLL(torch.autograd.Function):
-    """lls = TreeLL.apply(st, log_edges, log_root, log_leaves, x, missing, evidence) -> [B, G, H]."""
+    """lls = TreeLL.apply(st, log_edges, log_root, log_leaves, x, missing, evidence) -> [B, G, H].
+
+    The backward reuses (overwrites) the buffers the forward saved: one backward per forward."""
 
     @staticmethod
     def forward(ctx, st, log_edges, log_root, log_leaves, x, missing, evidence):
         B = (x.batch_size if isinstance(x, NodeMajor) else x.shape[0]) if x is not None else evidence.shape[0]
         G = log_edges.shape[1]
         C = log_leaves.shape[2] if log_leaves is not None else None
-        W = log_edges.exp()
-        root = log_root.exp()
+        W = probs(log_edges)
+        root = probs(log_root)
+        leaves = probs(log_leaves) if log_leaves is not None else None
         xs, miss, ev = _prepare(st, x, missing, evidence, C, G, W.device)
         repeat = x.repeat if isinstance(x, NodeMajor) else 1
-        u, s, M = upward(st, W, log_leaves, xs, miss, ev, B, keep_messages=True, repeat=repeat)
+        u, s, M = upward(st, W, leaves, xs, miss, ev, B, keep_messages=True, repeat=repeat)
         q = _mm(u[0], root.transpose(-1, -2))                            # [G, B, H]
-        lls = q.clamp_min(TINY).log() + s[0, :, :, None]
+        lls = q.clamp_min(TINY).log_().add_(s[0, :, :, None])
         ctx.st = st
         ctx.save_for_backward(W, root, u, M, q, xs, miss)
         ctx.shapes = (B, G, C, None if log_leaves is None else log_leaves.shape[0], evidence is not None,
                       repeat)
+        ctx.used = False
         return lls.permute(1, 0, 2)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.used:
+            raise RuntimeError("TreeLL's backward reuses its saved buffers and runs once per forward")
+        ctx.used = True
         st = ctx.st
         W, root, u, M, q, xs, miss = ctx.saved_tensors
         B, G, C, L_t, has_ev, repeat = ctx.shapes
         K = W.shape[-1]
         idx = st.on(W.device)
+        want_edges, want_leaves = ctx.needs_input_grad[1], L_t is not None and ctx.needs_input_grad[3]
         rq = grad.permute(1, 0, 2) / q.clamp_min(TINY)                    # [G, B, H]
         g_root = root * torch.matmul(rq.transpose(-1, -2), u[0])         # [G, H, K]
-        g_edges = torch.zeros_like(W)
-        g_leaves = None
-        if L_t is not None and ctx.needs_input_grad[3]:
-            g_leaves = W.new_zeros(L_t * G * C + 1, K)                   # last row: missing sink
-        g_ev = W.new_empty(st.num_nodes, G, B, K) if has_ev and ctx.needs_input_grad[6] else None
-        a_lvl = u[0:1] * torch.matmul(rq, root)[None]                    # [1, G, B, K]
-        for d in range(st.depth):
+        g_edges = None
+        if want_edges:
+            g_edges = torch.empty_like(W) if st.edge_rows_exact and W.shape[0] == st.num_edges \
+                else torch.zeros_like(W)
+        u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
+        # level by level: r = a_parent / M_child; edge flows W * (r^T u_child); a_child = u_child * (r W)
+        for d in range(st.depth - 1):
             a, b = st.levels[d]
-            if g_leaves is not None:
-                rows = leaf_rows(idx, a, b, G, C, xs, repeat)
-                if miss is not None:
-                    rows = rows.masked_fill(_repeat(miss, a, b, repeat), L_t * G * C)
-                index_add(g_leaves, rows.reshape(-1), a_lvl.reshape(-1, K))
-            if g_ev is not None:
-                g_ev[a:b] = a_lvl
-            if d + 1 < st.depth:
-                c0, c1 = st.levels[d + 1]
-                rows_e = idx["edge_rows"][c0:c1]
-                Wl = index_select(W, rows_e)                           # [nc, G, K, K]
-                r = M[c0:c1]
-                torch.div(index_select(a_lvl, idx["parent_local"][d + 1]), r.clamp_min_(TINY), out=r)
-                uc = u[c0:c1]
-                index_add(g_edges, rows_e, Wl * torch.matmul(r.transpose(-1, -2), uc))
-                a_lvl = uc * _mm(r, Wl)
-        if g_leaves is not None:
+            c0, c1 = st.levels[d + 1]
+            ne = st.num_edge_nodes[d + 1]
+            par = idx["parent_local"][d + 1]
+            if ne < c1 - c0:                                             # copies: a_c = a_parent
+                index_select(u[a:b], par[ne:], out=u[c0 + ne:c1])
+            if not ne:
+                continue
+            r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
+            r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
+            Wl = edge_level(st, idx, W, d + 1)
+            uc = u[c0:c0 + ne]
+            if want_edges:
+                sl = st.edge_slices[d + 1]
+                if sl is not None and st.edge_rows_exact:
+                    torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]]).mul_(Wl)
+                elif sl is not None:
+                    g_edges[sl[0]:sl[1]].add_(Wl * torch.matmul(r.transpose(-1, -2), uc))
+                else:
+                    index_add(g_edges, idx["edge_rows"][c0:c0 + ne], Wl * torch.matmul(r.transpose(-1, -2), uc))
+            uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
+        g_leaves = None
+        if want_leaves:
+            g_leaves = W.new_zeros(L_t * G * C + 1, K)                   # last row: missing sink
+            rows = leaf_rows(st, 0, st.num_nodes, G, C, xs, repeat)      # [V, G, B]
+            if miss is not None:
+                rows = rows.masked_fill(_repeat(miss, 0, st.num_nodes, repeat), L_t * G * C)
+            index_add(g_leaves, rows.reshape(-1), u.view(-1, K))
             g_leaves = g_leaves[:-1].view(-1, G, C, K)
-        if g_ev is not None:
-            inv = torch.from_numpy(st.position).to(W.device)
-            g_ev = index_select(g_ev, inv).permute(2, 1, 0, 3)         # [B, G, V, K]
+        g_ev = None
+        if has_ev and ctx.needs_input_grad[6]:
+            g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)  # [B, G, V, K]
         return None, g_edges, g_root, g_leaves, None, None, g_ev
 
 

@@ -4,7 +4,8 @@ A latent tree stored by lvd.pc.serialize (one HDF5 group) must have
 
     attributes  num_latents K >= 1, num_cats C >= 0, num_groups G >= 1, num_heads H >= 1
     parents     int [V], exactly one -1 (the root), the rest in [0, V), every node reachable
-    edge_index  int [V], values in [0, E_t)        (E_t = rows of params/edges)
+    edge_index  int [V], values in [0, E_t)        (E_t = rows of params/edges); -1 at a
+                                                   non-root node: a copy of its parent's latent
     leaf_index  int [V], values in [0, L_t) when the tree has leaves (C > 0)
     params/edges   float [E_t, G, K, K]  rows sum to 1 over the last dim
     params/root    float [G, H, K]       sums to 1 over the last dim
@@ -86,14 +87,14 @@ def check_table(where: str, field: str, a: np.ndarray, shape: tuple, norm_dim: i
                                 f"{float(sums[first]):.6g} (at {first}), expected 1 within {tol}")
 
 
-def check_index(where: str, field: str, a: np.ndarray, length: int, high: int | None) -> None:
-    """An int [length] array with values in [0, high) (high None: values unchecked)."""
+def check_index(where: str, field: str, a: np.ndarray, length: int, high: int | None, low: int = 0) -> None:
+    """An int [length] array with values in [low, high) (high None: values unchecked)."""
     if a.dtype.kind not in "iu":
         _fail(where, field, f"has dtype {a.dtype}, expected integers")
     if a.shape != (length,):
         _fail(where, field, f"has shape {a.shape}, expected ({length},) (one entry per node)")
-    if high is not None and length and (a.min() < 0 or a.max() >= high):
-        _fail(where, field, f"has values in [{int(a.min())}, {int(a.max())}], expected [0, {high})")
+    if high is not None and length and (a.min() < low or a.max() >= high):
+        _fail(where, field, f"has values in [{int(a.min())}, {int(a.max())}], expected [{low}, {high})")
 
 
 def check_parents(where: str, parents: np.ndarray) -> None:
@@ -151,7 +152,7 @@ def check_tree(where: str, attrs, arrays: dict[str, np.ndarray], params: dict[st
         _fail(where, "params/edges", f"has shape {edges.shape}, expected [E_t >= 1, {G}, {K}, {K}]")
     check_table(where, "params/edges", edges, (edges.shape[0], G, K, K), NORM_DIMS["edges"])
     check_table(where, "params/root", params["root"], (G, H, K), NORM_DIMS["root"])
-    check_index(where, "edge_index", arrays["edge_index"], V, edges.shape[0])
+    check_index(where, "edge_index", arrays["edge_index"], V, edges.shape[0], low=-1)
     if C > 0:
         leaves = params["leaves"]
         if leaves.ndim != 4 or leaves.shape[0] < 1:

@@ -28,3 +28,14 @@ def one_thread(request):
 def small_tree():
     """A 5-node tree (root 2, depth 3: 2 -> {0, 3}, 0 -> 1, 3 -> 4), 3 states, 3 values."""
     return tree_circuit([2, 0, -1, 2, 3], K=3, C=3, seed=1)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """The engine's device: every test taking it runs on the CPU and, marked ``gpu`` and
+    skipped without CUDA, on CUDA (``pytest -m gpu`` runs the CUDA half alone)."""
+    return torch.device(request.param)

@@ -67,12 +67,21 @@ def condition(joint, V, x, missing=None):
 
 
 def tables(tc: TreeCircuit, g: int = 0, h: int = 0) -> dict:
-    """float64 numpy tables of group g, head h of a TreeCircuit, plus its structure arrays."""
+    """float64 numpy tables of group g, head h of a TreeCircuit, plus its structure arrays.
+
+    A copy node (edge_index -1 at a non-root node: its latent is its parent's) gets an
+    identity edge, appended as the last edge row (flows of that row are the reference's own)."""
     p = {k: v.detach().cpu().double().numpy() for k, v in tc.params.items()}
     st = tc.structure
-    return {"parents": np.asarray(st.parents), "edge_index": np.asarray(st.edge_index),
+    parents, edge_index, edges = np.asarray(st.parents), np.asarray(st.edge_index).copy(), p["edges"][:, g]
+    copy = (edge_index < 0) & (parents >= 0)
+    if copy.any():
+        K = edges.shape[-1]
+        edge_index[copy] = len(edges)
+        edges = np.concatenate([edges, np.eye(K)[None]])
+    return {"parents": parents, "edge_index": edge_index,
             "leaf_index": np.asarray(st.leaf_index), "root": p["root"][g, h],
-            "edges": p["edges"][:, g], "leaves": p["leaves"][:, g] if "leaves" in p else None}
+            "edges": edges, "leaves": p["leaves"][:, g] if "leaves" in p else None}
 
 
 def joint_of(tc: TreeCircuit, g=0, h=0, evidence=None):
@@ -196,7 +205,7 @@ def tree_flows(tc: TreeCircuit, X, missing=None, evidence=None, z=None):
             for h, (t_h, c) in enumerate(res):
                 w = t_h / tot
                 out["root"][g, h] += w * c["root"]
-                out["edges"][:, g] += w * c["edges"]
+                out["edges"][:, g] += w * c["edges"][:len(out["edges"])]     # without a copy's identity row
                 if c["leaves"] is not None:
                     out["leaves"][:, g] += w * c["leaves"]
     return out, lls
@@ -358,8 +367,9 @@ def tree_ll_logdomain(parents, root, edges, leaves, edge_index, leaf_index, x):
         while parents[u] >= 0:
             u = parents[u]
             depth[v] += 1
-    logB = np.log(np.asarray(leaves, np.float64))
-    logW = np.log(np.asarray(edges, np.float64))
+    with np.errstate(divide="ignore"):        # zeros of identity edges (copy nodes): log 0 = -inf
+        logB = np.log(np.asarray(leaves, np.float64))
+        logW = np.log(np.asarray(edges, np.float64))
     out = []
     for xb in np.asarray(x):
         score = np.stack([logB[leaf_index[v], xb[v]] for v in range(V)])      # [V, K]

@@ -84,7 +84,7 @@ def test_bit_flips_in_the_raw_file_are_caught(hclt_file, tmp_path):
     ("params/leaves", lambda a: a * 1.5, "not normalized over dim 2"),
     ("params/leaves", lambda a: np.concatenate([a, a[:, :, :1]], axis=2) / 2, "has shape"),  # one more category
     ("params/edges", lambda a: a.astype(np.int64), "expected floating point"),
-    ("edge_index", lambda a: a + 100, "expected [0, "),
+    ("edge_index", lambda a: a + 100, "expected [-1, "),
     ("leaf_index", lambda a: a - 1, "expected [0, "),
     ("leaf_index", lambda a: a[:-1], "one entry per node"),
     ("parents", lambda a: np.where(a == -1, 1, a), "roots"),

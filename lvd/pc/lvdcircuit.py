@@ -174,16 +174,6 @@ class LVDCircuit:
             return self.top.group_lls(logp_top, leaf_evidence=L)[:, 0, 0]
         return self.top.group_lls(logp_top, evidence=L[:, None])[:, 0, 0]
 
-    def _top_hidden_evidence(self, L, reduce: str) -> torch.Tensor:
-        """Scores of the hidden H_i given soft evidence L on Z_i: [B, m, top.num_latents];
-        reduce "sum" marginalizes Z_i, "max" maximizes over it (max-product, for MAP)."""
-        logleaf = self.top.params["leaves"].clamp_min(1e-38).log()
-        if reduce == "sum":
-            return self.top.leaf_evidence_scores(logleaf, L)[:, 0]
-        rows = torch.as_tensor(self.top.structure.leaf_index, device=self.device)
-        lt = logleaf[rows, 0]                                              # [m, K, M]
-        return (L[:, :, :, None] + lt[None]).amax(2)
-
     def _top_states(self, L, how: str, seed=None) -> torch.Tensor:
         """z [B, m] drawn from p_top(z | L) (how="sample") or argmax_z p_top(z) exp(L) (how="map";
         with the HCLT top: the joint MAP of (H, Z), then Z)."""
@@ -192,12 +182,14 @@ class LVDCircuit:
                 return queries.tree_map(self.top, evidence=L)[:, 0]
             return queries.tree_sample(self.top, L.shape[0], evidence=L, seed=seed)[1][:, 0]
         hidden = self.top.without_leaves()
-        rows = torch.as_tensor(self.top.structure.leaf_index, device=self.device)
-        lt = self.top.params["leaves"].clamp_min(1e-38).log()[rows, 0]     # [m, K, M]
+        logleaf = self.top.params["leaves"].clamp_min(1e-38).log()        # log p(Z_i | H_i)
+        lt = logleaf[torch.as_tensor(self.top.structure.leaf_index, device=self.device), 0]  # [m, K, M]
+        # scores of the hidden H_i given the soft evidence L on Z_i: [B, m, M], Z_i maximized
+        # out (max-product, for MAP) or summed out (sampling)
         if how == "map":
-            h = queries.tree_map(hidden, evidence=self._top_hidden_evidence(L, "max"))[:, 0]
+            h = queries.tree_map(hidden, evidence=(L[:, :, :, None] + lt[None]).amax(2))[:, 0]
         else:
-            h = queries.tree_sample(hidden, L.shape[0], evidence=self._top_hidden_evidence(L, "sum"),
+            h = queries.tree_sample(hidden, L.shape[0], evidence=self.top.leaf_evidence_scores(logleaf, L)[:, 0],
                                     seed=seed)[1][:, 0]                   # [B, m]
         pos = torch.arange(L.shape[1], device=self.device)[None, :].expand_as(h)
         score = L + lt[pos, :, h]                                          # [B, m, K]

@@ -15,6 +15,7 @@ size of every mini-batch step comes from lvd.pc.schedule (``Schedule.step_size_a
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -22,18 +23,28 @@ import torch
 
 from lvd.pc.queries import check_values, values_checked
 from lvd.pc.schedule import FULL_BATCH_STEP, Schedule
-from lvd.pc.tree import log_handles
+from lvd.pc._cpu import index_add
+from lvd.pc.tree import log_handles, sparse_leaf_flows
 from lvd.progress import Progress
 
 log = logging.getLogger("lvd.pc.em")
 
 
-def flows(circuit, batch: dict, names=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def flows(circuit, batch: dict, names=None, sparse: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(flows per parameter table, per-example lls [B]) for one batch.
 
     The objective gets autograd handles of the log tables (lvd.pc.tree.log_handles): no log of
-    any table is computed, and nothing is read back from the device."""
+    any table is computed, and nothing is read back from the device.
+
+    sparse=True (what ``em_epoch`` asks for): a leaf table whose rows the batch reads few of (an
+    HMM's emission table: 512 x 32 tokens of a 33,278-word vocabulary) may get its flows as a
+    sparse COO tensor (lvd.pc.tree.sparse_leaf_flows; ``.to_dense()`` gives the table), which
+    ``update`` applies without zero-filling, scattering into and passing over a dense table of
+    flows. The default returns dense tables."""
     logp = log_handles(circuit.params, lambda k: names is None or _selected(k, names))
+    for k, h in logp.items():
+        if sparse and k.split(".")[-1] == "leaves" and h.requires_grad:
+            sparse_leaf_flows(h)
     lls = circuit.objective(logp, batch)
     wanted = [k for k, v in logp.items() if v.requires_grad]
     grads = torch.autograd.grad(lls.sum(), [logp[k] for k in wanted], allow_unused=True)
@@ -60,7 +71,15 @@ def target(F: torch.Tensor, p: torch.Tensor, dim: int, pseudocount: float) -> to
 def em_step(p: torch.Tensor, F: torch.Tensor, dim: int, step_size, pseudocount: float) -> None:
     """p <- (1 - s) p + s (F + a / n) / (sum F + a) in place, over ``dim``, without reading
     anything back from the device: one sum, then two passes over the table (the target is never
-    materialized). A distribution with no flow and no pseudocount keeps its values."""
+    materialized). A distribution with no flow and no pseudocount keeps its values.
+
+    F may be a sparse COO tensor (sparse over the leading dimensions, ``dim`` among them;
+    duplicate entries add up): then every entry gets the update with zero flow (one pass) and
+    the entries with flow get their share on top (``_em_step_sparse``)."""
+    if F.is_sparse:
+        if dim % p.dim() < F.sparse_dim():
+            return _em_step_sparse(p, F, dim % p.dim(), step_size, pseudocount)
+        F = F.to_dense()
     n = F.shape[dim]
     denom = F.sum(dim, keepdim=True).add_(pseudocount)
     live = denom > 0
@@ -68,6 +87,41 @@ def em_step(p: torch.Tensor, F: torch.Tensor, dim: int, step_size, pseudocount: 
     keep = torch.where(live, 1.0 - step_size, 1.0)     # (1 - s), or 1 where there is no estimate
     step = torch.addcmul(w * (pseudocount / n), F, w)  # s (F + a / n) / (sum F + a)
     torch.addcmul(step, p, keep, out=p)
+
+
+def _em_step_sparse(p, F, dim: int, step_size, pseudocount: float) -> None:
+    """em_step for a sparse COO F (uncoalesced is fine), with the same formula split in two:
+    p <- keep * p + w * a / n everywhere (per distribution: w = s / (sum F + a), keep = 1 - s,
+    or w = 0, keep = 1 without an estimate), then p[entry] += w * F[entry] at the entries."""
+    S = F.sparse_dim()
+    ind, vals = F._indices(), F._values()                  # [S, nnz], [nnz, *dense]
+    sizes, dense = p.shape[:S], p.shape[S:]
+    n = sizes[dim]
+    row = torch.zeros_like(ind[0])                         # entry -> row of p.view(-1, *dense)
+    dist = torch.zeros_like(ind[0])                        # entry -> its distribution
+    for i, size in enumerate(sizes):
+        row = row * size + ind[i]
+        if i != dim:
+            dist = dist * size + ind[i]
+    shape = list(p.shape)
+    shape[dim] = 1                                         # the per-distribution shape
+    total = index_add(vals.new_zeros(math.prod(sizes) // n, *dense), dist, vals)   # sum F per distribution
+    denom = total.view(shape).add_(pseudocount)
+    live = denom > 0
+    w = torch.where(live, step_size / denom, 0.0)
+    keep = torch.where(live, 1.0 - step_size, 1.0)
+    torch.addcmul(w * (pseudocount / n), p, keep, out=p)   # the update with zero flow
+    w = w.view(-1, *dense)
+    share = vals * (w[0] if len(w) == 1 else w.index_select(0, dist))   # one distribution: no gather
+    index_add(p.view(-1, *dense), row, share)
+
+
+def _accumulate(acc: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+    """acc + F for flows summed over an epoch, dense as soon as one term is (sparse terms would
+    pile up one entry per token)."""
+    if acc.is_sparse:
+        acc = acc.to_dense()
+    return acc.add_(F)
 
 
 @torch.no_grad()
@@ -166,12 +220,12 @@ def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.
     bar = Progress(nb, f"EM epoch {epoch + 1}/{sched.total_epochs}", logger or log)  # lvd.progress
     for j, rows in enumerate(_batches(N, sched.batch_size, shuffle and not full_batch, gen)):
         with values_checked():
-            f, lls = flows(circuit, _take(arrays, rows, circuit.device, circuit), params)
+            f, lls = flows(circuit, _take(arrays, rows, circuit.device, circuit), params, sparse=True)
         ll_sum += lls.double().sum()
         seen += len(rows)
         bar.update(ll=lambda seen=seen: float(ll_sum) / seen)         # read only when shown
         if full_batch:
-            acc = f if acc is None else {k: acc[k] + f[k] for k in acc}
+            acc = f if acc is None else {k: _accumulate(acc[k], f[k]) for k in acc}
         else:
             update(circuit, f, sched.step_size_at(epoch * nb + j, nb), sched.pseudocount)
     bar.close()

@@ -51,6 +51,9 @@ from lvd.pc._cpu import index_add, index_copy, index_reduce, index_select, tune_
 tune_malloc()
 TINY = torch.finfo(torch.float32).tiny
 RESCALE_EVERY = 2            # child messages multiplied into a node's product between rescales
+# a leaf table's flows come back sparse (``sparse_leaf_flows``) when the batch reads at most this
+# many entries per table row (V * G * B entries against L_t * G * C rows); 0: never
+SPARSE_LEAF_FLOWS = 1.0
 warnings.filterwarnings("ignore", message=r"index_reduce\(\) is in beta")
 
 
@@ -370,6 +373,20 @@ def log_handles(params: dict, requires_grad=False) -> dict:
     return out
 
 
+def sparse_leaf_flows(handle: torch.Tensor) -> torch.Tensor:
+    """Let the passes return the flows of the leaf-table handle ``handle`` as a sparse COO
+    tensor when that pays (``SPARSE_LEAF_FLOWS``): sparse over (row, group, value), dense over
+    the K states, one entry per (node, group, example) read, duplicates not summed (missing
+    values: entries of zero). Only for a consumer that accepts sparse flows (lvd.pc.em.flows
+    -> em_step); the default is a dense table. Returns ``handle``."""
+    handle._lvd_sparse_flows = True
+    return handle
+
+
+def _sparse_pays(handle, entries: int, rows: int) -> bool:
+    return bool(getattr(handle, "_lvd_sparse_flows", False)) and entries <= SPARSE_LEAF_FLOWS * rows
+
+
 class Probs(torch.autograd.Function):
     """theta = Probs.apply(log_table): the probability table, differentiable with respect to the
     log table (gradient = theta * d/dtheta: flows); reads a handle's table without a pass."""
@@ -408,6 +425,8 @@ class TreeLL(torch.autograd.Function):
         ctx.save_for_backward(W, root, u, M, q, xs, miss)
         ctx.shapes = (B, G, C, None if log_leaves is None else log_leaves.shape[0], evidence is not None,
                       repeat)
+        ctx.sparse = log_leaves is not None and _sparse_pays(log_leaves, st.num_nodes * G * B,
+                                                             log_leaves.shape[0] * G * C)
         ctx.used = False
         return lls.permute(1, 0, 2)
 
@@ -452,18 +471,35 @@ class TreeLL(torch.autograd.Function):
                 else:
                     index_add(g_edges, idx["edge_rows"][c0:c0 + ne], Wl * torch.matmul(r.transpose(-1, -2), uc))
             uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
+        g_ev = None
+        if has_ev and ctx.needs_input_grad[6]:
+            g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)  # [B, G, V, K]
         g_leaves = None
-        if want_leaves:
+        if want_leaves and ctx.sparse:
+            g_leaves = _sparse_leaf_grad(st, u, xs, miss, repeat, (L_t, G, C, K))
+        elif want_leaves:
             g_leaves = W.new_zeros(L_t * G * C + 1, K)                   # last row: missing sink
             rows = leaf_rows(st, 0, st.num_nodes, G, C, xs, repeat)      # [V, G, B]
             if miss is not None:
                 rows = rows.masked_fill(_repeat(miss, 0, st.num_nodes, repeat), L_t * G * C)
             index_add(g_leaves, rows.reshape(-1), u.view(-1, K))
             g_leaves = g_leaves[:-1].view(-1, G, C, K)
-        g_ev = None
-        if has_ev and ctx.needs_input_grad[6]:
-            g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)  # [B, G, V, K]
         return None, g_edges, g_root, g_leaves, None, None, g_ev
+
+
+def _sparse_leaf_grad(st, a, xs, miss, repeat, shape):
+    """Flows a [V, G, B, K] (BFS order; overwritten at missing values) of the leaf table
+    ``shape`` = [L_t, G, C, K] as an uncoalesced sparse COO tensor: entry (leaf row of v, g,
+    x[v, g, b]) gets a[v, g, b] (zero where the value is missing)."""
+    V, G, B, K = a.shape
+    if miss is not None:
+        a.masked_fill_(_repeat(miss, 0, V, repeat)[..., None], 0.0)
+    if repeat > 1:
+        xs = xs[:, :, None].expand(V, xs.shape[1], repeat, B).reshape(V, G, B)
+    idx = st.on(a.device)
+    ind = torch.stack([idx["leaf_rows"][:, None, None].expand(V, G, B),
+                       torch.arange(G, device=a.device)[None, :, None].expand(V, G, B), xs]).view(3, -1)
+    return torch.sparse_coo_tensor(ind, a.view(-1, K), shape, check_invariants=False)
 
 
 def tree_lls(st, log_edges, log_root, log_leaves, x=None, missing=None, evidence=None):

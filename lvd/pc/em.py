@@ -105,14 +105,15 @@ def _em_step_sparse(p, F, dim: int, step_size, pseudocount: float) -> None:
             dist = dist * size + ind[i]
     shape = list(p.shape)
     shape[dim] = 1                                         # the per-distribution shape
-    total = index_add(vals.new_zeros(math.prod(sizes) // n, *dense), dist, vals)   # sum F per distribution
+    nd = math.prod(sizes) // n                             # distributions (times the dense shape)
+    total = vals.sum(0, keepdim=True) if nd == 1 else index_add(vals.new_zeros(nd, *dense), dist, vals)
     denom = total.view(shape).add_(pseudocount)
     live = denom > 0
     w = torch.where(live, step_size / denom, 0.0)
     keep = torch.where(live, 1.0 - step_size, 1.0)
     torch.addcmul(w * (pseudocount / n), p, keep, out=p)   # the update with zero flow
-    w = w.view(-1, *dense)
-    share = vals * (w[0] if len(w) == 1 else w.index_select(0, dist))   # one distribution: no gather
+    w = w.view(nd, *dense)
+    share = vals * (w[0] if nd == 1 else w.index_select(0, dist))   # one distribution: no gather
     index_add(p.view(-1, *dense), row, share)
 
 

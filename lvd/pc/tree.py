@@ -462,18 +462,21 @@ class TreeLL(torch.autograd.Function):
             r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
             Wl = edge_level(st, idx, W, d + 1)
             uc = u[c0:c0 + ne]
-            if want_edges:
+            if want_edges:                                               # r^T u now, times W once at the end
                 sl = st.edge_slices[d + 1]
                 if sl is not None and st.edge_rows_exact:
-                    torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]]).mul_(Wl)
-                elif sl is not None:
-                    g_edges[sl[0]:sl[1]].add_(Wl * torch.matmul(r.transpose(-1, -2), uc))
+                    torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]])
+                elif sl is not None:                                     # tied rows: accumulate in the GEMM
+                    g_edges[sl[0]:sl[1]].view(-1, K, K).baddbmm_(r.transpose(-1, -2).reshape(-1, K, B),
+                                                                 uc.reshape(-1, B, K))
                 else:
-                    index_add(g_edges, idx["edge_rows"][c0:c0 + ne], Wl * torch.matmul(r.transpose(-1, -2), uc))
+                    index_add(g_edges, idx["edge_rows"][c0:c0 + ne], torch.matmul(r.transpose(-1, -2), uc))
             uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
         g_ev = None
         if has_ev and ctx.needs_input_grad[6]:
             g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)  # [B, G, V, K]
+        if want_edges:
+            g_edges.mul_(W)                                              # flows = W * sum of r^T u
         g_leaves = None
         if want_leaves and ctx.sparse:
             g_leaves = _sparse_leaf_grad(st, u, xs, miss, repeat, (L_t, G, C, K))

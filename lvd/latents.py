@@ -62,16 +62,32 @@ def faiss_device(use_gpu: str = "auto", gpu_id: int | None = None) -> str:
     return f"gpu:{gpu_id}"
 
 
-def flat_index(d: int, device: str):
-    """An exact L2 index on the CPU or on one GPU."""
-    faiss = load_faiss()
+_GPU_RESOURCES: dict = {}   # (id of the faiss module, GPU id) -> its StandardGpuResources
+
+
+def gpu_resources(gpu_id: int, faiss=None):
+    """The one ``faiss.StandardGpuResources`` of this process for GPU ``gpu_id``, made on first
+    use and kept: each such object reserves scratch memory on the GPU and a set of streams, so
+    one per index (per position of a per-position k-means) would pay that setup every time.
+    ``faiss``: the module (default: ``load_faiss()``; a stand-in for tests)."""
+    faiss = load_faiss() if faiss is None else faiss
+    key = (id(faiss), int(gpu_id))
+    if key not in _GPU_RESOURCES:
+        _GPU_RESOURCES[key] = faiss.StandardGpuResources()
+    return _GPU_RESOURCES[key]
+
+
+def flat_index(d: int, device: str, faiss=None):
+    """An exact L2 index on the CPU or on one GPU (sharing the process's resources for that GPU,
+    ``gpu_resources``). ``faiss``: the module (default ``load_faiss()``)."""
+    faiss = load_faiss() if faiss is None else faiss
     if device == "cpu":
         return faiss.IndexFlatL2(d)
-    res = faiss.StandardGpuResources()
+    res = gpu_resources(int(device.split(":")[1]), faiss)
     cfg = faiss.GpuIndexFlatConfig()
     cfg.device = int(device.split(":")[1])
     index = faiss.GpuIndexFlatL2(res, d, cfg)
-    faiss.add_to_referenced_objects(index, res)  # keep the resources alive as long as the index
+    faiss.add_to_referenced_objects(index, res)  # alive as long as the index (cached or not)
     return index
 
 

@@ -325,9 +325,9 @@ def node_major(st: TreeStructure, x, missing, C: int, repeat: int = 1) -> NodeMa
     order = st.on(x.device)["order"]
 
     def lay(a):
-        return a.index_select(2, order).permute(2, 1, 0).contiguous()   # [V, G0, B]
+        return a.permute(2, 1, 0).index_select(0, order)                # [V, G0, B]
 
-    return NodeMajor(lay(x.clamp(0, C - 1)), None if missing is None else lay(missing), repeat)
+    return NodeMajor(lay(x).clamp_(0, C - 1), None if missing is None else lay(missing), repeat)
 
 
 def _prepare(st: TreeStructure, x, missing, evidence, C, G, device):
@@ -339,13 +339,12 @@ def _prepare(st: TreeStructure, x, missing, evidence, C, G, device):
         xs, miss = x.xs, x.miss
         if x.repeat * xs.shape[1] != G:
             raise ValueError(f"NodeMajor input serves {x.repeat * xs.shape[1]} groups, the circuit has {G}")
-    elif x is not None:
-        xs = x.index_select(2, order).permute(2, 1, 0)                 # [V, G, B]
-        xs = xs.clamp(0, C - 1).contiguous()
+    elif x is not None:   # (a gather of whole [G, B] slices: half the time of one along the last dim)
+        xs = x.permute(2, 1, 0).index_select(0, order).clamp_(0, C - 1)    # [V, G, B]
         if missing is not None:
-            miss = missing.index_select(2, order).permute(2, 1, 0).contiguous()
+            miss = missing.permute(2, 1, 0).index_select(0, order)
     if evidence is not None:
-        ev = evidence.index_select(2, order).permute(2, 1, 0, 3).contiguous()  # [V, G, B, K]
+        ev = evidence.permute(2, 1, 0, 3).index_select(0, order)           # [V, G, B, K]
     return xs, miss, ev
 
 

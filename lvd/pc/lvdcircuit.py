@@ -187,7 +187,9 @@ class LVDCircuit:
         # scores of the hidden H_i given the soft evidence L on Z_i: [B, m, M], Z_i maximized
         # out (max-product, for MAP) or summed out (sampling)
         if how == "map":
-            h = queries.tree_map(hidden, evidence=(L[:, :, :, None] + lt[None]).amax(2))[:, 0]
+            # max_k L[b, i, k] + lt[i, k, h] in blocks (queries.max_plus): no [B, m, K, M] temporary
+            ev = queries.max_plus(lt.transpose(1, 2)[:, None], L.permute(1, 0, 2)[:, None])  # [m, 1, B, M]
+            h = queries.tree_map(hidden, evidence=ev[:, 0].permute(1, 0, 2))[:, 0]
         else:
             h = queries.tree_sample(hidden, L.shape[0], evidence=self.top.leaf_evidence_scores(logleaf, L)[:, 0],
                                     seed=seed)[1][:, 0]                   # [B, m]

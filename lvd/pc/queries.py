@@ -5,7 +5,11 @@ summed out), then samples top-down: the root from p(root | evidence) and each ch
 W[k_parent, :] * u_child (its upward message), which is exactly p(child | parent, evidence).
 Missing values are drawn from the leaf of the sampled state; observed values are kept.
 
-MAP runs max-product upward in the log domain and backtracks.
+MAP runs max-product upward in the log domain and backtracks. A node's max over its child's
+states is taken for a block of parent states at a time, so that the candidate scores
+[n, G, B, parent states, K] of a level stay within ``MAP_TEMP_BYTES`` (an LVD-PG top tree has
+K = 1,600 states: one K x K block per example would be 10 MB each). Sampling needs no K x K
+temporary per example: each child draws from its parent state's row of W times its message.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from contextlib import contextmanager
 import torch
 
 from lvd.pc._cpu import index_add, index_select
-from lvd.pc.tree import TINY, _prepare, edge_level, upward
+from lvd.pc.tree import TINY, _prepare, edge_level, leaf_rows, upward
+
+MAP_TEMP_BYTES = 64 << 20   # bound on MAP's candidate-score temporary per level (see above)
 
 
 _CHECKED = threading.local()
@@ -132,6 +138,25 @@ def tree_map(tc, x=None, missing=None, evidence=None, chunk: int = 64):
     return torch.cat(parts, 0)
 
 
+def max_plus(lw, sc, arg=None):
+    """best[n, g, b, k] = max_j lw[n, g, k, j] + sc[n, g, b, j] for lw [n, G, Kp, J] and sc
+    [n, G, B, J] -> [n, G, B, Kp]; with ``arg`` (int64 like best) its argmax written there.
+    Parent states k go in blocks whose candidates [n, G, B, block, J] fit ``MAP_TEMP_BYTES``
+    (ties: the first j, as in one max over all of them)."""
+    n, G, B, J = sc.shape
+    Kp = lw.shape[2]
+    block = max(1, MAP_TEMP_BYTES // (sc.element_size() * n * G * B * J))
+    best = sc.new_empty(n, G, B, Kp)
+    for k0 in range(0, Kp, block):
+        k1 = min(Kp, k0 + block)
+        cand = lw[:, :, None, k0:k1] + sc[:, :, :, None, :]                  # [n, G, B, k1 - k0, J]
+        if arg is None:
+            best[..., k0:k1] = cand.amax(-1)
+        else:
+            best[..., k0:k1], arg[..., k0:k1] = cand.max(-1)
+    return best
+
+
 def _map_chunk(tc, x, missing, evidence):
     st, dev, G, B = tc.structure, tc.device, tc.num_groups, x.shape[0]
     p = tc.params
@@ -142,11 +167,10 @@ def _map_chunk(tc, x, missing, evidence):
     xs, miss, ev = _prepare(st, x, missing, evidence, tc.num_cats or 1, G, dev)
     score = torch.zeros(st.num_nodes, G, B, K, device=dev)
     arg = torch.zeros(st.num_nodes, G, B, K, dtype=torch.long, device=dev)
-    garange = torch.arange(G, device=dev)[None, :, None]
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
         if logleaf is not None:
-            rows = (idx["leaf_rows"][a:b, None, None] * G + garange) * tc.num_cats + xs[a:b]
+            rows = leaf_rows(st, a, b, G, tc.num_cats, xs)                   # [n, G, B]
             leaf = index_select(logleaf.reshape(-1, K), rows.reshape(-1)).view(b - a, G, B, K)
             if miss is not None:
                 leaf = leaf.masked_fill(miss[a:b, :, :, None], 0.0)
@@ -158,9 +182,7 @@ def _map_chunk(tc, x, missing, evidence):
             ne, par = st.num_edge_nodes[d + 1], idx["parent_local"][d + 1]
             if ne:
                 lw = edge_level(st, idx, logW, d + 1)                  # [ne, G, K, K]
-                cand = lw[:, :, None] + score[c0:c0 + ne, :, :, None, :]   # [ne, G, B, K, K]
-                best, arg[c0:c0 + ne] = cand.max(-1)
-                index_add(score[a:b], par[:ne], best)
+                index_add(score[a:b], par[:ne], max_plus(lw, score[c0:c0 + ne], arg[c0:c0 + ne]))
             if ne < c1 - c0:                                           # copies: identity edge
                 index_add(score[a:b], par[ne:], score[c0 + ne:c1])
     states = torch.empty(st.num_nodes, G, B, dtype=torch.long, device=dev)

@@ -352,8 +352,23 @@ def tree_circuit(parents, K, C, G=1, H=1, seed=0, tied=False):
     return TreeCircuit(st, K, C, num_groups=G, num_heads=H, seed=seed)
 
 
-def as_t(a, dtype=torch.long):
-    return torch.as_tensor(np.asarray(a), dtype=dtype)
+def as_t(a, dtype=torch.long, device=None):
+    return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
+
+
+def host(t) -> np.ndarray:
+    """A result tensor (any device, sparse or dense) as a float64 array on the host."""
+    t = t.detach()
+    return (t.to_dense() if t.is_sparse else t).cpu().double().numpy()
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> None:
+    """a equals b bit for bit on the CPU (the passes' order of operations is fixed there); on
+    CUDA, where index_add / index_reduce use atomics in no fixed order, to float32 rounding."""
+    if a.device.type == "cpu":
+        assert torch.equal(a, b)
+    else:
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
 def tree_ll_logdomain(parents, root, edges, leaves, edge_index, leaf_index, x):

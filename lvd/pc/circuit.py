@@ -119,6 +119,8 @@ class TreeCircuit:
                 x = x[:, None, :].expand(-1, self.num_groups, -1)
             if missing is not None and missing.dim() == 2:
                 missing = missing[:, None, :].expand(-1, self.num_groups, -1)
+        if evidence is not None and evidence.device != self.device:
+            evidence = evidence.to(self.device)            # differentiable: gradients reach the caller's tensor
         if evidence is not None and evidence.dim() == 3:
             evidence = evidence[:, None].expand(-1, self.num_groups, -1, -1)
         return tree_lls(self.structure, logp["edges"], logp["root"], logp.get("leaves"),
@@ -171,7 +173,7 @@ class TreeCircuit:
         """p(state of node v = k | evidence): [B, V, K] (G = 1 circuits)."""
         B = x.shape[0] if x is not None else evidence.shape[0]
         ev = torch.zeros(B, self.num_vars, self.num_latents, device=self.device) \
-            if evidence is None else evidence.clone()
+            if evidence is None else torch.as_tensor(evidence, device=self.device).clone()
         ev.requires_grad_(True)
         lls = self.group_lls(self.log_handles(), x, missing, ev)
         (post,) = torch.autograd.grad(lls.sum(), ev)
@@ -211,5 +213,5 @@ def latent_evidence(z, K: int, evidence=None, device="cpu") -> torch.Tensor:
     off = (z[..., None] >= 0) & (states != z[..., None])               # [..., K]
     ev = torch.zeros(off.shape, device=z.device).masked_fill_(off, float("-inf"))
     if evidence is not None:
-        ev = ev + evidence
+        ev = ev + evidence.to(ev.device)
     return ev

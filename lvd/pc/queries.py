@@ -70,8 +70,10 @@ def _inputs(tc, n, x, missing, evidence):
             x = x[:, None].expand(-1, G, -1)
         if missing is not None and missing.dim() == 2:
             missing = missing[:, None].expand(-1, G, -1)
-    if evidence is not None and evidence.dim() == 3:
-        evidence = evidence[:, None].expand(-1, G, -1, -1)
+    if evidence is not None:
+        evidence = torch.as_tensor(evidence, device=dev)
+        if evidence.dim() == 3:
+            evidence = evidence[:, None].expand(-1, G, -1, -1)
     return x, missing, evidence
 
 

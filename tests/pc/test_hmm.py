@@ -1,4 +1,5 @@
-"""HMMs (tied and untied over time) against the forward algorithm and enumeration."""
+"""HMMs (tied and untied over time) against the forward algorithm and enumeration, on each
+device (the ``device`` fixture; inputs may stay on the host: the circuit moves them)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from lvd import pc
-from pc_bruteforce import all_configs, as_t, frequencies, tree_flows, tree_lls_bf, tv
+from pc_bruteforce import all_configs, as_t, frequencies, host, tree_flows, tree_lls_bf, tv
 
 
 def forward_ll(pi, A, Bm, x, missing=None):
@@ -29,7 +30,7 @@ def forward_ll(pi, A, Bm, x, missing=None):
 
 def hmm_tables(h):
     """(pi, A [T-1, K, K], Bm [T, C, K]) of an HMM circuit, tied rows repeated over time."""
-    p = {k: v.double().numpy() for k, v in h.params.items()}
+    p = {k: host(v) for k, v in h.params.items()}
     T = h.num_vars
     A = p["edges"][:, 0]
     Bm = p["leaves"][:, 0]
@@ -41,39 +42,39 @@ def hmm_tables(h):
 
 
 @pytest.mark.parametrize("homogeneous", [True, False])
-def test_sums_to_one(homogeneous):
-    h = pc.hmm(seq_len=4, num_latents=3, vocab_size=3, homogeneous=homogeneous, seed=0)
+def test_sums_to_one(homogeneous, device):
+    h = pc.hmm(seq_len=4, num_latents=3, vocab_size=3, homogeneous=homogeneous, seed=0, device=device)
     X = all_configs(4, 3)
-    lls = h.log_likelihood(as_t(X)).double().numpy()
+    lls = host(h.log_likelihood(as_t(X)))
     assert np.exp(lls).sum() == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(lls, tree_lls_bf(h, X), atol=2e-5)
 
 
 @pytest.mark.parametrize("homogeneous", [True, False])
-def test_log_likelihood_equals_forward_algorithm(homogeneous):
-    h = pc.hmm(seq_len=5, num_latents=3, vocab_size=3, homogeneous=homogeneous, seed=1)
+def test_log_likelihood_equals_forward_algorithm(homogeneous, device):
+    h = pc.hmm(seq_len=5, num_latents=3, vocab_size=3, homogeneous=homogeneous, seed=1, device=device)
     pi, A, Bm = hmm_tables(h)
     rng = np.random.default_rng(1)
     X = rng.integers(0, 3, (20, 5))
     miss = rng.random((20, 5)) < 0.3
-    got = h.log_likelihood(as_t(X), as_t(miss, torch.bool)).double().numpy()
+    got = host(h.log_likelihood(as_t(X), as_t(miss, torch.bool)))
     want = [forward_ll(pi, A, Bm, X[b], miss[b]) for b in range(20)]
     np.testing.assert_allclose(got, want, atol=3e-5)
 
 
-def test_long_sequence_matches_scaled_forward():
+def test_long_sequence_matches_scaled_forward(device):
     """T = 120 with 40 words: the unscaled product would be ~ e^-440, far below float32."""
-    h = pc.hmm(seq_len=120, num_latents=6, vocab_size=40, homogeneous=True, seed=2)
+    h = pc.hmm(seq_len=120, num_latents=6, vocab_size=40, homogeneous=True, seed=2, device=device)
     pi, A, Bm = hmm_tables(h)
     X = np.random.default_rng(2).integers(0, 40, (3, 120))
-    got = h.log_likelihood(as_t(X)).double().numpy()
+    got = host(h.log_likelihood(as_t(X)))
     want = np.array([forward_ll(pi, A, Bm, x) for x in X])
     assert np.all(np.isfinite(got)) and want.max() < -300
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_homogeneous_hmm_has_single_rows_that_stay_tied():
-    h = pc.hmm(seq_len=6, num_latents=3, vocab_size=4, homogeneous=True, seed=3)
+def test_homogeneous_hmm_has_single_rows_that_stay_tied(device):
+    h = pc.hmm(seq_len=6, num_latents=3, vocab_size=4, homogeneous=True, seed=3, device=device)
     assert h.params["edges"].shape == (1, 1, 3, 3)
     assert h.params["leaves"].shape == (1, 1, 4, 3)
     assert h.meta["homogeneous"] is True
@@ -84,10 +85,10 @@ def test_homogeneous_hmm_has_single_rows_that_stay_tied():
     assert u.params["edges"].shape == (5, 1, 3, 3) and u.params["leaves"].shape == (6, 1, 4, 3)
 
 
-def test_tied_flows_equal_sum_of_untied_flows():
+def test_tied_flows_equal_sum_of_untied_flows(device):
     T, K, C = 5, 3, 3
-    tied = pc.hmm(seq_len=T, num_latents=K, vocab_size=C, homogeneous=True, seed=4)
-    untied = pc.hmm(seq_len=T, num_latents=K, vocab_size=C, homogeneous=False, seed=99)
+    tied = pc.hmm(seq_len=T, num_latents=K, vocab_size=C, homogeneous=True, seed=4, device=device)
+    untied = pc.hmm(seq_len=T, num_latents=K, vocab_size=C, homogeneous=False, seed=99, device=device)
     untied.params["root"].copy_(tied.params["root"])
     untied.params["edges"].copy_(tied.params["edges"].expand(T - 1, -1, -1, -1))
     untied.params["leaves"].copy_(tied.params["leaves"].expand(T, -1, -1, -1))
@@ -102,14 +103,14 @@ def test_tied_flows_equal_sum_of_untied_flows():
     torch.testing.assert_close(ft["leaves"][0], fu["leaves"].sum(0), atol=1e-4, rtol=1e-5)
     # and both equal the brute-force expected counts
     want, _ = tree_flows(tied, X.numpy(), miss.numpy())
-    np.testing.assert_allclose(ft["edges"].double().numpy(), want["edges"], atol=3e-5)
-    np.testing.assert_allclose(ft["leaves"].double().numpy(), want["leaves"], atol=3e-5)
+    np.testing.assert_allclose(host(ft["edges"]), want["edges"], atol=3e-5)
+    np.testing.assert_allclose(host(ft["leaves"]), want["leaves"], atol=3e-5)
 
 
-def test_sample_frequencies():
-    h = pc.hmm(seq_len=4, num_latents=2, vocab_size=3, homogeneous=True, seed=5)
-    p = np.exp(h.log_likelihood(as_t(all_configs(4, 3))).double().numpy())
-    s = h.sample(40_000, seed=5).numpy()
+def test_sample_frequencies(device):
+    h = pc.hmm(seq_len=4, num_latents=2, vocab_size=3, homogeneous=True, seed=5, device=device)
+    p = np.exp(host(h.log_likelihood(as_t(all_configs(4, 3)))))
+    s = h.sample(40_000, seed=5).cpu().numpy()
     assert tv(frequencies(s, 3), p) < 0.03
 
 
@@ -120,9 +121,9 @@ def test_num_params_by_hand():
     assert untied.num_params == 5 * 3 * 2 + 2 + 6 * 3 * 3
 
 
-def test_length_one_and_bad_length():
-    h = pc.hmm(seq_len=1, num_latents=2, vocab_size=3, seed=6)
+def test_length_one_and_bad_length(device):
+    h = pc.hmm(seq_len=1, num_latents=2, vocab_size=3, seed=6, device=device)
     lls = h.log_likelihood(torch.arange(3)[:, None])
-    assert np.exp(lls.double().numpy()).sum() == pytest.approx(1.0, abs=1e-6)
+    assert np.exp(host(lls)).sum() == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="seq_len"):
         pc.hmm(seq_len=0, num_latents=2, vocab_size=3)

@@ -165,7 +165,7 @@ class LVDCircuit:
         if batch.get("z") is not None:
             ev = latent_evidence(batch["z"], self.num_states, ev, self.device)
         if batch.get("evidence") is not None:
-            ev = ev + batch["evidence"]
+            ev = ev + torch.as_tensor(batch["evidence"], device=self.device)
         return self.top_lls(lt, ev)
 
     def top_lls(self, logp_top, L) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""em_groups: the independent groups of one tree trained together, heads observed, by brute force."""
+"""em_groups: the independent groups of one tree trained together, heads observed, by brute force,
+on each device (the ``device`` fixture; members' data stay on the host)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ def members(G, H, sizes, seed=0):
     return xs, hs
 
 
-def test_one_full_step_equals_the_brute_force_em_update():
+def test_one_full_step_equals_the_brute_force_em_update(device):
     """batch_size >= every group's size and step 1: one step is the exact EM update of each
     group from its own members' expected counts, each member counted under its own head."""
     G, H, a = 3, 2, 0.1
-    tc = tree_circuit(PARENTS, K, C, G=G, H=H, seed=1)
+    tc = tree_circuit(PARENTS, K, C, G=G, H=H, seed=1).to(device)
     xs, hs = members(G, H, [5, 3, 7])
-    before = {k: v.double().numpy().copy() for k, v in tc.params.items()}
+    before = {k: v.double().cpu().numpy().copy() for k, v in tc.params.items()}
     em_groups(tc, xs, hs, epochs=1, batch_size=16, step_size=1.0, pseudocount=a)
     for g in range(G):
         F = {"root": np.zeros((H, K)), "edges": np.zeros_like(before["edges"][:, g]),
@@ -39,9 +40,9 @@ def test_one_full_step_equals_the_brute_force_em_update():
         want_root = (F["root"] + a / K) / (F["root"].sum(-1, keepdims=True) + a)
         want_edges = (F["edges"] + a / K) / (F["edges"].sum(-1, keepdims=True) + a)
         want_leaves = (F["leaves"] + a / C) / (F["leaves"].sum(1, keepdims=True) + a)
-        np.testing.assert_allclose(tc.params["root"][g].double().numpy(), want_root, atol=2e-5)
-        np.testing.assert_allclose(tc.params["edges"][:, g].double().numpy(), want_edges, atol=2e-5)
-        np.testing.assert_allclose(tc.params["leaves"][:, g].double().numpy(), want_leaves, atol=2e-5)
+        np.testing.assert_allclose(tc.params["root"][g].double().cpu().numpy(), want_root, atol=2e-5)
+        np.testing.assert_allclose(tc.params["edges"][:, g].double().cpu().numpy(), want_edges, atol=2e-5)
+        np.testing.assert_allclose(tc.params["leaves"][:, g].double().cpu().numpy(), want_leaves, atol=2e-5)
 
 
 def tc_from(params, G, H):
@@ -50,23 +51,23 @@ def tc_from(params, G, H):
     return tc
 
 
-def test_batched_equals_looped_and_blocking_changes_nothing():
+def test_batched_equals_looped_and_blocking_changes_nothing(device):
     G, H = 4, 2
     xs, hs = members(G, H, [40, 9, 0, 23], seed=2)
     kw = dict(epochs=3, batch_size=8, step_size=0.3, step_size_end=0.05, pseudocount=0.1,
               group_seeds=[11, 12, 13, 14])
-    together = tree_circuit(PARENTS, K, C, G=G, H=H, seed=3)
+    together = tree_circuit(PARENTS, K, C, G=G, H=H, seed=3).to(device)
     init = {k: v.clone() for k, v in together.params.items()}
     hist = em_groups(together, xs, hs, **kw)
     assert np.isnan(hist[2]).all() and np.isfinite(hist[[0, 1, 3]]).all()
     for k in init:                                               # the empty group kept its tables
         dim = 0 if k == "root" else 1
         torch.testing.assert_close(together.params[k].select(dim, 2), init[k].select(dim, 2))
-    tiny_blocks = tree_circuit(PARENTS, K, C, G=G, H=H, seed=3)
+    tiny_blocks = tree_circuit(PARENTS, K, C, G=G, H=H, seed=3).to(device)
     hist_b = em_groups(tiny_blocks, xs, hs, max_bytes=1, **kw)       # one group per block
     np.testing.assert_allclose(hist_b, hist, atol=1e-6)
     for g in range(G):
-        alone = tree_circuit(PARENTS, K, C, G=G, H=H, seed=3).select_groups([g])
+        alone = tree_circuit(PARENTS, K, C, G=G, H=H, seed=3).to(device).select_groups([g])
         h1 = em_groups(alone, [xs[g]], [hs[g]], **{**kw, "group_seeds": [kw["group_seeds"][g]]})
         np.testing.assert_allclose(h1[0], hist[g], atol=1e-6)
         for k, t in alone.params.items():
@@ -76,9 +77,9 @@ def test_batched_equals_looped_and_blocking_changes_nothing():
             torch.testing.assert_close(tiny_blocks.params[k], together.params[k], atol=1e-6, rtol=1e-5)
 
 
-def test_full_batch_epochs_never_lower_each_groups_likelihood():
+def test_full_batch_epochs_never_lower_each_groups_likelihood(device):
     G, H = 2, 2
-    tc = tree_circuit(PARENTS, K, C, G=G, H=H, seed=4)
+    tc = tree_circuit(PARENTS, K, C, G=G, H=H, seed=4).to(device)
     xs, hs = members(G, H, [30, 12], seed=4)
 
     def mean_ll(g):
@@ -92,8 +93,8 @@ def test_full_batch_epochs_never_lower_each_groups_likelihood():
         prev = now
 
 
-def test_history_is_the_mean_ll_under_the_members_heads():
-    tc = tree_circuit(PARENTS, K, C, G=1, H=2, seed=5)
+def test_history_is_the_mean_ll_under_the_members_heads(device):
+    tc = tree_circuit(PARENTS, K, C, G=1, H=2, seed=5).to(device)
     xs, hs = members(1, 2, [6], seed=5)
     want = np.mean([tree_lls_bf(tc, x[None], h=int(h))[0] for x, h in zip(xs[0], hs[0])])
     hist = em_groups(tc, xs, hs, epochs=1, batch_size=6, step_size=0.5)   # one step: ll before it

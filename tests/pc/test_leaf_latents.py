@@ -21,13 +21,14 @@ def correlated(N, V, C, seed):
 
 
 @pytest.fixture
-def tiny():
-    """5 variables, 3 values, 3 states; the Chow-Liu tree of correlated data has >= 2 leaves."""
+def tiny(device):
+    """5 variables, 3 values, 3 states; the Chow-Liu tree of correlated data has >= 2 leaves;
+    on each device (the ``device`` fixture), so every test that takes it runs on both."""
     c = pc.hclt(correlated(300, 5, 3, 0), num_latents=3, num_cats=3, seed=0, leaf_latents=False)
     for k, v in c.params.items():        # peaked tables: the evidence moves things visibly
         g = torch.Generator().manual_seed(len(k))
         c.params[k] = (torch.randn(v.shape, generator=g, dtype=torch.float64) * 2).softmax(c.norm_dims[k]).float()
-    return c
+    return c.to(device)
 
 
 def test_structure_hangs_the_chow_liu_leaves_on_their_parents(tiny):
@@ -45,7 +46,7 @@ def test_structure_hangs_the_chow_liu_leaves_on_their_parents(tiny):
 
 def test_sums_to_one_and_matches_enumeration(tiny):
     X = all_configs(5, 3)
-    lls = tiny.log_likelihood(as_t(X)).double().numpy()
+    lls = tiny.log_likelihood(as_t(X)).double().cpu().numpy()
     assert np.exp(lls).sum() == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(lls, tree_lls_bf(tiny, X), atol=2e-5)
 
@@ -54,7 +55,7 @@ def test_marginals_with_missing_values(tiny):
     rng = np.random.default_rng(1)
     X = rng.integers(0, 3, (20, 5))
     miss = rng.random((20, 5)) < 0.4
-    got = tiny.log_likelihood(as_t(X), as_t(miss, torch.bool)).double().numpy()
+    got = tiny.log_likelihood(as_t(X), as_t(miss, torch.bool)).double().cpu().numpy()
     np.testing.assert_allclose(got, tree_lls_bf(tiny, X, miss), atol=2e-5)
 
 
@@ -69,8 +70,8 @@ def test_flows_equal_expected_counts(tiny):
         f, lls = pc.flows(tiny, batch)
         want, bf = tree_flows(tiny, X, m, e)
         for k in want:
-            np.testing.assert_allclose(f[k].double().numpy(), want[k], atol=2e-5, rtol=1e-4, err_msg=k)
-        np.testing.assert_allclose(lls.double().numpy(), bf, atol=2e-5)
+            np.testing.assert_allclose(f[k].double().cpu().numpy(), want[k], atol=2e-5, rtol=1e-4, err_msg=k)
+        np.testing.assert_allclose(lls.double().cpu().numpy(), bf, atol=2e-5)
 
 
 def test_full_batch_em_never_lowers_the_likelihood(tiny):
@@ -87,14 +88,14 @@ def test_latent_posterior_and_map(tiny):
     X = rng.integers(0, 3, (6, 5))
     miss = rng.random((6, 5)) < 0.3
     post = tiny.latent_posterior(as_t(X), as_t(miss, torch.bool))
-    zs = tiny.map_latents(as_t(X), as_t(miss, torch.bool)).numpy()
+    zs = tiny.map_latents(as_t(X), as_t(miss, torch.bool)).cpu().numpy()
     st = tiny.structure
     for b in range(6):
         Jz = condition(joint_of(tiny), 5, X[b], miss[b])
         Jz = Jz / Jz.sum()
         for v in range(5):
             want = Jz.sum(axis=tuple(a for a in range(5) if a != v))
-            np.testing.assert_allclose(post[b, v].double().numpy(), want, atol=2e-5)
+            np.testing.assert_allclose(post[b, v].double().cpu().numpy(), want, atol=2e-5)
         assert Jz[tuple(zs[b])] == pytest.approx(Jz.max(), rel=1e-9)
         for v in np.flatnonzero((st.edge_index < 0) & (st.parents >= 0)):
             assert zs[b, v] == zs[b, st.parents[v]]                     # a copy takes its parent's state
@@ -103,13 +104,13 @@ def test_latent_posterior_and_map(tiny):
 def test_sample_frequencies(tiny):
     J = joint_of(tiny)
     p = J.reshape(3 ** 5, -1).sum(1)
-    s = tiny.sample(40_000, seed=0).numpy()
+    s = tiny.sample(40_000, seed=0).cpu().numpy()
     assert tv(frequencies(s, 3), p) < 0.03
     miss = np.zeros((20_000, 5), bool)
     miss[:, :2] = True
     x = np.zeros((20_000, 5), np.int64)
     x[:, 2:] = [2, 0, 1]
-    s = tiny.sample(20_000, as_t(x), as_t(miss, torch.bool), seed=1).numpy()
+    s = tiny.sample(20_000, as_t(x), as_t(miss, torch.bool), seed=1).cpu().numpy()
     np.testing.assert_array_equal(s[:, 2:], x[:, 2:])
     want = J.reshape(3, 3, 3, 3, 3, -1).sum(-1)[:, :, 2, 0, 1]
     assert tv(frequencies(s[:, :2], 3), (want / want.sum()).ravel()) < 0.03
@@ -145,4 +146,4 @@ def test_float32_at_mnist_size_matches_the_log_domain_reference():
     x = np.vstack([np.zeros((1, 784), np.int64), np.full((1, 784), 255), X[:2]])
     t = tables(c)
     want = tree_ll_logdomain(t["parents"], t["root"], t["edges"], t["leaves"], t["edge_index"], t["leaf_index"], x)
-    np.testing.assert_allclose(c.log_likelihood(as_t(x)).double().numpy(), want, rtol=2e-5)
+    np.testing.assert_allclose(c.log_likelihood(as_t(x)).double().cpu().numpy(), want, rtol=2e-5)

@@ -25,7 +25,8 @@ from lvd.pc.reinit import random_like
 from lvd.pc.schedule import Schedule
 from lvd.pc.serialize import load, load_attrs, save
 from lvd.pc.structures import chow_liu_tree, hclt, hmm, mutual_information, tree_structure
-from lvd.pc.tree import TreeStructure, tree_lls
+from lvd.pc.tree import TreeStructure
+from lvd.pc.treell import tree_lls
 
 __all__ = [
     "LVDCircuit", "TreeCircuit", "TreeStructure", "load", "load_attrs", "lvd_circuit", "save", "chow_liu_tree", "count_init", "counts", "em", "em_epoch", "em_groups", "flows",

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from lvd.pc import queries
-from lvd.pc.tree import NodeMajor, Probs, TreeStructure, log_handles, tree_lls
+from lvd.pc.tree import NodeMajor, TreeStructure
+from lvd.pc.treell import Probs, log_handles, tree_lls
 
 
 def _as_long(x, device) -> torch.Tensor:
@@ -205,11 +206,23 @@ class TreeCircuit:
                            num_heads=self.num_heads, kind=self.kind, params=params, meta=self.meta)
 
 
+_STATES: dict = {}
+
+
+def _states(K: int, device) -> torch.Tensor:
+    """arange(K) on ``device``, made once per (K, device) (latent_evidence runs every EM step
+    of a circuit trained with observed latents)."""
+    key = (int(K), str(device))
+    if key not in _STATES:
+        _STATES[key] = torch.arange(K, device=device)
+    return _STATES[key]
+
+
 def latent_evidence(z, K: int, evidence=None, device="cpu") -> torch.Tensor:
     """Hard evidence as log-potentials: 0 at the observed state, -inf elsewhere; z = -1 is unobserved.
     (Elementwise, without reading anything back from the device.)"""
     z = _as_long(z, device)
-    states = torch.arange(K, device=z.device)
+    states = _states(K, z.device)
     off = (z[..., None] >= 0) & (states != z[..., None])               # [..., K]
     ev = torch.zeros(off.shape, device=z.device).masked_fill_(off, float("-inf"))
     if evidence is not None:

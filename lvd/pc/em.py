@@ -24,7 +24,7 @@ import torch
 from lvd.pc.queries import check_values, values_checked
 from lvd.pc.schedule import FULL_BATCH_STEP, Schedule
 from lvd.pc._cpu import index_add
-from lvd.pc.tree import log_handles, sparse_leaf_flows
+from lvd.pc.treell import log_handles, sparse_leaf_flows
 from lvd.progress import Progress
 
 log = logging.getLogger("lvd.pc.em")
@@ -33,12 +33,12 @@ log = logging.getLogger("lvd.pc.em")
 def flows(circuit, batch: dict, names=None, sparse: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(flows per parameter table, per-example lls [B]) for one batch.
 
-    The objective gets autograd handles of the log tables (lvd.pc.tree.log_handles): no log of
+    The objective gets autograd handles of the log tables (lvd.pc.treell.log_handles): no log of
     any table is computed, and nothing is read back from the device.
 
     sparse=True (what ``em_epoch`` asks for): a leaf table whose rows the batch reads few of (an
     HMM's emission table: 512 x 32 tokens of a 33,278-word vocabulary) may get its flows as a
-    sparse COO tensor (lvd.pc.tree.sparse_leaf_flows; ``.to_dense()`` gives the table), which
+    sparse COO tensor (lvd.pc.treell.sparse_leaf_flows; ``.to_dense()`` gives the table), which
     ``update`` applies without zero-filling, scattering into and passing over a dense table of
     flows. The default returns dense tables."""
     logp = log_handles(circuit.params, lambda k: names is None or _selected(k, names))

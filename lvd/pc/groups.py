@@ -30,7 +30,7 @@ import torch
 from lvd.pc.em import _to_device, check_data, target
 from lvd.pc.queries import values_checked
 from lvd.pc.schedule import Schedule
-from lvd.pc.tree import log_handles
+from lvd.pc.treell import log_handles
 
 log = logging.getLogger("lvd.pc.groups")
 

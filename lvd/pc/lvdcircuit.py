@@ -33,7 +33,8 @@ from lvd.pc import queries
 from lvd.pc.circuit import TreeCircuit, _as_long, latent_evidence
 from lvd.pc.patches import patch_index
 from lvd.pc.structures import chow_liu_tree, tree_structure
-from lvd.pc.tree import log_handles, node_major
+from lvd.pc.tree import node_major
+from lvd.pc.treell import log_handles
 
 
 class LVDCircuit:
@@ -121,7 +122,7 @@ class LVDCircuit:
         return {k: v.clamp_min(1e-38).log() for k, v in self.params.items()}
 
     def log_handles(self, requires_grad=False) -> dict[str, torch.Tensor]:
-        """``log_params`` without computing a log (lvd.pc.tree.log_handles)."""
+        """``log_params`` without computing a log (lvd.pc.treell.log_handles)."""
         return log_handles(self.params, requires_grad)
 
     @staticmethod
@@ -183,7 +184,7 @@ class LVDCircuit:
             return queries.tree_sample(self.top, L.shape[0], evidence=L, seed=seed)[1][:, 0]
         hidden = self.top.without_leaves()
         logleaf = self.top.params["leaves"].clamp_min(1e-38).log()        # log p(Z_i | H_i)
-        lt = logleaf[torch.as_tensor(self.top.structure.leaf_index, device=self.device), 0]  # [m, K, M]
+        lt = logleaf[self.top.structure.on(self.device)["leaf_index"], 0]   # [m, K, M]
         # scores of the hidden H_i given the soft evidence L on Z_i: [B, m, M], Z_i maximized
         # out (max-product, for MAP) or summed out (sampling)
         if how == "map":

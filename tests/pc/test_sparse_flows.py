@@ -1,4 +1,4 @@
-"""Sparse leaf flows (lvd.pc.tree.sparse_leaf_flows) and their EM update (lvd.pc.em._em_step_sparse).
+"""Sparse leaf flows (lvd.pc.treell.sparse_leaf_flows) and their EM update (lvd.pc.em._em_step_sparse).
 
 A batch that reads fewer leaf entries than the table has rows (an HMM's emission table) gets
 its leaf flows as an uncoalesced sparse COO tensor; the update then makes one pass over the
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lvd import pc
-from lvd.pc import tree
+from lvd.pc import treell as tree
 from lvd.pc.em import em_step
 from pc_bruteforce import as_t, lvd_flows, make_lvd, tree_flows
 

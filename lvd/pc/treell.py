@@ -1,0 +1,188 @@
+"""The latent tree's log-likelihood as an autograd function, with its backward written by hand.
+
+``TreeLL`` (``tree_lls``): given d(loss)/d(lls) the backward returns flows (expected counts)
+as the gradients of the *log*-parameter tables, and the posterior state weights as the
+gradient of the evidence. So ``torch.autograd`` composes trees (the LVD circuit feeds patch
+log-likelihoods into the top tree as evidence) and EM reads flows off ``.grad``. The passes
+read probability tables, never their logs: ``log_handles`` gives EM autograd handles for the
+log tables that carry the probability tables along (``probs``), so a step computes no log or
+exp of any table. Shapes and the upward pass: lvd.pc.tree.
+
+Backward, level by level from the root: r = a_parent / M_child (a: flows of a node's states,
+M: the message the child sent up), edge flows W * (r^T u_child) (the r^T u products summed per
+table row, W multiplied once at the end), a_child = u_child * (r W). Leaf flows: a scattered
+into the leaf table at the observed values (dense), or handed back as a sparse COO tensor
+when the consumer accepts that and the batch reads fewer entries than the table has rows
+(``sparse_leaf_flows``: an HMM's 33,278-word emission table and a batch of 512 x 32 tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lvd.pc._cpu import index_add, index_select
+from lvd.pc.tree import TINY, NodeMajor, _mm, _prepare, _repeat, edge_level, leaf_rows, upward
+
+# a leaf table's flows come back sparse (``sparse_leaf_flows``) when the batch reads at most this
+# many entries per table row (V * G * B entries against L_t * G * C rows); 0: never
+SPARSE_LEAF_FLOWS = 1.0
+
+
+def probs(log_table: torch.Tensor) -> torch.Tensor:
+    """The probability table behind a log table: the one a ``log_handles`` handle carries (no
+    pass over the table), else exp(log_table)."""
+    p = getattr(log_table, "_lvd_probs", None)
+    return log_table.exp() if p is None else p
+
+
+def log_handles(params: dict, requires_grad=False) -> dict:
+    """Autograd handles for the log-parameter tables of ``params`` (name -> probability table):
+    zero-stride NaN tensors of each table's shape that carry the table itself (``probs``), so
+    EM differentiates with respect to log tables it never computes. requires_grad: True, False
+    or a predicate on the name. Whatever reads a handle's values instead of ``probs`` gets NaN."""
+    out = {}
+    for k, p in params.items():
+        h = torch.full((), float("nan"), device=p.device, dtype=p.dtype).expand(p.shape)
+        want = requires_grad(k) if callable(requires_grad) else bool(requires_grad)
+        if want:
+            h.requires_grad_(True)
+        h._lvd_probs = p.detach()
+        out[k] = h
+    return out
+
+
+def sparse_leaf_flows(handle: torch.Tensor) -> torch.Tensor:
+    """Let the passes return the flows of the leaf-table handle ``handle`` as a sparse COO
+    tensor when that pays (``SPARSE_LEAF_FLOWS``): sparse over (row, group, value), dense over
+    the K states, one entry per (node, group, example) read, duplicates not summed (missing
+    values: entries of zero). Only for a consumer that accepts sparse flows (lvd.pc.em.flows
+    -> em_step); the default is a dense table. Returns ``handle``."""
+    handle._lvd_sparse_flows = True
+    return handle
+
+
+def _sparse_pays(handle, entries: int, rows: int) -> bool:
+    return bool(getattr(handle, "_lvd_sparse_flows", False)) and entries <= SPARSE_LEAF_FLOWS * rows
+
+
+class Probs(torch.autograd.Function):
+    """theta = Probs.apply(log_table): the probability table, differentiable with respect to the
+    log table (gradient = theta * d/dtheta: flows); reads a handle's table without a pass."""
+
+    @staticmethod
+    def forward(ctx, log_table):
+        p = probs(log_table)
+        ctx.save_for_backward(p)
+        return p.view_as(p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
+        return grad * p
+
+
+class TreeLL(torch.autograd.Function):
+    """lls = TreeLL.apply(st, log_edges, log_root, log_leaves, x, missing, evidence) -> [B, G, H].
+
+    The backward reuses (overwrites) the buffers the forward saved: one backward per forward."""
+
+    @staticmethod
+    def forward(ctx, st, log_edges, log_root, log_leaves, x, missing, evidence):
+        B = (x.batch_size if isinstance(x, NodeMajor) else x.shape[0]) if x is not None else evidence.shape[0]
+        G = log_edges.shape[1]
+        C = log_leaves.shape[2] if log_leaves is not None else None
+        W = probs(log_edges)
+        root = probs(log_root)
+        leaves = probs(log_leaves) if log_leaves is not None else None
+        xs, miss, ev = _prepare(st, x, missing, evidence, C, G, W.device)
+        repeat = x.repeat if isinstance(x, NodeMajor) else 1
+        u, s, M = upward(st, W, leaves, xs, miss, ev, B, keep_messages=True, repeat=repeat)
+        q = _mm(u[0], root.transpose(-1, -2))                            # [G, B, H]
+        lls = q.clamp_min(TINY).log_().add_(s[0, :, :, None])
+        ctx.st = st
+        ctx.save_for_backward(W, root, u, M, q, xs, miss)
+        ctx.shapes = (B, G, C, None if log_leaves is None else log_leaves.shape[0], evidence is not None,
+                      repeat)
+        ctx.sparse = log_leaves is not None and _sparse_pays(log_leaves, st.num_nodes * G * B,
+                                                             log_leaves.shape[0] * G * C)
+        ctx.used = False
+        return lls.permute(1, 0, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.used:
+            raise RuntimeError("TreeLL's backward reuses its saved buffers and runs once per forward")
+        ctx.used = True
+        st = ctx.st
+        W, root, u, M, q, xs, miss = ctx.saved_tensors
+        B, G, C, L_t, has_ev, repeat = ctx.shapes
+        K = W.shape[-1]
+        idx = st.on(W.device)
+        want_edges, want_leaves = ctx.needs_input_grad[1], L_t is not None and ctx.needs_input_grad[3]
+        rq = grad.permute(1, 0, 2) / q.clamp_min(TINY)                    # [G, B, H]
+        g_root = root * torch.matmul(rq.transpose(-1, -2), u[0])         # [G, H, K]
+        g_edges = None
+        if want_edges:
+            g_edges = torch.empty_like(W) if st.edge_rows_exact and W.shape[0] == st.num_edges \
+                else torch.zeros_like(W)
+        u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
+        # level by level: r = a_parent / M_child; edge flows W * (r^T u_child); a_child = u_child * (r W)
+        for d in range(st.depth - 1):
+            a, b = st.levels[d]
+            c0, c1 = st.levels[d + 1]
+            ne = st.num_edge_nodes[d + 1]
+            par = idx["parent_local"][d + 1]
+            if ne < c1 - c0:                                             # copies: a_c = a_parent
+                index_select(u[a:b], par[ne:], out=u[c0 + ne:c1])
+            if not ne:
+                continue
+            r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
+            r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
+            Wl = edge_level(st, idx, W, d + 1)
+            uc = u[c0:c0 + ne]
+            if want_edges:                                               # r^T u now, times W once at the end
+                sl = st.edge_slices[d + 1]
+                if sl is not None and st.edge_rows_exact:
+                    torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]])
+                elif sl is not None:                                     # tied rows: accumulate in the GEMM
+                    g_edges[sl[0]:sl[1]].view(-1, K, K).baddbmm_(r.transpose(-1, -2).reshape(-1, K, B),
+                                                                 uc.reshape(-1, B, K))
+                else:
+                    index_add(g_edges, idx["edge_rows"][c0:c0 + ne], torch.matmul(r.transpose(-1, -2), uc))
+            uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
+        g_ev = None
+        if has_ev and ctx.needs_input_grad[6]:
+            g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)  # [B, G, V, K]
+        if want_edges:
+            g_edges.mul_(W)                                              # flows = W * sum of r^T u
+        g_leaves = None
+        if want_leaves and ctx.sparse:
+            g_leaves = _sparse_leaf_grad(st, u, xs, miss, repeat, (L_t, G, C, K))
+        elif want_leaves:
+            g_leaves = W.new_zeros(L_t * G * C + 1, K)                   # last row: missing sink
+            rows = leaf_rows(st, 0, st.num_nodes, G, C, xs, repeat)      # [V, G, B]
+            if miss is not None:
+                rows = rows.masked_fill(_repeat(miss, 0, st.num_nodes, repeat), L_t * G * C)
+            index_add(g_leaves, rows.reshape(-1), u.view(-1, K))
+            g_leaves = g_leaves[:-1].view(-1, G, C, K)
+        return None, g_edges, g_root, g_leaves, None, None, g_ev
+
+
+def _sparse_leaf_grad(st, a, xs, miss, repeat, shape):
+    """Flows a [V, G, B, K] (BFS order; overwritten at missing values) of the leaf table
+    ``shape`` = [L_t, G, C, K] as an uncoalesced sparse COO tensor: entry (leaf row of v, g,
+    x[v, g, b]) gets a[v, g, b] (zero where the value is missing)."""
+    V, G, B, K = a.shape
+    if miss is not None:
+        a.masked_fill_(_repeat(miss, 0, V, repeat)[..., None], 0.0)
+    if repeat > 1:
+        xs = xs[:, :, None].expand(V, xs.shape[1], repeat, B).reshape(V, G, B)
+    idx = st.on(a.device)
+    ind = torch.stack([idx["leaf_rows"][:, None, None].expand(V, G, B),
+                       st.group_index(a.device, G)[None, :, None].expand(V, G, B), xs]).view(3, -1)
+    return torch.sparse_coo_tensor(ind, a.view(-1, K), shape, check_invariants=False)
+
+
+def tree_lls(st, log_edges, log_root, log_leaves, x=None, missing=None, evidence=None):
+    """Differentiable log-likelihoods [B, G, H]; see the module docstring for shapes."""
+    return TreeLL.apply(st, log_edges, log_root, log_leaves, x, missing, evidence)

@@ -126,6 +126,18 @@ class TreeLL(torch.autograd.Function):
             g_edges = torch.empty_like(W) if st.edge_rows_exact and W.shape[0] == st.num_edges \
                 else torch.zeros_like(W)
         u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
+        dense_leaves = want_leaves and not ctx.sparse
+        if dense_leaves:   # scattered level by level, while the level's flows are in cache
+            sink = L_t * G * C
+            g_leaves = W.new_zeros(sink + 1, K)                          # last row: missing values
+
+            def scatter(a0, a1):
+                rows = leaf_rows(st, a0, a1, G, C, xs, repeat)           # [n, G, B]
+                if miss is not None:
+                    rows = rows.masked_fill(_repeat(miss, a0, a1, repeat), sink)
+                index_add(g_leaves, rows.reshape(-1), u[a0:a1].view(-1, K))
+
+            scatter(0, 1)
         # level by level: r = a_parent / M_child; edge flows W * (r^T u_child); a_child = u_child * (r W)
         for d in range(st.depth - 1):
             a, b = st.levels[d]
@@ -135,6 +147,8 @@ class TreeLL(torch.autograd.Function):
             if ne < c1 - c0:                                             # copies: a_c = a_parent
                 index_select(u[a:b], par[ne:], out=u[c0 + ne:c1])
             if not ne:
+                if dense_leaves:
+                    scatter(c0, c1)
                 continue
             r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
             r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
@@ -150,21 +164,19 @@ class TreeLL(torch.autograd.Function):
                 else:
                     index_add(g_edges, idx["edge_rows"][c0:c0 + ne], torch.matmul(r.transpose(-1, -2), uc))
             uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
+            if dense_leaves:
+                scatter(c0, c1)
         g_ev = None
         if has_ev and ctx.needs_input_grad[6]:
             g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)  # [B, G, V, K]
         if want_edges:
             g_edges.mul_(W)                                              # flows = W * sum of r^T u
-        g_leaves = None
-        if want_leaves and ctx.sparse:
-            g_leaves = _sparse_leaf_grad(st, u, xs, miss, repeat, (L_t, G, C, K))
-        elif want_leaves:
-            g_leaves = W.new_zeros(L_t * G * C + 1, K)                   # last row: missing sink
-            rows = leaf_rows(st, 0, st.num_nodes, G, C, xs, repeat)      # [V, G, B]
-            if miss is not None:
-                rows = rows.masked_fill(_repeat(miss, 0, st.num_nodes, repeat), L_t * G * C)
-            index_add(g_leaves, rows.reshape(-1), u.view(-1, K))
+        if dense_leaves:
             g_leaves = g_leaves[:-1].view(-1, G, C, K)
+        elif want_leaves:
+            g_leaves = _sparse_leaf_grad(st, u, xs, miss, repeat, (L_t, G, C, K))
+        else:
+            g_leaves = None
         return None, g_edges, g_root, g_leaves, None, None, g_ev
 
 

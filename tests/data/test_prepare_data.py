@@ -124,6 +124,7 @@ def test_ycbcr_converts_colour_arrays_and_records_it(tmp_path):
 def test_figures_show_ycbcr_images_in_rgb(tmp_path):
     """plots.to_rgb(color="ycbcr") converts back to RGB for viewing (pure red stays red, up to
     the 8-bit rounding); without it the YCbCr triple would be drawn as if it were RGB."""
+    from lvd.data import color
     from lvd import plots
     red = color.rgb_to_ycbcr(np.array([[[[255, 0, 0]]]], np.uint8))
     shown = plots.to_rgb(red, 256, color="ycbcr")[0, 0, 0]

@@ -205,3 +205,23 @@ def test_finetune_keeps_the_pruned_entries_zero(pg_dir, gathered, tmp_path):
     assert torch.equal(m, start.patch.masks["edges"])
     assert (c.patch.params["edges"][~m] == 0).all() and (c.patch.params["root"][~c.patch.masks["root"]] == 0).all()
     assert not torch.equal(c.patch.params["edges"], start.patch.params["edges"])   # it did train
+
+
+def test_without_growing_one_round_keeps_the_kmeans_heads(pg_dir, tmp_path):
+    """The ablation (initial_heads = heads_per_cluster): one round of EM and pruning, no
+    re-assignment and no growth, so every patch keeps its k-means head."""
+    d = pg_dir
+    lat = tmp_path / "latents.h5"
+    assign_latents.run(assign_latents.Config(mode="clusters", num_states=9, heads_per_cluster=3, initial_heads=3,
+                                             niter=10), str(d / "embeddings.h5"), str(lat))
+    materialize_pc.run(materialize_pc.Config(num_latents=3), str(d / "data.h5"), str(lat), str(tmp_path / "pc.h5"))
+    out = tmp_path / "g.h5"
+    grow_patch_pcs.run(GCFG, str(d / "data.h5"), str(lat), str(d / "embeddings.h5"), str(tmp_path / "pc.h5"), 0, 1,
+                       str(out))
+    from lvd.stages import inputs
+    z = inputs.load_latents(str(lat), 120, 16)[0]
+    with io.open_artifact(out, "lvd.pc_shard") as f:
+        assert f["history"].shape == (3, 1) and f["num_heads"][()].tolist() == [3, 3, 3]
+        heads, n = f["heads"][()], f["num_examples"][()]
+    want = np.concatenate([z[z // 3 == g] % 3 for g in range(3)])   # row-major = np.nonzero order
+    np.testing.assert_array_equal(heads, want)

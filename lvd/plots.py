@@ -33,8 +33,14 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
-def to_rgb(images, num_cats: int, missing=None) -> np.ndarray:
-    """float [n, H, W, 3] in [0, 1]; grey images repeated over 3 channels, missing pixels red."""
+def to_rgb(images, num_cats: int, missing=None, color: str = "rgb") -> np.ndarray:
+    """float [n, H, W, 3] in [0, 1]; grey images repeated over 3 channels, missing pixels red.
+    color "ycbcr": 3-channel images are 8-bit YCbCr (data.color) and are converted back to RGB
+    for viewing (lvd.data.color.ycbcr_to_rgb)."""
+    images = np.asarray(images)
+    if color == "ycbcr" and images.shape[-1] == 3:
+        from lvd.data.color import ycbcr_to_rgb
+        images = ycbcr_to_rgb(np.clip(images, 0, 255))
     x = np.asarray(images, dtype=np.float64) / max(num_cats - 1, 1)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, -1)
@@ -57,8 +63,9 @@ def mosaic(rgb: np.ndarray, ncols: int, pad: int = 1) -> np.ndarray:
     return out
 
 
-def samples_figure(path, blocks: list[tuple[str, np.ndarray]], num_cats: int, ncols: int = 8) -> None:
-    """One panel per (label, images [n, H, W, Ch]), stacked top to bottom."""
+def samples_figure(path, blocks: list[tuple[str, np.ndarray]], num_cats: int, ncols: int = 8,
+                   color: str = "rgb") -> None:
+    """One panel per (label, images [n, H, W, Ch]), stacked top to bottom (``color``: to_rgb's)."""
     plt = _pyplot()
     H, W = blocks[0][1].shape[1:3]
     heights = [max(1, math.ceil(len(imgs) / ncols)) for _, imgs in blocks]
@@ -66,7 +73,7 @@ def samples_figure(path, blocks: list[tuple[str, np.ndarray]], num_cats: int, nc
     fig, axes = plt.subplots(len(blocks), 1, figsize=(inch * ncols + 1.5, inch * sum(heights) + 0.4 * len(blocks)),
                              dpi=100, gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (label, imgs) in zip(axes[:, 0], blocks):
-        ax.imshow(mosaic(to_rgb(imgs, num_cats), ncols), interpolation="nearest")
+        ax.imshow(mosaic(to_rgb(imgs, num_cats, color=color), ncols), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(label, fontsize=8)
@@ -75,9 +82,10 @@ def samples_figure(path, blocks: list[tuple[str, np.ndarray]], num_cats: int, nc
 
 
 def inpainting_figure(path, originals, missing, columns: list[tuple[str, list[np.ndarray]]],
-                      num_cats: int) -> None:
+                      num_cats: int, color: str = "rgb") -> None:
     """Rows = images. Panels: originals, masked (missing in red), then per (label, samples) the
-    conditional samples (a list of [n, H, W, Ch] arrays, one per draw) side by side."""
+    conditional samples (a list of [n, H, W, Ch] arrays, one per draw) side by side
+    (``color``: to_rgb's)."""
     plt = _pyplot()
     panels = [("original", [originals]), ("masked", [np.where(missing, 0, originals)])] + columns
     n, H, W = originals.shape[:3]
@@ -89,7 +97,7 @@ def inpainting_figure(path, originals, missing, columns: list[tuple[str, list[np
         stacked = np.stack(draws, 1)                                   # [n, k, H, W, Ch]
         miss = np.broadcast_to(missing[:, None], stacked.shape) if label == "masked" else None
         rgb = to_rgb(stacked.reshape(-1, *stacked.shape[2:]), num_cats,
-                     None if miss is None else miss.reshape(-1, *stacked.shape[2:]))
+                     None if miss is None else miss.reshape(-1, *stacked.shape[2:]), color=color)
         ax.imshow(mosaic(rgb, len(draws)), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -133,5 +141,31 @@ def perplexity_figure(path, bars: dict[str, float | None], series: list[dict]) -
     ax2.set_ylabel("valid perplexity")
     ax2.legend(fontsize=7)
     ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def growing_figure(path, panels: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """LVD-PG's growing curves: one panel per (label, curves [G, rounds], cluster sizes [G]):
+    the mean log-likelihood of each cluster's patches under their own heads after every growing
+    round (thin lines, one per cluster) and their size-weighted mean (bold)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=100, squeeze=False,
+                             sharey=True)
+    for ax, (label, curves, sizes) in zip(axes[0], panels):
+        curves = np.asarray(curves, dtype=np.float64)
+        rounds = np.arange(1, curves.shape[1] + 1)
+        for row in curves:
+            if np.isfinite(row).any():
+                ax.plot(rounds, row, "-", color="C0", alpha=0.25, linewidth=0.8)
+        w = np.asarray(sizes, dtype=np.float64)[:, None] * np.isfinite(curves)
+        mean = np.nansum(curves * w, 0) / np.maximum(w.sum(0), 1)
+        ax.plot(rounds, mean, "o-", color="C3", linewidth=2, markersize=4, label="all clusters (weighted)")
+        ax.set_xticks(rounds)
+        ax.set_xlabel("growing round (heads: initial + round - 1)")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("mean log p(patch | own head), nats")
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)

@@ -35,13 +35,21 @@ class TreeCircuit:
         edges  [E_t, G, K, K]  p(child state | parent state)
         root   [G, H, K]       root state distribution per head
         leaves [L_t, G, C, K]  p(value | state); absent when num_cats == 0
+
+    masks (optional; {} = every entry free, the dense path): {table name: bool tensor shaped
+    like that table}, the entries allowed to be non-zero (LVD-PG's pruned edges and inactive
+    states, lvd.pc.grow). The tables are zero outside their masks; ``lvd.pc.em.update`` keeps
+    them so (zeroed and renormalized after every step, so neither flows nor the pseudocount
+    revive a pruned entry), ``num_params`` counts only allowed entries, and the masks travel
+    with the circuit through ``to``, ``select_groups`` and lvd.pc.serialize.
     """
 
     norm_dims = {"edges": -1, "root": -1, "leaves": 2}
 
     def __init__(self, structure: TreeStructure, num_latents: int, num_cats: int, *,
                  num_groups: int = 1, num_heads: int = 1, kind: str = "tree",
-                 params: dict | None = None, seed: int = 0, device="cpu", meta: dict | None = None):
+                 params: dict | None = None, seed: int = 0, device="cpu", meta: dict | None = None,
+                 masks: dict | None = None):
         self.structure = structure
         self.num_latents, self.num_cats = int(num_latents), int(num_cats)
         self.num_groups, self.num_heads = int(num_groups), int(num_heads)
@@ -57,6 +65,12 @@ class TreeCircuit:
                 L_t = int(structure.leaf_index.max()) + 1
                 params["leaves"] = random_table((L_t, G, self.num_cats, K), 2, gen)
         self.params = {k: v.to(device).float().contiguous() for k, v in params.items()}
+        self.masks = {}
+        for name, m in (masks or {}).items():
+            if name not in self.params or tuple(m.shape) != tuple(self.params[name].shape):
+                raise ValueError(f"mask {name!r} of shape {tuple(m.shape)} does not match a table "
+                                 f"(tables: { {k: tuple(v.shape) for k, v in self.params.items()} })")
+            self.masks[name] = torch.as_tensor(m).to(device=self.device, dtype=torch.bool).contiguous()
 
     # ------------------------------------------------------------------ basics
     @property
@@ -74,15 +88,22 @@ class TreeCircuit:
 
     @property
     def num_params(self) -> int:
-        """Free parameters (each normalized distribution of size n has n - 1)."""
+        """Free parameters (each normalized distribution of size n has n - 1; with a mask, a
+        distribution with a allowed entries has a - 1)."""
         total = 0
         for name, t in self.params.items():
-            n = t.shape[self.norm_dims[name]]
-            total += t.numel() // n * (n - 1)
+            dim = self.norm_dims[name]
+            n = t.shape[dim]
+            if name in self.masks:
+                allowed = self.masks[name].sum(dim)
+                total += int((allowed - 1).clamp_min(0).sum())
+            else:
+                total += t.numel() // n * (n - 1)
         return total
 
     def to(self, device) -> "TreeCircuit":
         self.params = {k: v.to(device) for k, v in self.params.items()}
+        self.masks = {k: m.to(device) for k, m in self.masks.items()}
         return self
 
     def log_params(self) -> dict[str, torch.Tensor]:
@@ -196,14 +217,17 @@ class TreeCircuit:
         hidden part, for queries that supply every node's evidence themselves."""
         return TreeCircuit(self.structure, self.num_latents, 0, num_groups=self.num_groups,
                            num_heads=self.num_heads, kind=self.kind,
-                           params={"edges": self.params["edges"], "root": self.params["root"]}, meta=self.meta)
+                           params={"edges": self.params["edges"], "root": self.params["root"]}, meta=self.meta,
+                           masks={k: m for k, m in self.masks.items() if k in ("edges", "root")})
 
     def select_groups(self, groups) -> "TreeCircuit":
         """A circuit over a subset of parameter groups (views copied)."""
         g = torch.as_tensor(groups, device=self.device).long()
         params = {k: v.index_select(0 if k == "root" else 1, g).clone() for k, v in self.params.items()}
+        masks = {k: m.index_select(0 if k == "root" else 1, g).clone() for k, m in self.masks.items()}
         return TreeCircuit(self.structure, self.num_latents, self.num_cats, num_groups=len(g),
-                           num_heads=self.num_heads, kind=self.kind, params=params, meta=self.meta)
+                           num_heads=self.num_heads, kind=self.kind, params=params, meta=self.meta,
+                           masks=masks)
 
 
 _STATES: dict = {}

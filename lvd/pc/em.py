@@ -125,12 +125,25 @@ def _accumulate(acc: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
     return acc.add_(F)
 
 
+def masked_(p: torch.Tensor, mask: torch.Tensor, dim: int) -> None:
+    """In place: zero the entries of ``p`` outside ``mask`` and renormalize over ``dim`` (a
+    distribution left without mass keeps its masked values as they are, i.e. zero)."""
+    p.mul_(mask)
+    p.div_(p.sum(dim, keepdim=True).clamp_min(1e-38))
+
+
 @torch.no_grad()
 def update(circuit, flow: dict, step_size: float, pseudocount: float) -> None:
-    """Apply the EM update to every table that has flows."""
+    """Apply the EM update to every table that has flows. A table with a mask (the circuit's
+    ``masks``, LVD-PG's pruned entries) is then zeroed outside it and renormalized, so the
+    pseudocount gives a pruned entry no mass (no value is read back from the device)."""
+    masks = getattr(circuit, "masks", None) or {}
     for name, F in flow.items():
         dim = circuit.norm_dims[name.split(".")[-1]]
-        em_step(circuit.params[name], F, dim, min(step_size, 1.0), pseudocount)
+        p = circuit.params[name]
+        em_step(p, F, dim, min(step_size, 1.0), pseudocount)
+        if name in masks:
+            masked_(p, masks[name], dim)
 
 
 def _batches(N: int, batch_size: int, shuffle: bool, gen: np.random.Generator):

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from lvd.pc.em import _to_device, check_data, target
+from lvd.pc.em import _to_device, check_data, masked_, target
 from lvd.pc.queries import values_checked
 from lvd.pc.schedule import Schedule
 from lvd.pc.treell import log_handles
@@ -94,12 +94,6 @@ def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, gr
             t_last = time.perf_counter()
     return hist
 
-
-def masked_(p: torch.Tensor, mask: torch.Tensor, dim: int) -> None:
-    """In place: zero the entries of ``p`` outside ``mask`` and renormalize over ``dim`` (a
-    distribution left without mass keeps its masked values as they are, i.e. zero)."""
-    p.mul_(mask)
-    p.div_(p.sum(dim, keepdim=True).clamp_min(1e-38))
 
 
 def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist, masks=None):

@@ -68,6 +68,12 @@ class LVDCircuit:
                 **{f"top.{k}": v for k, v in self.top.params.items()}}
 
     @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The parts' masks (TreeCircuit.masks) under the names of ``params``."""
+        return {**{f"patch.{k}": v for k, v in self.patch.masks.items()},
+                **{f"top.{k}": v for k, v in self.top.masks.items()}}
+
+    @property
     def device(self):
         return self.top.device
 

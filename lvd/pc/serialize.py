@@ -1,7 +1,8 @@
 """Save and load circuits as HDF5 (format "lvd.pc"): structure, parameters, sizes. No pickle.
 
 Layout: root attribute ``circuit`` = "tree" or "lvd". A tree lives in a group with datasets
-parents, edge_index, leaf_index and params/<name>, and attributes num_latents, num_cats,
+parents, edge_index, leaf_index, params/<name> and optional masks/<name> (bool, LVD-PG's
+pruned entries), and attributes num_latents, num_cats,
 num_groups, num_heads, kind, meta (JSON). An LVD circuit has groups ``patch`` and ``top`` and
 attributes image_shape, patch_size, mode. Extra keyword attributes given to ``save`` (stage
 config, training history as JSON...) are stored on the root and returned by ``load_attrs``.
@@ -26,7 +27,8 @@ from lvd.pc.tree import TreeStructure
 def _write_tree(g, tc: TreeCircuit) -> None:
     st = tc.structure
     arrays = {"parents": st.parents, "edge_index": st.edge_index, "leaf_index": st.leaf_index,
-              **{f"params/{name}": t.detach().cpu().numpy() for name, t in tc.params.items()}}
+              **{f"params/{name}": t.detach().cpu().numpy() for name, t in tc.params.items()},
+              **{f"masks/{name}": m.cpu().numpy() for name, m in tc.masks.items()}}
     for name, a in arrays.items():
         g[name] = a
     g.attrs.update(num_latents=tc.num_latents, num_cats=tc.num_cats, num_groups=tc.num_groups,
@@ -41,15 +43,19 @@ def _read_tree(g, device) -> TreeCircuit:
             raise io.ArtifactError(f"{where}: missing field {field!r}")
     arrays = {k: np.asarray(g[k][()]) for k in ("parents", "edge_index", "leaf_index")}
     tables = {k: np.asarray(v[()]) for k, v in g["params"].items()}
+    masks = {k: np.asarray(v[()]) for k, v in g["masks"].items()} if "masks" in g else {}
     validate.check_tree(where, g.attrs, arrays, tables)  # every table and index (lvd.pc.validate)
+    validate.check_masks(where, masks, tables)
     validate.check_checksums(where, g.attrs.get(validate.CHECKSUM_ATTR),
-                             {**arrays, **{f"params/{k}": v for k, v in tables.items()}})
+                             {**arrays, **{f"params/{k}": v for k, v in tables.items()},
+                              **{f"masks/{k}": v for k, v in masks.items()}})
     st = TreeStructure(arrays["parents"], arrays["edge_index"], arrays["leaf_index"])
     params = {k: torch.from_numpy(v) for k, v in tables.items()}
     a = g.attrs
     tc = TreeCircuit(st, int(a["num_latents"]), int(a["num_cats"]), num_groups=int(a["num_groups"]),
                      num_heads=int(a["num_heads"]), kind=str(a["kind"]), params=params,
-                     device=device, meta=json.loads(a.get("meta", "{}")))
+                     device=device, meta=json.loads(a.get("meta", "{}")),
+                     masks={k: torch.from_numpy(v) for k, v in masks.items()})
     K, G, H = tc.num_latents, tc.num_groups, tc.num_heads
     expect = {"edges": (G, K, K), "root": (G, H, K)}
     for name, tail in expect.items():

@@ -11,6 +11,9 @@ A latent tree stored by lvd.pc.serialize (one HDF5 group) must have
     params/root    float [G, H, K]       sums to 1 over the last dim
     params/leaves  float [L_t, G, C, K]  sums to 1 over dim 2; present exactly when C > 0
 
+    masks/<name>   bool, shaped like params/<name> (optional; LVD-PG's pruned entries): every
+                   distribution keeps at least one allowed entry, and the table is zero outside
+
 Tables must be finite and non-negative, and every distribution must sum to 1 within
 ``TOLERANCE`` (EM and counting keep them normalized to float32 rounding, far below it).
 ``checksums`` are per-field SHA-256 digests of the stored arrays (dtype, shape and bytes),
@@ -161,3 +164,26 @@ def check_tree(where: str, attrs, arrays: dict[str, np.ndarray], params: dict[st
         check_index(where, "leaf_index", arrays["leaf_index"], V, leaves.shape[0])
     else:
         check_index(where, "leaf_index", arrays["leaf_index"], V, None)
+
+
+def check_masks(where: str, masks: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
+    """Optional masks (lvd.pc.circuit.TreeCircuit.masks): bool, shaped like their tables, at
+    least one allowed entry per distribution, and the table zero (within TOLERANCE) outside."""
+    for name, m in sorted(masks.items()):
+        field = f"masks/{name}"
+        if name not in params:
+            _fail(where, field, f"masks no table (tables: {sorted(params)})")
+        a = params[name]
+        if m.dtype != np.bool_:
+            _fail(where, field, f"has dtype {m.dtype}, expected bool")
+        if m.shape != a.shape:
+            _fail(where, field, f"has shape {m.shape}, expected {a.shape} (that of params/{name})")
+        dim = NORM_DIMS[name]
+        if m.size and not m.any(axis=dim).all():
+            first = tuple(int(i) for i in np.argwhere(~m.any(axis=dim))[0])
+            _fail(where, field, f"allows no entry of a distribution of params/{name} (at {first})")
+        outside = np.where(m, 0.0, a)
+        if outside.size and float(outside.max()) > TOLERANCE:
+            first = tuple(int(i) for i in np.unravel_index(int(outside.argmax()), outside.shape))
+            _fail(where, field, f"masks out an entry of params/{name} that is {float(outside[first]):.4g} "
+                                f"(at {first}), expected 0")

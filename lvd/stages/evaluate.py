@@ -16,7 +16,12 @@ files). ``controls``: for every control arm, ``margin`` (its mean minus LVD's: >
 is better), ``spread`` (the larger of the two standard deviations), ``beats`` (margin >
 spread) and ``beats_3std`` (margin > 3 spread); the report states these in words. Figures
 (seed 0): samples.png (LVD, baseline, test images), inpainting.png (bottom half hidden),
-curves.png (valid and train bpd per epoch of every arm on one epoch axis).
+curves.png (valid and train bpd per epoch of every arm on one epoch axis). ``teacher_gap``:
+LVD's test bpd minus the teacher's (< 0: the PC beats its teacher's bound; the verdict says so).
+LVD-PG runs (a grow_patch_pcs record in the circuits' history): growing.png, each cluster's
+mean log p(patch | own head) after every growing round (LVD and random latents, seed 0), and
+``growing_mean_ll`` {arm: the size-weighted mean per round}. data.color ycbcr: the figures
+show the images converted back to RGB (the bpd stays in YCbCr space, ``color``).
 
 Text: the same with ``test_perplexity`` = exp(- sum over test windows of log p(window) /
 (num_windows * seq_len)) (every window scored on its own from the HMM's initial distribution;
@@ -160,7 +165,17 @@ def verdict(m: dict, key: str, unit: str) -> str:
         better = "LVD better" if c["margin"] > 0 else "LVD worse"
         parts.append(f"LVD vs {arm}: {m[key]:.4f} vs {m[f'{arm}_{key}']:.4f} {unit} "
                      f"(margin {c['margin']:+.4f}, spread {c['spread']:.4f}): " + " ".join(filter(None, [better, how])))
+    if m.get("teacher_gap") is not None:
+        parts.append(f"LVD vs its teacher's bound: {m[key]:.4f} vs {m[key] - m['teacher_gap']:.4f} {unit} "
+                     f"({'LVD better' if m['teacher_gap'] < 0 else 'teacher better'})")
     return "; ".join(parts) + f" [{m['num_seeds']} seed(s)]"
+
+
+def growing_means(record: dict) -> list[float]:
+    """Size-weighted mean over clusters of a grow_patch_pcs record's curves: one per round."""
+    c = np.asarray(record["growing_curves"], dtype=np.float64)
+    w = np.asarray(record["group_sizes"], dtype=np.float64)[:, None] * np.isfinite(c)
+    return (np.nansum(c * w, 0) / np.maximum(w.sum(0), 1)).tolist()
 
 
 def data_color(data) -> str:
@@ -233,6 +248,14 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             for arm, h in histories.items():
                 series += curve_series(h, styles[arm][0], metrics.bpd, info.num_vars, *styles[arm][1:])
             plots.curves_figure(fig / "curves.png", series, m["teacher_test_bpd"])
+            if m["teacher_test_bpd"] is not None:   # < 0: the PC beats its teacher's bound
+                m["teacher_gap"] = m["test_bpd"] - m["teacher_test_bpd"]
+            grown = [(styles[arm][0], r) for arm in ("lvd", "random_latents") for r in histories.get(arm, [])
+                     if r.get("stage") == "grow_patch_pcs"]
+            if grown:   # LVD-PG: seed 0's per-cluster growing curves of every arm
+                plots.growing_figure(fig / "growing.png", [(label, np.asarray(r["growing_curves"], dtype=float),
+                                                            np.asarray(r["group_sizes"])) for label, r in grown])
+                m["growing_mean_ll"] = {label: growing_means(r) for label, r in grown}
         else:
             tp = lambda v, n: metrics.perplexity(v, info.seq_len)  # noqa: E731
             m["teacher_test_perplexity"] = read_teacher(teacher_metrics, "teacher_test_perplexity")
@@ -270,14 +293,14 @@ def _image_extras(cfg: Config, info, c, b, xt: np.ndarray, m: dict, fig: Path) -
         blocks = [(f"{label} samples", circ.sample(n, seed=cfg.seed).cpu().numpy()) for label, _, circ in circuits]
         blocks.append(("test images", xt[:n]))
         plots.samples_figure(fig / "samples.png", [(k, v.reshape(-1, *shape)) for k, v in blocks],
-                             info.num_cats)
+                             info.num_cats, color=m.get("color", "rgb"))
     if cfg.num_inpaint:
         k = min(cfg.num_inpaint, len(xt))
         x, mk = xt[:k], miss[:k]
         draws = {label: [circ.sample(k, x=x, missing=mk, seed=cfg.seed + j).cpu().numpy().reshape(-1, *shape)
                          for j in range(3)] for label, _, circ in circuits}
         plots.inpainting_figure(fig / "inpainting.png", x.reshape(-1, *shape), mk.reshape(-1, *shape),
-                                list(draws.items()), info.num_cats)
+                                list(draws.items()), info.num_cats, color=m.get("color", "rgb"))
     return out
 
 

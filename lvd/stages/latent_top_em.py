@@ -76,6 +76,7 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
     num_shards = None
     hist = np.full((G, 0), np.nan)
     counts = np.zeros(G, dtype=np.int64)
+    pg = PGGather(c.patch)    # grow_patch_pcs's extra fields (LVD-PG shards)
     for path in shards:
         with io.open_artifact(path, "lvd.pc_shard") as f:
             a = f.attrs
@@ -120,12 +121,89 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
             if h.shape[1] == hist.shape[1]:
                 hist[groups] = h
             counts[groups] = f["num_examples"][()]
+            pg.add(f, str(path), groups)
             seen[s] = path
     missing = sorted(set(range(num_shards)) - set(seen))
     if missing:
         raise ShardError(f"missing shard(s) {missing} of num_shards={num_shards}; given: {shards}")
     log.info("gathered %d shards covering %d groups", num_shards, G)
-    return {"history": hist, "num_examples": counts}
+    return {"history": hist, "num_examples": counts, "pg": pg if pg.shards else None}
+
+
+class PGGather:
+    """The extra fields of grow_patch_pcs's shards (LVD-PG), gathered over the shards: the
+    masks of the pruned entries (into the patch tree's ``masks``, so that the later EM keeps
+    them zero), every patch's final head, the active heads and the entries pruned per round.
+    Either every shard has them or none."""
+
+    def __init__(self, patch):
+        G, H, K = patch.num_groups, patch.num_heads, patch.num_latents
+        self.edges = torch.ones(patch.params["edges"].shape, dtype=torch.bool)
+        self.root = torch.ones(G, H, K, dtype=torch.bool)
+        self.heads: dict[int, np.ndarray] = {}
+        self.num_heads = np.full(G, H, dtype=np.int64)
+        self.pruned = np.zeros((G, 0), dtype=np.int64)
+        self.shards, self.plain = 0, 0
+
+    def add(self, f, path: str, groups: np.ndarray) -> None:
+        from lvd.stages.grow_patch_pcs import EXTRA_CHECKSUMS, EXTRA_FIELDS
+        if "masks/edges" not in f:
+            self.plain += 1
+            if self.shards:
+                raise ShardError(f"{path}: no field 'masks/edges' (a latent_em shard?) but other shards "
+                                 f"are grow_patch_pcs's")
+            return
+        if self.plain:
+            raise ShardError(f"{path}: a grow_patch_pcs shard among latent_em shards")
+        arrays = {k: io.require(f, k)[()] for k in EXTRA_FIELDS}
+        validate.check_checksums(path, f.attrs.get(EXTRA_CHECKSUMS), arrays)
+        n = f["num_examples"][()]
+        g = torch.as_tensor(groups)
+        for name, full, dim in (("edges", self.edges, 1), ("root", self.root, 0)):
+            m = arrays[f"masks/{name}"]
+            want = list(full.shape)
+            want[dim] = len(groups)
+            if list(m.shape) != want or m.dtype != np.bool_:
+                raise ShardError(f"{path}: field 'masks/{name}' is {m.dtype} {m.shape}, expected bool {tuple(want)}")
+            full.index_copy_(dim, g, torch.from_numpy(m))
+        heads = arrays["heads"]
+        if len(heads) != int(n.sum()):
+            raise ShardError(f"{path}: field 'heads' has {len(heads)} entries, expected {int(n.sum())} "
+                             f"(the shard's num_examples)")
+        for grp, part in zip(groups.tolist(), np.split(heads, np.cumsum(n)[:-1])):
+            self.heads[grp] = part
+        self.num_heads[groups] = arrays["num_heads"]
+        pr = arrays["pruned"]
+        if self.pruned.shape[1] == 0:
+            self.pruned = np.zeros((len(self.num_heads), pr.shape[1]), dtype=np.int64)
+        self.pruned[groups] = pr
+        self.shards += 1
+
+    def grown_latents(self, z: np.ndarray, H: int) -> tuple[np.ndarray, float]:
+        """(z after growing: state = cluster * H + final head, the fraction of patches whose
+        state changed). Cluster g's members are np.nonzero(z // H == g), grow_patch_pcs's order."""
+        out = z.copy()
+        for g, heads in self.heads.items():
+            rows, pos = np.nonzero(z // H == g)
+            if len(rows) != len(heads):
+                raise ShardError(f"cluster {g}: {len(heads)} heads in its shard but {len(rows)} patches "
+                                 f"in the latents")
+            out[rows, pos] = g * H + heads
+        return out, float((out != z).mean()) if z.size else 0.0
+
+
+def reinit_top(c: pc.LVDCircuit, z: np.ndarray, pc_path: str) -> None:
+    """Count-initialize the top again from the grown assignment ``z``, as materialize_pc did
+    from the teacher's (its settings read from pc_init.h5's config)."""
+    from lvd.stages import materialize_pc
+    stored = pc.load_attrs(pc_path).get("config", {})
+    fields = {k: v for k, v in (stored if isinstance(stored, dict) else {}).items()
+              if k in materialize_pc.Config.__dataclass_fields__}
+    mcfg = materialize_pc.Config(**fields)
+    if c.top_kind == "hclt":
+        materialize_pc.init_hclt_top(c.top, z, mcfg)
+    else:
+        materialize_pc.chunked_count_init(c.top, z, pseudocount=mcfg.pseudocount)
 
 
 def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
@@ -201,6 +279,19 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
         cond = [float(np.nansum(g["history"][:, e] * n) / len(x)) for e in range(g["history"].shape[1])]
         patch_record = {"stage": "latent_em", "epochs": len(cond), "num_shards": len(shards),
                         "train_ll_given_z": cond, "group_sizes": n.tolist()}
+        if g["pg"] is not None:   # LVD-PG: keep the pruned entries out, the top from the grown z
+            z = inputs.load_latents(latents, len(x), c.num_positions)[0]
+            pg = g["pg"]
+            c.patch.masks = {"edges": pg.edges.to(c.device), "root": pg.root.to(c.device)}
+            zg, moved = pg.grown_latents(z, c.patch.num_heads)
+            log.info("LVD-PG: %d of %d patch-tree entries pruned; %.1f%% of the patches changed state "
+                     "while growing; the top is initialized again from the grown assignment",
+                     int((~pg.edges).sum() + (~pg.root).sum()), pg.edges.numel() + pg.root.numel(),
+                     100 * moved)
+            reinit_top(c, zg, pc_path)
+            patch_record.update(stage="grow_patch_pcs", growing_curves=g["history"].tolist(),
+                                pruned=pg.pruned.tolist(), num_heads=pg.num_heads.tolist(),
+                                moved_fraction=moved)
         rows = chunk_rows(c)
         need = len(x) * c.num_positions * c.num_states * 4
         valid_L = patch_lls(c, xv, rows)

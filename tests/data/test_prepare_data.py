@@ -119,3 +119,26 @@ def test_ycbcr_converts_colour_arrays_and_records_it(tmp_path):
     np.savez(grey, train=imgs[:16, :, :, :1], test=imgs[16:, :, :, :1])
     with pytest.raises(DataError, match="3 channels"):
         run(Config(dataset="array", path=str(grey), patch_size=2, num_cats=256, color="ycbcr"), tmp_path / "g.h5")
+
+
+def test_figures_show_ycbcr_images_in_rgb(tmp_path):
+    """plots.to_rgb(color="ycbcr") converts back to RGB for viewing (pure red stays red, up to
+    the 8-bit rounding); without it the YCbCr triple would be drawn as if it were RGB."""
+    from lvd.data import color
+    from lvd import plots
+    red = color.rgb_to_ycbcr(np.array([[[[255, 0, 0]]]], np.uint8))
+    shown = plots.to_rgb(red, 256, color="ycbcr")[0, 0, 0]
+    np.testing.assert_allclose(shown, [1.0, 0.0, 0.0], atol=2 / 255)
+    assert not np.allclose(plots.to_rgb(red, 256)[0, 0, 0], [1.0, 0.0, 0.0], atol=0.1)
+    plots.samples_figure(tmp_path / "s.png", [("x", np.repeat(red, 4, 0))], 256, color="ycbcr")
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_growing_figure_draws_clusters_and_their_mean(tmp_path):
+    from lvd import plots
+    curves = np.array([[-10.0, -9.0, -8.5], [-12.0, np.nan, -11.0]])
+    plots.growing_figure(tmp_path / "g.png", [("LVD", curves, np.array([10, 30]))])
+    assert (tmp_path / "g.png").stat().st_size > 0
+    from lvd.stages.evaluate import growing_means
+    got = growing_means({"growing_curves": curves.tolist(), "group_sizes": [10, 30]})
+    np.testing.assert_allclose(got, [(-100 - 360) / 40, -9.0, (-85 - 330) / 40])

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
 PRESET = "workflow/presets/tiny.yaml"
-NEEDED = ["Snakefile", "config.yaml", PRESET, "workflow/profiles/slurm/config.yaml"]
+PG_PRESET = "workflow/presets/tiny_pg.yaml"   # LVD-PG: grow_patch_pcs shards as GPU jobs
+NEEDED = ["Snakefile", "config.yaml", PRESET, PG_PRESET, "workflow/profiles/slurm/config.yaml"]
 RUN_SECONDS = 1200  # per snakemake invocation; it is sent SIGINT after this
 
 
@@ -56,12 +57,12 @@ def _copy_workflow(dst: Path) -> Path:
     return dst
 
 
-def _snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def _snakemake(cwd: Path, *args: str, preset: str = PRESET) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("LVD_FAKE_GPUS", None)
     cmd = ["timeout", "-s", "INT", "-k", "60", str(RUN_SECONDS), sys.executable, "-m", "snakemake",
-           "--configfile", PRESET, *args]
+           "--configfile", preset, *args]
     res = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, stdin=subprocess.DEVNULL,
                          timeout=RUN_SECONDS + 120)
     if res.returncode != 0:
@@ -97,9 +98,9 @@ def local_run(workdirs):
     return wd
 
 
-@pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, workdirs):
-    wd = _copy_workflow(workdirs / "slurm_run")
+def _slurm(wd: Path, preset: str = PRESET) -> Path:
+    """Run ``preset`` in ``wd`` with --executor slurm, the repository's workflow profile and a
+    user profile naming account and partition."""
     user = wd / "user_profile"
     user.mkdir()
     (user / "config.yaml").write_text(
@@ -108,8 +109,18 @@ def slurm_run(slurm_cluster, workdirs):
         "  slurm_partition: main\n")
     _snakemake(wd, "--executor", "slurm", "--workflow-profile", "workflow/profiles/slurm",
                "--profile", str(user), "--jobs", "8", "--latency-wait", "10",
-               "--slurm-init-seconds-before-status-checks", "2")
+               "--slurm-init-seconds-before-status-checks", "2", preset=preset)
     return wd
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, workdirs):
+    return _slurm(_copy_workflow(workdirs / "slurm_run"))
+
+
+@pytest.fixture(scope="module")
+def slurm_pg_run(slurm_cluster, workdirs):
+    return _slurm(_copy_workflow(workdirs / "slurm_pg_run"), PG_PRESET)
 
 
 def _artifacts(wd: Path) -> dict[str, dict]:
@@ -161,3 +172,20 @@ def test_metrics_have_the_same_keys_as_a_local_run(slurm_run, local_run):
         on_slurm = _key_paths(json.loads((slurm_run / rel).read_text()))
         local = _key_paths(json.loads((local_run / rel).read_text()))
         assert on_slurm == local, f"{rel}: only on SLURM {on_slurm - local}, only local {local - on_slurm}"
+
+
+def test_lvd_pg_runs_on_slurm_one_gpu_job_per_shard(slurm_pg_run, slurm_cluster):
+    """tiny_pg through SLURM: every grow_patch_pcs shard is its own job with one GPU, and the
+    run ends with metrics.json carrying the growing curves."""
+    arts = _artifacts(slurm_pg_run)
+    shards = {p: a for p, a in arts.items() if "/grow/shard" in p}
+    assert shards, f"no grow_patch_pcs shards among {sorted(arts)}"
+    ids = {str(a.get("slurm_job_id", "")) for a in shards.values()}
+    assert "" not in ids and len(ids) == len(shards), "one SLURM job per shard"
+    slurm_cluster.wait_accounted(ids)
+    for path, a in shards.items():
+        assert a.get("cuda_visible_devices") in {"0", "1", "2", "3"}, (path, a.get("cuda_visible_devices"))
+        tres = _cluster.sh(["sacct", "-n", "-X", "-P", "-j", str(a["slurm_job_id"]), "-o", "AllocTRES"]).stdout
+        assert "gres/gpu=1" in tres, (path, tres)
+    metrics = sorted((slurm_pg_run / "results").rglob("metrics.json"))
+    assert metrics and all("growing_mean_ll" in json.loads(p.read_text()) for p in metrics)

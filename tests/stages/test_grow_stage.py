@@ -123,3 +123,105 @@ def test_a_shard_without_clusters_is_written_and_gathered(pg_dir, tmp_path):
     latent_top_em.gather(one, [str(d / "grow1_0.h5")], str(d / "pc_init.h5"), lat)
     for name, t in one.patch.params.items():
         assert torch.equal(t, four.patch.params[name]), name
+
+
+@pytest.fixture(scope="module")
+def gathered(pg_dir):
+    """latent_top_em on the three shards: pc_latent.h5 beside the fixture's files."""
+    d = pg_dir
+    out = d / "pc_latent.h5"
+    if not out.exists():
+        latent_top_em.run(TOP, str(d / "data.h5"), str(d / "latents.h5"), str(d / "pc_init.h5"),
+                          [str(d / f"grow3_{s}.h5") for s in range(3)], str(out))
+    return out
+
+
+def shard_fields(d, name):
+    """Field ``name`` of the three shards, by cluster: {g: array}."""
+    out = {}
+    for s in range(3):
+        with h5py.File(d / f"grow3_{s}.h5", "r") as f:
+            groups = f["groups"][()]
+            if name == "heads":
+                parts = np.split(f["heads"][()], np.cumsum(f["num_examples"][()])[:-1])
+            else:
+                a = f[name][()]
+                parts = [a[:, i] if name == "masks/edges" else a[i] for i in range(len(groups))]
+            out.update(zip(groups.tolist(), parts))
+    return out
+
+
+def test_the_gathered_circuit_keeps_the_masks_of_every_shard(pg_dir, gathered):
+    c = pc.load(gathered)
+    edges, root = shard_fields(pg_dir, "masks/edges"), shard_fields(pg_dir, "masks/root")
+    assert set(c.patch.masks) == {"edges", "root"}
+    for g in range(3):
+        np.testing.assert_array_equal(c.patch.masks["edges"][:, g].numpy(), edges[g])
+        np.testing.assert_array_equal(c.patch.masks["root"][g].numpy(), root[g])
+    assert not c.patch.masks["edges"].all()         # the fixture prunes something
+    assert (c.patch.params["edges"][~c.patch.masks["edges"]] == 0).all()
+    rec = [h for h in pc.load_attrs(gathered)["history"] if h.get("stage") == "grow_patch_pcs"][0]
+    assert np.asarray(rec["growing_curves"]).shape == (3, 2) and 0 <= rec["moved_fraction"] <= 1
+
+
+def test_the_top_is_counted_from_the_grown_assignment(pg_dir):
+    """Tree top: its root distribution is the count of the *grown* states at the top's root
+    position (plus the pseudocount), computed here by hand from the shards' heads."""
+    d = pg_dir
+    c = pc.load(d / "pc_init.h5")
+    g = latent_top_em.gather(c, [str(d / f"grow3_{s}.h5") for s in range(3)], str(d / "pc_init.h5"),
+                             str(d / "latents.h5"))
+    from lvd.stages import inputs
+    z = inputs.load_latents(str(d / "latents.h5"), 120, 16)[0]
+    H = c.patch.num_heads
+    heads = shard_fields(d, "heads")
+    zg = z.copy()
+    for cl, h in heads.items():
+        k = 0
+        for n in range(z.shape[0]):          # np.nonzero's order: row-major over (image, position)
+            for i in range(z.shape[1]):
+                if z[n, i] // H == cl:
+                    zg[n, i] = cl * H + h[k]
+                    k += 1
+    zz, moved = g["pg"].grown_latents(z, H)
+    np.testing.assert_array_equal(zz, zg)
+    assert moved == pytest.approx(float((zg != z).mean())) and moved > 0
+    latent_top_em.reinit_top(c, zg, str(d / "pc_init.h5"))
+    r = int(np.flatnonzero(c.top.structure.parents < 0)[0])
+    K, a = c.num_states, 0.1
+    want = (np.bincount(zg[:, r], minlength=K) + a / K) / (len(zg) + a)
+    np.testing.assert_allclose(c.top.params["root"][0, 0].double().numpy(), want, rtol=1e-5)
+    before = (np.bincount(z[:, r], minlength=K) + a / K) / (len(z) + a)
+    assert np.abs(want - before).max() > 1e-3      # the grown assignment differs from the initial
+
+
+def test_finetune_keeps_the_pruned_entries_zero(pg_dir, gathered, tmp_path):
+    from lvd.stages import finetune
+    out = tmp_path / "pc_final.h5"
+    finetune.run(finetune.Config(epochs=1, full_batch_epochs=1, batch_size=64), str(pg_dir / "data.h5"),
+                 str(gathered), str(out))
+    c, start = pc.load(out), pc.load(gathered)
+    m = c.patch.masks["edges"]
+    assert torch.equal(m, start.patch.masks["edges"])
+    assert (c.patch.params["edges"][~m] == 0).all() and (c.patch.params["root"][~c.patch.masks["root"]] == 0).all()
+    assert not torch.equal(c.patch.params["edges"], start.patch.params["edges"])   # it did train
+
+
+def test_without_growing_one_round_keeps_the_kmeans_heads(pg_dir, tmp_path):
+    """The ablation (initial_heads = heads_per_cluster): one round of EM and pruning, no
+    re-assignment and no growth, so every patch keeps its k-means head."""
+    d = pg_dir
+    lat = tmp_path / "latents.h5"
+    assign_latents.run(assign_latents.Config(mode="clusters", num_states=9, heads_per_cluster=3, initial_heads=3,
+                                             niter=10), str(d / "embeddings.h5"), str(lat))
+    materialize_pc.run(materialize_pc.Config(num_latents=3), str(d / "data.h5"), str(lat), str(tmp_path / "pc.h5"))
+    out = tmp_path / "g.h5"
+    grow_patch_pcs.run(GCFG, str(d / "data.h5"), str(lat), str(d / "embeddings.h5"), str(tmp_path / "pc.h5"), 0, 1,
+                       str(out))
+    from lvd.stages import inputs
+    z = inputs.load_latents(str(lat), 120, 16)[0]
+    with io.open_artifact(out, "lvd.pc_shard") as f:
+        assert f["history"].shape == (3, 1) and f["num_heads"][()].tolist() == [3, 3, 3]
+        heads, n = f["heads"][()], f["num_examples"][()]
+    want = np.concatenate([z[z // 3 == g] % 3 for g in range(3)])   # row-major = np.nonzero order
+    np.testing.assert_array_equal(heads, want)

@@ -31,3 +31,22 @@ def test_tiny_pg_whole_dag(tiny_pg):
                     assert np.isfinite(f["history"][()]).all()
                     heads.append(f["num_heads"][()])
             assert (np.concatenate(heads) == H).all(), "every cluster grown to heads_per_cluster heads"
+
+
+def test_tiny_pg_reports_growing_and_keeps_masks(tiny_pg):
+    """The report side of LVD-PG: growing.png and its curves in metrics.json, the teacher gap in
+    the verdict, and the masks of the pruned entries still in the fine-tuned circuit."""
+    import json
+
+    from lvd import pc
+    for k in tiny_pg.config["latents"]["num_states"]:
+        k_dir = tiny_pg.results / f"k{k}"
+        assert (k_dir / "figures" / "growing.png").stat().st_size > 0
+        m = json.loads((k_dir / "metrics.json").read_text())
+        rounds = tiny_pg.config["latents"]["heads_per_cluster"] - tiny_pg.config["latents"]["initial_heads"] + 1
+        assert set(m["growing_mean_ll"]) == {"LVD", "random latents"}
+        assert all(len(v) == rounds and np.isfinite(v).all() for v in m["growing_mean_ll"].values())
+        assert "teacher's bound" in m["verdict"] and np.isfinite(m["teacher_gap"])
+        final = pc.load(k_dir / "lvd" / "s0" / "pc_final.h5")
+        assert set(final.patch.masks) == {"edges", "root"}
+        assert (final.patch.params["edges"][~final.patch.masks["edges"]] == 0).all()

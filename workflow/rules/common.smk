@@ -150,7 +150,7 @@ def figure_names():
     """The figures evaluate writes into k{K}/figures/ for this data kind."""
     if is_text():
         return ["perplexity"]
-    return ["samples", "inpainting", "curves"]
+    return ["samples", "inpainting", "curves"] + (["growing"] if is_pg() else [])
 
 
 def evaluate_figures():

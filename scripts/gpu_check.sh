@@ -6,10 +6,12 @@
 #   scripts/gpu_check.sh --cpu-smoke  the same path on the CPU at toy sizes, lvd engine only (and
 #                                     PyJuice's parameter check when Triton is importable): a
 #                                     test that the command works before a GPU is at hand
+#   scripts/gpu_check.sh --prepare    only the copy and the wheel's install: for a machine that
+#                                     gets the working tree without ../shared (carry gpubench/)
 #
 # It copies the prepared folder (LVD_DEVICE_DIR, default ../shared/device) into GPUBENCH (default
-# gpubench/, ignored by git), installs the PyJuice wheel from there into .site without the
-# network, and writes gpu_tests.txt, side_by_side.jsonl and side_by_side.err under OUT (default
+# gpubench/, ignored by git; without that folder it uses a copy already there), installs the
+# PyJuice wheel from there into $GPUBENCH/.site without the network, and writes gpu_tests.txt, side_by_side.jsonl and side_by_side.err under OUT (default
 # $GPUBENCH/out; the device machine sets OUT itself). BUDGET_S: no configuration starts after
 # it (default 300); PYTHON: the interpreter (default python3). Exit status: the side-by-side's.
 set -euo pipefail
@@ -25,14 +27,20 @@ MODE=gpu
 case "${1:-}" in
   "") ;;
   --cpu-smoke) MODE=cpu ;;
-  -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+  --prepare) MODE=prepare ;;
+  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
   *) echo "gpu_check.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
 
-[ -f "$SRC/pc_side_by_side.py" ] || { echo "gpu_check.sh: no pc_side_by_side.py in $SRC" >&2; exit 2; }
 mkdir -p "$BENCH" "$OUT"
-cp "$SRC"/README.md "$SRC"/pc_side_by_side.py "$BENCH"/
-cp "$SRC"/*.whl "$BENCH"/ 2>/dev/null || true
+if [ -f "$SRC/pc_side_by_side.py" ]; then
+  cp -f "$SRC"/README.md "$SRC"/pc_side_by_side.py "$BENCH"/   # (the originals are read-only)
+  cp -f "$SRC"/*.whl "$BENCH"/ 2>/dev/null || true
+elif [ -f "$BENCH/pc_side_by_side.py" ]; then
+  echo "gpu_check.sh: no $SRC here; using the copy in $BENCH" >&2
+else
+  echo "gpu_check.sh: no pc_side_by_side.py in $SRC nor in $BENCH" >&2; exit 2
+fi
 
 SITE=$BENCH/.site
 WHEEL=$(ls "$BENCH"/pyjuice-*.whl 2>/dev/null | head -n 1 || true)
@@ -40,6 +48,7 @@ if [ -n "$WHEEL" ]; then
   "$PY" -m pip install -q --no-index --no-deps --target "$SITE" "$WHEEL"
 fi
 export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+[ "$MODE" = prepare ] && { echo "gpu_check.sh: prepared $BENCH"; exit 0; }
 
 if [ "$MODE" = gpu ]; then
   "$PY" -m pytest -q -m gpu tests 2>&1 | tail -n 20 > "$OUT/gpu_tests.txt" || true

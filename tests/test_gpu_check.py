@@ -64,3 +64,17 @@ def test_pyjuice_parameter_check_on_the_cpu(tmp_path):
 def test_unknown_option_is_refused(tmp_path):
     r = _run(tmp_path, "--bogus")
     assert r.returncode == 2 and "unknown option" in r.stderr
+
+
+@needs_folder
+def test_prepare_then_run_from_the_copy_alone(tmp_path):
+    """A machine without ../shared: --prepare here, then the run finds the copy in GPUBENCH."""
+    r = _run(tmp_path, "--prepare")
+    assert r.returncode == 0 and "prepared" in r.stdout, r.stderr[-2000:]
+    assert not (tmp_path / "out" / "side_by_side.jsonl").exists()
+    env = {**os.environ, "GPUBENCH": str(tmp_path / "bench"), "OUT": str(tmp_path / "out"),
+           "PYTHON": sys.executable, "LVD_DEVICE_DIR": str(tmp_path / "absent")}
+    r = subprocess.run(["bash", str(SCRIPT), "--cpu-smoke"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and "using the copy" in r.stderr, r.stderr[-2000:]
+    assert any(d.get("engine") == "lvd" for d in _lines(tmp_path))

@@ -110,8 +110,8 @@ class TreeCircuit:
         return {k: v.clamp_min(1e-38).log() for k, v in self.params.items()}
 
     def log_handles(self, requires_grad=False) -> dict[str, torch.Tensor]:
-        """``log_params`` without computing a log: tree.log_handles of the tables (what
-        ``objective`` reads through tree.probs)."""
+        """``log_params`` without computing a log: treell.log_handles of the tables (what
+        ``objective`` reads through treell.probs)."""
         return log_handles(self.params, requires_grad)
 
     # ------------------------------------------------------------ core forward

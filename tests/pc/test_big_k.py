@@ -13,7 +13,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from lvd.pc import queries
-from pc_bruteforce import as_t, condition, joint_of, make_lvd, tree_circuit
+from pc_bruteforce import as_t, condition, joint_of, tree_circuit
+from pc_bruteforce_lvd import make_lvd
 
 
 @pytest.mark.parametrize("budget", [1, 3 * 2 * 5 * 4 * 4, 1 << 30])   # blocks of 1, 3, all 7 states

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lvd import pc
-from pc_bruteforce import as_t, make_lvd
+from pc_bruteforce import as_t
+from pc_bruteforce_lvd import make_lvd
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

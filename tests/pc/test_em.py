@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lvd import pc
-from pc_bruteforce import as_t, host, make_lvd, tree_circuit, tree_flows
+from pc_bruteforce import as_t, host, tree_circuit, tree_flows
+from pc_bruteforce_lvd import make_lvd
 
 
 def blend(old, F, dim, s, a):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lvd import io, pc
-from pc_bruteforce import all_configs, as_t, make_lvd, tree_circuit
+from pc_bruteforce import all_configs, as_t, tree_circuit
+from pc_bruteforce_lvd import make_lvd
 
 
 def _hclt():

@@ -22,9 +22,8 @@ import torch
 
 from lvd import pc
 from lvd.pc.patches import patch_index
-from pc_bruteforce import (LVD_CONFIGS, all_configs, as_t, frequencies, lvd_flows, lvd_lls_bf,
-                           lvd_patch_evidence, make_lvd, patch_cols, sharpen, soft_joint, tables,
-                           top_posterior_of_z, tv)
+from pc_bruteforce import all_configs, as_t, frequencies, sharpen, soft_joint, tables, top_posterior_of_z, tv
+from pc_bruteforce_lvd import LVD_CONFIGS, lvd_flows, lvd_lls_bf, lvd_patch_evidence, make_lvd, patch_cols
 
 CONFIGS = LVD_CONFIGS
 make = make_lvd

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from lvd import pc
-from pc_bruteforce import (LVD_CONFIGS, as_t, frequencies, joint_of, lvd_flows, lvd_lls_bf, make_lvd,
-                           posterior_counts_soft, sharpen, tables, tree_circuit, tree_flows, tv)
+from pc_bruteforce import (as_t, frequencies, joint_of, posterior_counts_soft, sharpen, tables, tree_circuit,
+                           tree_flows, tv)
+from pc_bruteforce_lvd import LVD_CONFIGS, lvd_flows, lvd_lls_bf, make_lvd
 
 
 def on(device, a, dtype=torch.long):

@@ -19,7 +19,8 @@ import torch
 from lvd import pc
 from lvd.pc import treell as tree
 from lvd.pc.em import em_step
-from pc_bruteforce import as_t, lvd_flows, make_lvd, tree_flows
+from pc_bruteforce import as_t, tree_flows
+from pc_bruteforce_lvd import lvd_flows, make_lvd
 
 
 def blend(old, F, dim, s, a):

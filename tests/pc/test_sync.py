@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from lvd import pc
-from pc_bruteforce import make_lvd
+from pc_bruteforce_lvd import make_lvd
 
 READS = ["item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__format__", "numpy", "cpu"]
 

@@ -11,7 +11,8 @@ import pytest
 
 from lvd import io, pc
 from lvd.pc import validate
-from pc_bruteforce import as_t, make_lvd
+from pc_bruteforce import as_t
+from pc_bruteforce_lvd import make_lvd
 
 
 def _hclt():

@@ -30,6 +30,14 @@ def spread(values) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def size_weighted_means(curves, sizes) -> np.ndarray:
+    """Per column (a growing round) the mean of ``curves`` [G, R] over its finite rows, each row
+    weighted by its size (a cluster's patches): [R]; 0 where no row is finite."""
+    c = np.asarray(curves, dtype=np.float64)
+    w = np.asarray(sizes, dtype=np.float64)[:, None] * np.isfinite(c)
+    return np.nansum(c * w, 0) / np.maximum(w.sum(0), 1)
+
+
 def check_metric(value: float, kind: str, path) -> float:
     """Refuse a metric no model can have: NaN, a negative bpd (kind "image"), a perplexity below
     1 (kind "text"); the error names the circuit file ``path``."""

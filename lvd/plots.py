@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lvd import io
+from lvd import io, metrics
 
 MISSING_RGB = (0.85, 0.15, 0.15)
 
@@ -158,8 +158,7 @@ def growing_figure(path, panels: list[tuple[str, np.ndarray, np.ndarray]]) -> No
         for row in curves:
             if np.isfinite(row).any():
                 ax.plot(rounds, row, "-", color="C0", alpha=0.25, linewidth=0.8)
-        w = np.asarray(sizes, dtype=np.float64)[:, None] * np.isfinite(curves)
-        mean = np.nansum(curves * w, 0) / np.maximum(w.sum(0), 1)
+        mean = metrics.size_weighted_means(curves, sizes)
         ax.plot(rounds, mean, "o-", color="C3", linewidth=2, markersize=4, label="all clusters (weighted)")
         ax.set_xticks(rounds)
         ax.set_xlabel("growing round (heads: initial + round - 1)")

@@ -173,9 +173,7 @@ def verdict(m: dict, key: str, unit: str) -> str:
 
 def growing_means(record: dict) -> list[float]:
     """Size-weighted mean over clusters of a grow_patch_pcs record's curves: one per round."""
-    c = np.asarray(record["growing_curves"], dtype=np.float64)
-    w = np.asarray(record["group_sizes"], dtype=np.float64)[:, None] * np.isfinite(c)
-    return (np.nansum(c * w, 0) / np.maximum(w.sum(0), 1)).tolist()
+    return metrics.size_weighted_means(record["growing_curves"], record["group_sizes"]).tolist()
 
 
 def data_color(data) -> str:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lvd import fingerprints, io, pc, training
+from lvd import fingerprints, io, metrics, pc, training
 from lvd.pc import grow, validate
 from lvd.stages import common, inputs
 from lvd.stages.latent_em import group_seed, shard_groups
@@ -155,11 +155,11 @@ def run(cfg: Config, data: str, latents: str, embeddings: str, pc_path: str, sha
         res = grow.progressive_growing(sub, masks, xs, hs, es, settings_of(cfg, H),
                                        [group_seed(cfg.seed, g) for g in groups],
                                        pass_batch=int(max(16, min(4096, PASS_BYTES // per_row))))
+        means = metrics.size_weighted_means(res.curve, n)
         for r in range(res.curve.shape[1]):
-            w = n * np.isfinite(res.curve[:, r])
-            if w.sum():
+            if (n * np.isfinite(res.curve[:, r])).any():
                 log.info("round %d: mean ll given the head %.4f, %d entries pruned", r + 1,
-                         float(np.nansum(res.curve[:, r] * n) / w.sum()), int(res.pruned[:, r].sum()))
+                         float(means[r]), int(res.pruned[:, r].sum()))
     rounds = H - H0 + 1   # also for a shard without clusters (more shards than clusters)
     summary = {"shard": shard, "num_shards": num_shards, "num_groups": G, "groups": len(groups),
                "seconds": timer.seconds, "initial_states": K0, "rounds": rounds,

@@ -36,7 +36,8 @@ import torch
 
 from lvd import fingerprints, io, metrics, pc, training
 from lvd.pc import validate
-from lvd.stages import common, inputs
+from lvd.stages import common, inputs, materialize_pc
+from lvd.stages.grow_patch_pcs import EXTRA_CHECKSUMS, EXTRA_FIELDS
 from lvd.stages.latent_em import shard_groups
 
 log = logging.getLogger("lvd.latent_top_em")
@@ -146,7 +147,6 @@ class PGGather:
         self.shards, self.plain = 0, 0
 
     def add(self, f, path: str, groups: np.ndarray) -> None:
-        from lvd.stages.grow_patch_pcs import EXTRA_CHECKSUMS, EXTRA_FIELDS
         if "masks/edges" not in f:
             self.plain += 1
             if self.shards:
@@ -195,7 +195,6 @@ class PGGather:
 def reinit_top(c: pc.LVDCircuit, z: np.ndarray, pc_path: str) -> None:
     """Count-initialize the top again from the grown assignment ``z``, as materialize_pc did
     from the teacher's (its settings read from pc_init.h5's config)."""
-    from lvd.stages import materialize_pc
     stored = pc.load_attrs(pc_path).get("config", {})
     fields = {k: v for k, v in (stored if isinstance(stored, dict) else {}).items()
               if k in materialize_pc.Config.__dataclass_fields__}
@@ -273,14 +272,13 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
             raise io.ArtifactError(f"{pc_path}: attribute 'circuit' is not 'lvd' (expected an LVD circuit)")
         x = inputs.load_split(data, "train")
         xv = inputs.load_split(data, "valid")
-        inputs.load_latents(latents, len(x), c.num_positions)  # checks z against the data
+        z = inputs.load_latents(latents, len(x), c.num_positions)[0]  # checks z against the data
         g = gather(c, [str(s) for s in shards], pc_path, latents)
         n = g["num_examples"]
         cond = [float(np.nansum(g["history"][:, e] * n) / len(x)) for e in range(g["history"].shape[1])]
         patch_record = {"stage": "latent_em", "epochs": len(cond), "num_shards": len(shards),
                         "train_ll_given_z": cond, "group_sizes": n.tolist()}
         if g["pg"] is not None:   # LVD-PG: keep the pruned entries out, the top from the grown z
-            z = inputs.load_latents(latents, len(x), c.num_positions)[0]
             pg = g["pg"]
             c.patch.masks = {"edges": pg.edges.to(c.device), "root": pg.root.to(c.device)}
             zg, moved = pg.grown_latents(z, c.patch.num_heads)

@@ -139,8 +139,8 @@ class PGGather:
 
     def __init__(self, patch):
         G, H, K = patch.num_groups, patch.num_heads, patch.num_latents
-        self.edges = torch.ones(patch.params["edges"].shape, dtype=torch.bool)
-        self.root = torch.ones(G, H, K, dtype=torch.bool)
+        self.shapes = {"edges": tuple(patch.params["edges"].shape), "root": (G, H, K)}
+        self.edges = self.root = None     # allocated by the first grow_patch_pcs shard
         self.heads: dict[int, np.ndarray] = {}
         self.num_heads = np.full(G, H, dtype=np.int64)
         self.pruned = np.zeros((G, 0), dtype=np.int64)
@@ -159,6 +159,8 @@ class PGGather:
         validate.check_checksums(path, f.attrs.get(EXTRA_CHECKSUMS), arrays)
         n = f["num_examples"][()]
         g = torch.as_tensor(groups)
+        if self.edges is None:
+            self.edges, self.root = (torch.ones(self.shapes[k], dtype=torch.bool) for k in ("edges", "root"))
         for name, full, dim in (("edges", self.edges, 1), ("root", self.root, 0)):
             m = arrays[f"masks/{name}"]
             want = list(full.shape)
@@ -182,13 +184,17 @@ class PGGather:
     def grown_latents(self, z: np.ndarray, H: int) -> tuple[np.ndarray, float]:
         """(z after growing: state = cluster * H + final head, the fraction of patches whose
         state changed). Cluster g's members are np.nonzero(z // H == g), grow_patch_pcs's order."""
-        out = z.copy()
+        cluster = (z // H).ravel()
+        order = np.argsort(cluster, kind="stable")      # each cluster's patches in np.nonzero order
+        starts = np.concatenate([[0], np.cumsum(np.bincount(cluster, minlength=len(self.num_heads)))])
+        out = z.ravel().copy()
         for g, heads in self.heads.items():
-            rows, pos = np.nonzero(z // H == g)
-            if len(rows) != len(heads):
-                raise ShardError(f"cluster {g}: {len(heads)} heads in its shard but {len(rows)} patches "
+            members = order[starts[g]:starts[g + 1]]
+            if len(members) != len(heads):
+                raise ShardError(f"cluster {g}: {len(heads)} heads in its shard but {len(members)} patches "
                                  f"in the latents")
-            out[rows, pos] = g * H + heads
+            out[members] = g * H + heads
+        out = out.reshape(z.shape)
         return out, float((out != z).mean()) if z.size else 0.0
 
 

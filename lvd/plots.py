@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lvd import io, metrics
+from lvd.data.color import ycbcr_to_rgb
 
 MISSING_RGB = (0.85, 0.15, 0.15)
 
@@ -39,7 +40,6 @@ def to_rgb(images, num_cats: int, missing=None, color: str = "rgb") -> np.ndarra
     for viewing (lvd.data.color.ycbcr_to_rgb)."""
     images = np.asarray(images)
     if color == "ycbcr" and images.shape[-1] == 3:
-        from lvd.data.color import ycbcr_to_rgb
         images = ycbcr_to_rgb(np.clip(images, 0, 255))
     x = np.asarray(images, dtype=np.float64) / max(num_cats - 1, 1)
     if x.shape[-1] == 1:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from lvd.pc import queries
+from lvd.pc import queries, varmap
 from lvd.pc.tree import NodeMajor, TreeStructure
 from lvd.pc.treell import Probs, log_handles, tree_lls
 
@@ -42,6 +42,13 @@ class TreeCircuit:
     them so (zeroed and renormalized after every step, so neither flows nor the pseudocount
     revive a pruned entry), ``num_params`` counts only allowed entries, and the masks travel
     with the circuit through ``to``, ``select_groups`` and lvd.pc.serialize.
+
+    var_map (optional; None = node v observes variable v): int64 [G, V], group g's slot v
+    observes input variable var_map[g, v], -1 = padding (lvd.pc.varmap: every group its own
+    tree inside one shared super-tree, LVD-PG's per-cluster Chow-Liu trees). Inputs x are then
+    [B, (G,) num_vars] over the P input variables (``num_vars`` = P, ``num_nodes`` = V); the
+    padding slots' tables are not counted in ``num_params``; ``sample`` returns the variables.
+    (``meta_inputs``: P for a var_map without rows, a selection of no groups.)
     """
 
     norm_dims = {"edges": -1, "root": -1, "leaves": 2}
@@ -49,7 +56,7 @@ class TreeCircuit:
     def __init__(self, structure: TreeStructure, num_latents: int, num_cats: int, *,
                  num_groups: int = 1, num_heads: int = 1, kind: str = "tree",
                  params: dict | None = None, seed: int = 0, device="cpu", meta: dict | None = None,
-                 masks: dict | None = None):
+                 masks: dict | None = None, var_map=None, meta_inputs: int = 0):
         self.structure = structure
         self.num_latents, self.num_cats = int(num_latents), int(num_cats)
         self.num_groups, self.num_heads = int(num_groups), int(num_heads)
@@ -71,6 +78,14 @@ class TreeCircuit:
                 raise ValueError(f"mask {name!r} of shape {tuple(m.shape)} does not match a table "
                                  f"(tables: { {k: tuple(v.shape) for k, v in self.params.items()} })")
             self.masks[name] = torch.as_tensor(m).to(device=self.device, dtype=torch.bool).contiguous()
+        self.var_map, self._num_inputs = None, None
+        if var_map is not None:
+            vm = var_map.cpu().numpy() if torch.is_tensor(var_map) else np.asarray(var_map)
+            why = varmap.problems(vm, structure.parents, structure.edge_index, structure.leaf_index, G)
+            if why:
+                raise ValueError(f"var_map {why}")
+            self.var_map = torch.as_tensor(vm, dtype=torch.long, device=self.device)
+            self._num_inputs = varmap.num_inputs(vm) if len(vm) else int(meta_inputs)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -79,6 +94,12 @@ class TreeCircuit:
 
     @property
     def num_vars(self) -> int:
+        """Observed input variables per example (= num_nodes unless there is a var_map)."""
+        return self.structure.num_nodes if self._num_inputs is None else self._num_inputs
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes (latent variables) of the tree structure."""
         return self.structure.num_nodes
 
     @property
@@ -91,19 +112,35 @@ class TreeCircuit:
         """Free parameters (each normalized distribution of size n has n - 1; with a mask, a
         distribution with a allowed entries has a - 1)."""
         total = 0
+        real = self._real_rows()
         for name, t in self.params.items():
             dim = self.norm_dims[name]
             n = t.shape[dim]
             if name in self.masks:
-                allowed = self.masks[name].sum(dim)
-                total += int((allowed - 1).clamp_min(0).sum())
+                free = (self.masks[name].sum(dim) - 1).clamp_min(0)
             else:
-                total += t.numel() // n * (n - 1)
+                free = torch.full(t.shape[:dim % t.dim()] + t.shape[dim % t.dim() + 1:], n - 1, device=t.device)
+            if name in real:       # [rows, G, ...]: padding slots' tables are not parameters
+                free = free * real[name].to(free.device).view(*real[name].shape, *[1] * (free.dim() - 2))
+            total += int(free.sum())
         return total
+
+    def _real_rows(self) -> dict[str, torch.Tensor]:
+        """{table: bool [rows, G]} of the rows that belong to real nodes (only with a var_map)."""
+        if self.var_map is None:
+            return {}
+        st, vm = self.structure, self.var_map.cpu().numpy()
+        edge = np.where(st.parents < 0, -1, st.edge_index)
+        out = {"edges": torch.from_numpy(varmap.real_rows(vm, edge, self.params["edges"].shape[0]))}
+        if "leaves" in self.params:
+            out["leaves"] = torch.from_numpy(varmap.real_rows(vm, st.leaf_index, self.params["leaves"].shape[0]))
+        return out
 
     def to(self, device) -> "TreeCircuit":
         self.params = {k: v.to(device) for k, v in self.params.items()}
         self.masks = {k: m.to(device) for k, m in self.masks.items()}
+        if self.var_map is not None:
+            self.var_map = self.var_map.to(device)
         return self
 
     def log_params(self) -> dict[str, torch.Tensor]:
@@ -128,6 +165,8 @@ class TreeCircuit:
         if leaf_evidence is not None:
             if x is not None:
                 raise ValueError("give x or leaf_evidence, not both")
+            if self.var_map is not None:
+                raise ValueError("leaf_evidence is not supported on a circuit with a var_map (per-group trees)")
             node_ev = self.leaf_evidence_scores(logp["leaves"], leaf_evidence)
             evidence = node_ev if evidence is None else node_ev + (
                 evidence[:, None] if evidence.dim() == 3 else evidence)
@@ -141,6 +180,8 @@ class TreeCircuit:
                 x = x[:, None, :].expand(-1, self.num_groups, -1)
             if missing is not None and missing.dim() == 2:
                 missing = missing[:, None, :].expand(-1, self.num_groups, -1)
+            if self.var_map is not None:
+                x, missing = varmap.to_nodes(self.var_map, x, missing)
         if evidence is not None and evidence.device != self.device:
             evidence = evidence.to(self.device)            # differentiable: gradients reach the caller's tensor
         if evidence is not None and evidence.dim() == 3:
@@ -194,7 +235,7 @@ class TreeCircuit:
     def latent_posterior(self, x=None, missing=None, evidence=None) -> torch.Tensor:
         """p(state of node v = k | evidence): [B, V, K] (G = 1 circuits)."""
         B = x.shape[0] if x is not None else evidence.shape[0]
-        ev = torch.zeros(B, self.num_vars, self.num_latents, device=self.device) \
+        ev = torch.zeros(B, self.num_nodes, self.num_latents, device=self.device) \
             if evidence is None else torch.as_tensor(evidence, device=self.device).clone()
         ev.requires_grad_(True)
         lls = self.group_lls(self.log_handles(), x, missing, ev)
@@ -203,7 +244,7 @@ class TreeCircuit:
 
     @torch.no_grad()
     def sample(self, n: int, x=None, missing=None, seed=None, evidence=None) -> torch.Tensor:
-        """Samples int64 [n, V]; with x and missing: the missing values given the observed ones."""
+        """Samples int64 [n, num_vars]; with x and missing: the missing values given the observed ones."""
         xs, _ = queries.tree_sample(self, n, x, missing, evidence, heads=None, seed=seed)
         return xs[:, 0]
 
@@ -218,7 +259,8 @@ class TreeCircuit:
         return TreeCircuit(self.structure, self.num_latents, 0, num_groups=self.num_groups,
                            num_heads=self.num_heads, kind=self.kind,
                            params={"edges": self.params["edges"], "root": self.params["root"]}, meta=self.meta,
-                           masks={k: m for k, m in self.masks.items() if k in ("edges", "root")})
+                           masks={k: m for k, m in self.masks.items() if k in ("edges", "root")},
+                           var_map=self.var_map)
 
     def select_groups(self, groups) -> "TreeCircuit":
         """A circuit over a subset of parameter groups (views copied)."""
@@ -227,7 +269,8 @@ class TreeCircuit:
         masks = {k: m.index_select(0 if k == "root" else 1, g).clone() for k, m in self.masks.items()}
         return TreeCircuit(self.structure, self.num_latents, self.num_cats, num_groups=len(g),
                            num_heads=self.num_heads, kind=self.kind, params=params, meta=self.meta,
-                           masks=masks)
+                           masks=masks, var_map=None if self.var_map is None else self.var_map.index_select(0, g),
+                           meta_inputs=self.num_vars)
 
 
 _STATES: dict = {}

@@ -40,7 +40,7 @@ def _group_dim(name: str) -> int:
 
 
 def _block_size(tc, batch_size: int, max_bytes: float) -> int:
-    per_group = batch_size * tc.num_vars * tc.num_latents * 4 * 8    # about 8 float buffers
+    per_group = batch_size * tc.num_nodes * tc.num_latents * 4 * 8    # about 8 float buffers
     table = sum(t[0:1].numel() if _group_dim(k) == 0 else t[:, 0:1].numel()
                 for k, t in tc.params.items()) * 4 * 4               # tables, logs, grads, targets
     return max(1, int(max_bytes // (per_group + table)))

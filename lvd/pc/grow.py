@@ -150,7 +150,7 @@ def _node_flows(tc, flow: dict, g: int, h: int) -> torch.Tensor:
     """Flow into every state of every node of group g under head h's members: [V, K]."""
     st = tc.structure
     v, _, rows = _edge_nodes(st)
-    out = torch.zeros(tc.num_vars, tc.num_latents, dtype=torch.float64)
+    out = torch.zeros(tc.num_nodes, tc.num_latents, dtype=torch.float64)
     out[v] = flow["edges"][rows, g].double().sum(1).cpu()                     # column sums
     out[_root(st)] = flow["root"][g, h].double().cpu()
     return out
@@ -164,7 +164,7 @@ def grow(tc, masks: Masks, g: int, h: int, flow: dict, *, noise: float = 0.0,
     [V], their copies' slots [V]). Raises ValueError when group g has no free head or a node has
     no free state (allocate K_max = initial states + growing rounds)."""
     st = tc.structure
-    H, K, V = tc.num_heads, tc.num_latents, tc.num_vars
+    H, K, V = tc.num_heads, tc.num_latents, tc.num_nodes
     new = int(masks.heads[g])
     if new >= H:
         raise ValueError(f"grow: group {g} already has all {H} heads active")
@@ -222,7 +222,7 @@ def _perturb(tc, masks, g, slot, noise, gen):
         return t * (noise * z).exp().to(t.device)
 
     if "leaves" in P:
-        for v in range(tc.num_vars):
+        for v in range(tc.num_nodes):
             col = jitter(P["leaves"][st.leaf_index[v], g, :, slot[v]])
             P["leaves"][st.leaf_index[v], g, :, slot[v]] = col / col.sum()
     v_nodes, par, rows = _edge_nodes(st)

@@ -35,6 +35,7 @@ from lvd.pc.patches import patch_index
 from lvd.pc.structures import chow_liu_tree, tree_structure
 from lvd.pc.tree import node_major
 from lvd.pc.treell import log_handles
+from lvd.pc.varmap import super_tree
 
 
 class LVDCircuit:
@@ -156,6 +157,11 @@ class LVDCircuit:
         xp = self._patches(_as_long(x, self.device))
         mp = None if missing is None else self._patches(torch.as_tensor(missing).bool())
         B, m, P = xp.shape
+        if self.mode == "position" and self.patch.var_map is not None:   # per-group trees: x per group
+            R = self.groups_per_position
+            xg = xp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
+            mg = None if mp is None else mp[:, :, None].expand(B, m, R, P).reshape(B, m * R, P)
+            return self.patch.group_lls(logp_patch, xg, mg).reshape(B, m, -1)
         if self.mode == "position":
             # every position's patch goes to its R groups: laid out once in the passes' order
             queries.check_values(xp, mp, P, self.num_cats)
@@ -280,10 +286,42 @@ def distinguishable(num_heads: int, num_latents: int) -> str | None:
     return None
 
 
+MIN_TREE_MEMBERS = 32   # a group with fewer member patches gets the pooled tree (patch_tree "group")
+
+
+def group_trees(data, z, image_shape, patch_size: int, mode: str, num_states: int, heads_per_group: int,
+                num_cats: int, pooled, seed: int = 0) -> tuple[list, list[int]]:
+    """Every parameter group's own Chow-Liu tree over the patch variables, from its members:
+    the patches whose state it serves (mode "shared": every position's patches with state s,
+    s // H == g; mode "position": position i's patches with z_i // H == r for group i * R + r).
+    Groups with fewer than MIN_TREE_MEMBERS members get ``pooled`` (a parents array). Returns
+    (parents per group, member counts)."""
+    data, z = np.asarray(data), np.asarray(z)
+    idx = patch_index(*image_shape, patch_size)
+    m, P = idx.shape
+    H = int(heads_per_group)
+    R = num_states // H
+    G = m * R if mode == "position" else R
+    owner = z // H if mode == "shared" else np.arange(m)[None, :] * R + z // H      # [N, m] group
+    order = np.argsort(owner.reshape(-1), kind="stable")
+    bounds = np.searchsorted(owner.reshape(-1)[order], np.arange(G + 1))
+    trees, counts = [], []
+    for g in range(G):
+        flat = order[bounds[g]:bounds[g + 1]]
+        rows, pos = np.divmod(flat, m)
+        counts.append(len(flat))
+        if len(flat) < MIN_TREE_MEMBERS:
+            trees.append(np.asarray(pooled))
+            continue
+        trees.append(chow_liu_tree(data[rows[:, None], idx[pos]], num_cats, seed=seed + g))
+    return trees, counts
+
+
 def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int, num_cats: int, *,
                 mode: str = "position", num_groups: int | None = None, heads_per_group: int | None = None,
                 root_states: bool = False, top_parents=None, patch_parents=None, data=None, z=None,
-                top: str = "tree", top_num_latents: int = 16, seed: int = 0, device="cpu") -> LVDCircuit:
+                top: str = "tree", top_num_latents: int = 16, seed: int = 0, device="cpu",
+                patch_tree: str = "pooled", patch_trees=None) -> LVDCircuit:
     """Build an LVD circuit with random (seeded) parameters.
 
     Structures: ``patch_parents`` (tree over one patch's P variables) defaults to the Chow-Liu
@@ -306,6 +344,11 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
     ``top``: "tree" (the Chow-Liu tree over the Z's, node i = Z_i) or "hclt" (the same tree
     over hidden H_i with ``top_num_latents`` states, Z_i the leaf of H_i; see the module
     docstring). Both start with random (seeded) parameters.
+
+    ``patch_tree``: "pooled" (one tree for every group, ``patch_parents``) or "group" (every
+    group its own Chow-Liu tree from its member patches, ``group_trees``; needs ``data`` and
+    ``z``; LVD-PG's per-cluster trees), or give ``patch_trees`` (one parents array per group)
+    directly. Per-group trees run batched inside one super-tree (lvd.pc.varmap).
     """
     if top not in ("tree", "hclt"):
         raise ValueError(f"top must be 'tree' or 'hclt', got {top!r}")
@@ -329,7 +372,7 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
     if why is not None and num_latents == 1:
         raise ValueError(why)
     G = m * (num_states // H) if mode == "position" else num_states // H
-    if patch_parents is None:
+    if patch_parents is None and patch_trees is None:
         if data is None:
             raise ValueError("lvd_circuit: give patch_parents or training data to build the patch tree")
         pooled = np.asarray(data)[:, idx].reshape(-1, P)
@@ -341,9 +384,23 @@ def lvd_circuit(image_shape, patch_size: int, num_states: int, num_latents: int,
     if root_states and H != num_latents:
         raise ValueError(f"root_states needs heads_per_group = num_latents, got {H} heads and "
                          f"{num_latents} root states")
+    if patch_tree not in ("pooled", "group"):
+        raise ValueError(f"patch_tree must be 'pooled' or 'group', got {patch_tree!r}")
+    if patch_tree == "group" and patch_trees is None:
+        if data is None or z is None:
+            raise ValueError("lvd_circuit: patch_tree 'group' needs training data and latents z")
+        patch_trees, _ = group_trees(data, z, image_shape, patch_size, mode, num_states, H, num_cats,
+                                     patch_parents, seed=seed)
+    var_map = None
+    if patch_trees is not None:
+        if len(patch_trees) != G:
+            raise ValueError(f"patch_trees has {len(patch_trees)} trees for {G} patch groups")
+        patch_parents, var_map = super_tree(patch_trees)
     patch = TreeCircuit(tree_structure(patch_parents, edge_order="bfs"), num_latents, num_cats, num_groups=G,
                         num_heads=H, kind="patch", seed=seed, device=device,
-                        meta={"root_states": bool(root_states)})
+                        meta={"root_states": bool(root_states),
+                              "patch_tree": "pooled" if var_map is None else "group"},
+                        var_map=var_map)
     if root_states:
         patch.params["root"] = torch.eye(H, device=device).expand(G, H, H).contiguous()
     if top == "tree":

@@ -75,7 +75,7 @@ def init_masks(tc, num_states: int, num_heads) -> Masks:
     """Masks with states 0 .. num_states - 1 of every node active and ``num_heads`` (int or [G])
     heads active, applied to ``tc`` (its other states get zero incoming weight). Inactive heads'
     root rows become copies of head 0's (valid, never assigned)."""
-    K, G, H, V = tc.num_latents, tc.num_groups, tc.num_heads, tc.num_vars
+    K, G, H, V = tc.num_latents, tc.num_groups, tc.num_heads, tc.num_nodes
     if not 1 <= num_states <= K:
         raise ValueError(f"init_masks: {num_states} active states, the circuit allocates {K}")
     heads = np.broadcast_to(np.asarray(num_heads, dtype=np.int64), (G,)).copy()

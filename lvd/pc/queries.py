@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 
+from lvd.pc import varmap
 from lvd.pc._cpu import index_add, index_select
 from lvd.pc.tree import TINY, _prepare, edge_level, leaf_rows, upward
 
@@ -57,19 +58,24 @@ def check_values(x: torch.Tensor, missing, num_vars: int, num_cats: int) -> None
 
 
 def _inputs(tc, n, x, missing, evidence):
-    G, V, dev = tc.num_groups, tc.num_vars, tc.device
+    """(x, missing, evidence) over the nodes [B, G, num_nodes(, K)] (a var_map circuit's
+    inputs over its variables mapped onto its slots, lvd.pc.varmap)."""
+    G, dev = tc.num_groups, tc.device
     if x is None:
+        V = tc.num_nodes
         x = torch.zeros(n, G, V, dtype=torch.long, device=dev)
         missing = torch.ones(n, G, V, dtype=torch.bool, device=dev) if tc.num_cats else None
     else:
         x = torch.as_tensor(x, device=dev).long()
         if missing is not None:
             missing = torch.as_tensor(missing, device=dev).bool()
-        check_values(x, missing, V, tc.num_cats)
+        check_values(x, missing, tc.num_vars, tc.num_cats)
         if x.dim() == 2:
             x = x[:, None].expand(-1, G, -1)
         if missing is not None and missing.dim() == 2:
             missing = missing[:, None].expand(-1, G, -1)
+        if tc.var_map is not None:
+            x, missing = varmap.to_nodes(tc.var_map, x, missing)
     if evidence is not None:
         evidence = torch.as_tensor(evidence, device=dev)
         if evidence.dim() == 3:
@@ -86,7 +92,8 @@ def _draw(probs: torch.Tensor, gen) -> torch.Tensor:
 
 
 def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=None):
-    """Returns (x [B, G, V] int64, states [B, G, V] int64). heads: [B, G] root head per row."""
+    """Returns (x [B, G, num_vars] int64, states [B, G, num_nodes] int64). heads: [B, G] root
+    head per row."""
     x, missing, evidence = _inputs(tc, n, x, missing, evidence)
     B, G = x.shape[0], tc.num_groups
     st, dev = tc.structure, tc.device
@@ -125,6 +132,8 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
     states = index_select(states, inv).permute(2, 1, 0)
     if out is not None:
         out = index_select(out, inv).permute(2, 1, 0)
+        if tc.var_map is not None:
+            out = varmap.from_nodes(tc.var_map, out)
     return out, states
 
 

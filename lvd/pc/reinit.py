@@ -11,7 +11,8 @@ from lvd.pc.lvdcircuit import LVDCircuit
 
 def _fresh(tc: TreeCircuit, seed: int) -> TreeCircuit:
     return TreeCircuit(tc.structure, tc.num_latents, tc.num_cats, num_groups=tc.num_groups,
-                       num_heads=tc.num_heads, kind=tc.kind, seed=seed, device=tc.device, meta=tc.meta)
+                       num_heads=tc.num_heads, kind=tc.kind, seed=seed, device=tc.device, meta=tc.meta,
+                       var_map=tc.var_map)
 
 
 def random_like(circuit, seed: int):

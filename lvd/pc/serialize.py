@@ -1,8 +1,8 @@
 """Save and load circuits as HDF5 (format "lvd.pc"): structure, parameters, sizes. No pickle.
 
 Layout: root attribute ``circuit`` = "tree" or "lvd". A tree lives in a group with datasets
-parents, edge_index, leaf_index, params/<name> and optional masks/<name> (bool, LVD-PG's
-pruned entries), and attributes num_latents, num_cats,
+parents, edge_index, leaf_index, params/<name>, optional masks/<name> (bool, LVD-PG's
+pruned entries) and optional var_map (int64 [G, V], per-group trees, lvd.pc.varmap), and attributes num_latents, num_cats,
 num_groups, num_heads, kind, meta (JSON). An LVD circuit has groups ``patch`` and ``top`` and
 attributes image_shape, patch_size, mode. Extra keyword attributes given to ``save`` (stage
 config, training history as JSON...) are stored on the root and returned by ``load_attrs``.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lvd import io
-from lvd.pc import validate
+from lvd.pc import validate, varmap
 from lvd.pc.circuit import TreeCircuit
 from lvd.pc.lvdcircuit import LVDCircuit
 from lvd.pc.tree import TreeStructure
@@ -29,6 +29,8 @@ def _write_tree(g, tc: TreeCircuit) -> None:
     arrays = {"parents": st.parents, "edge_index": st.edge_index, "leaf_index": st.leaf_index,
               **{f"params/{name}": t.detach().cpu().numpy() for name, t in tc.params.items()},
               **{f"masks/{name}": m.cpu().numpy() for name, m in tc.masks.items()}}
+    if tc.var_map is not None:
+        arrays["var_map"] = tc.var_map.cpu().numpy()
     for name, a in arrays.items():
         g[name] = a
     g.attrs.update(num_latents=tc.num_latents, num_cats=tc.num_cats, num_groups=tc.num_groups,
@@ -46,16 +48,24 @@ def _read_tree(g, device) -> TreeCircuit:
     masks = {k: np.asarray(v[()]) for k, v in g["masks"].items()} if "masks" in g else {}
     validate.check_tree(where, g.attrs, arrays, tables)  # every table and index (lvd.pc.validate)
     validate.check_masks(where, masks, tables)
+    var_map = np.asarray(g["var_map"][()]) if "var_map" in g else None
+    extra = {}
+    if var_map is not None:
+        why = varmap.problems(var_map, arrays["parents"], arrays["edge_index"], arrays["leaf_index"],
+                              int(g.attrs["num_groups"]))
+        if why:
+            raise io.ArtifactError(f"{where}: field 'var_map' {why}")
+        extra["var_map"] = var_map
     validate.check_checksums(where, g.attrs.get(validate.CHECKSUM_ATTR),
                              {**arrays, **{f"params/{k}": v for k, v in tables.items()},
-                              **{f"masks/{k}": v for k, v in masks.items()}})
+                              **{f"masks/{k}": v for k, v in masks.items()}, **extra})
     st = TreeStructure(arrays["parents"], arrays["edge_index"], arrays["leaf_index"])
     params = {k: torch.from_numpy(v) for k, v in tables.items()}
     a = g.attrs
     tc = TreeCircuit(st, int(a["num_latents"]), int(a["num_cats"]), num_groups=int(a["num_groups"]),
                      num_heads=int(a["num_heads"]), kind=str(a["kind"]), params=params,
                      device=device, meta=json.loads(a.get("meta", "{}")),
-                     masks={k: torch.from_numpy(v) for k, v in masks.items()})
+                     masks={k: torch.from_numpy(v) for k, v in masks.items()}, var_map=var_map)
     K, G, H = tc.num_latents, tc.num_groups, tc.num_heads
     expect = {"edges": (G, K, K), "root": (G, H, K)}
     for name, tail in expect.items():

@@ -13,6 +13,9 @@ A latent tree stored by lvd.pc.serialize (one HDF5 group) must have
 
     masks/<name>   bool, shaped like params/<name> (optional; LVD-PG's pruned entries): every
                    distribution keeps at least one allowed entry, and the table is zero outside
+    var_map        int [G, V] (optional; per-group trees in a super-tree): the checks of
+                   lvd.pc.varmap.problems (each group's real nodes one-to-one onto the
+                   variables, padding only below real nodes, an untied tree)
 
 Tables must be finite and non-negative, and every distribution must sum to 1 within
 ``TOLERANCE`` (EM and counting keep them normalized to float32 rounding, far below it).

@@ -151,7 +151,7 @@ def run(cfg: Config, data: str, latents: str, embeddings: str, pc_path: str, sha
                 log.warning("cluster %d has no members: its tables keep their initial values", g)
         sub = c.patch.select_groups(groups)
         masks = grow.init_masks(sub, K0, H0)
-        per_row = 4 * 8 * max(len(groups), 1) * sub.num_vars * sub.num_latents
+        per_row = 4 * 8 * max(len(groups), 1) * sub.num_nodes * sub.num_latents
         res = grow.progressive_growing(sub, masks, xs, hs, es, settings_of(cfg, H),
                                        [group_seed(cfg.seed, g) for g in groups],
                                        pass_batch=int(max(16, min(4096, PASS_BYTES // per_row))))

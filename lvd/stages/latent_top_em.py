@@ -54,11 +54,20 @@ class Config:
     step_size: float = 0.1           # annealed linearly to step_size_end over all mini-batch steps
     step_size_end: float = 0.01
     pseudocount: float = 0.1         # EM pseudocount
+    second_epochs: int = 0           # a second mini-batch phase after the first (LVD-PG: 10 epochs at
+    second_step_size: float = 0.01   # 0.01 -> 0.001 after 10 at 0.1 -> 0.01); full_batch_epochs come last
+    second_step_size_end: float = 0.001
     patch_lls_memory_gb: float = 2.0  # L in memory (float32) up to this size, else a float16 temp file
     seed: int = 0                    # shuffling (epoch e with a seed from (seed, e)); the temp file's row order
 
     def __post_init__(self):
         training.check_schedule(self, "latent_top_em")
+        if not isinstance(self.second_epochs, int) or isinstance(self.second_epochs, bool) or self.second_epochs < 0:
+            raise ValueError(f"latent_top_em.second_epochs is {self.second_epochs!r}, expected an integer >= 0")
+        for name in ("second_step_size", "second_step_size_end"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+                raise ValueError(f"latent_top_em.{name} is {v!r}, expected a number in (0, 1]")
         if not self.patch_lls_memory_gb >= 0:
             raise ValueError(f"latent_top_em.patch_lls_memory_gb is {self.patch_lls_memory_gb!r}, expected >= 0")
 
@@ -214,7 +223,7 @@ def reinit_top(c: pc.LVDCircuit, z: np.ndarray, pc_path: str) -> None:
 def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
     """Rows of images per chunk of the patch pass within ``budget`` bytes (about 4 buffers)."""
     groups_per_patch = c.groups_per_position if c.mode == "position" else c.patch.num_groups
-    per_row = 4 * 4 * c.num_positions * c.patch.num_vars * groups_per_patch * c.patch.num_latents
+    per_row = 4 * 4 * c.num_positions * c.patch.num_nodes * groups_per_patch * c.patch.num_latents
     return int(max(1, min(4096, budget // per_row)))
 
 
@@ -270,6 +279,40 @@ class DiskPatchLLs:
         self.path.unlink(missing_ok=True)
 
 
+def phases(cfg: Config) -> list[pc.Schedule]:
+    """The top's EM schedules in order: ``epochs`` at step_size -> step_size_end, then (when
+    second_epochs > 0) ``second_epochs`` at second_step_size -> second_step_size_end (its own
+    shuffling seeds), the full-batch epochs at the end of the last phase."""
+    first = training.schedule_from(cfg)
+    if not cfg.second_epochs:
+        return [first]
+    second = pc.Schedule(epochs=cfg.second_epochs, full_batch_epochs=cfg.full_batch_epochs,
+                         batch_size=cfg.batch_size, step_size=cfg.second_step_size,
+                         step_size_end=cfg.second_step_size_end, pseudocount=cfg.pseudocount,
+                         seed=pc.schedule.derived_seed(cfg.seed, 1_000_003))
+    return [pc.Schedule(**{**asdict(first), "full_batch_epochs": 0}), second]
+
+
+def train_phases(c: pc.LVDCircuit, cfg: Config, valid, shuffle: bool, **arrays) -> dict:
+    """Run ``phases(cfg)`` on the top tree; one record (train_ll / valid_ll of every epoch in
+    order, ``phase_epochs`` the epochs of each phase)."""
+    record = None
+    for i, sched in enumerate(phases(cfg)):
+        _, r = training.train(c.top, None, sched, stage="latent_top_em" if i == 0 else "latent_top_em phase 2",
+                              valid=valid, shuffle=shuffle, **arrays)
+        if record is None:
+            record = {**r, "phase_epochs": [sched.total_epochs]}
+        else:
+            record["train_ll"] += r["train_ll"]
+            record["valid_ll"] += r["valid_ll"]
+            record["seconds"] += r["seconds"]
+            record["phase_epochs"].append(sched.total_epochs)
+            record["epochs"] += sched.epochs
+            record["full_batch_epochs"] = sched.full_batch_epochs
+    record["stage"] = "latent_top_em"
+    return record
+
+
 def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], out: str, device="cpu") -> dict:
     """Gather the shards and train the top tree; returns a summary (also stored as attributes)."""
     with common.Timer() as timer:
@@ -317,8 +360,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
             valid = lambda t: pc.mean_log_likelihood(t, None, **{key: valid_L})  # noqa: E731
             start = valid(c.top)
             log.info("before top EM: valid ll %.4f (bpd %.4f)", start, metrics.bpd(start, c.num_vars))
-            _, record = training.train(c.top, None, training.schedule_from(cfg), stage="latent_top_em",
-                                       valid=valid, shuffle=shuffle, **{key: L})
+            record = train_phases(c, cfg, valid, shuffle, **{key: L})
         finally:
             if disk is not None:
                 disk.close()

@@ -46,6 +46,10 @@ class Config:
                                # "hclt" = HCLT over the Z's (hidden H_i above each Z_i, LVD-PG)
     top_num_latents: int = 0   # images, top "hclt": states of each hidden H_i; 0 = num_states
     top_init_epochs: int = 3   # images, top "hclt": mini-batch EM epochs on z (then one full-batch)
+    patch_tree: str = "auto"   # images: "pooled" = one Chow-Liu tree of the patches pooled over positions
+                               # for every group; "group" = every group its own Chow-Liu tree from its
+                               # member patches (lvd.pc.varmap); "auto" = group for latents mode clusters
+                               # (LVD-PG's per-cluster trees), pooled otherwise
     pseudocount: float = 0.1   # added to the counts (spread evenly over each distribution)
     seed: int = 0              # random patch parameters, Chow-Liu subsampling
 
@@ -57,6 +61,8 @@ class Config:
                 raise ValueError(f"pc.{name} is {v!r}, expected an integer >= {lo}")
         if self.top not in ("tree", "hclt"):
             raise ValueError(f"pc.top is {self.top!r}, expected 'tree' or 'hclt'")
+        if self.patch_tree not in ("auto", "pooled", "group"):
+            raise ValueError(f"pc.patch_tree is {self.patch_tree!r}, expected 'auto', 'pooled' or 'group'")
         if not isinstance(self.pseudocount, (int, float)) or self.pseudocount < 0:
             raise ValueError(f"pc.pseudocount is {self.pseudocount!r}, expected a number >= 0")
 
@@ -137,6 +143,7 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
                                  f"(from {latents}) in shared mode")
             H, nl = cfg.heads_per_group or None, cfg.num_latents
             groups = cfg.num_groups
+            patch_tree = cfg.patch_tree if cfg.patch_tree != "auto" else ("group" if mode == "clusters" else "pooled")
             if mode == "clusters":   # LVD-PG: grow_patch_pcs grows every cluster's circuit
                 mode, groups, H, nl = "shared", *pg_layout(latents, cfg.num_latents)
                 log.info("latents mode clusters: %d clusters of %d heads; %d hidden states per node "
@@ -153,7 +160,11 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
                                num_cats=info.num_cats, mode=mode, num_groups=groups,
                                heads_per_group=H, root_states=cfg.root_states, data=x, z=z,
                                top=cfg.top, top_num_latents=cfg.top_num_latents or K, seed=cfg.seed,
-                               device=device)
+                               device=device, patch_tree=patch_tree)
+            if patch_tree == "group":
+                log.info("patch trees: every group's own Chow-Liu tree (groups with fewer than %d member "
+                         "patches: the pooled tree), run inside one super-tree of %d nodes (%d variables)",
+                         pc.lvdcircuit.MIN_TREE_MEMBERS, c.patch.num_nodes, c.patch.num_vars)
             if cfg.top == "tree":
                 chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
             else:
@@ -175,6 +186,8 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
                "seconds": timer.seconds}
     if info.kind == "image":
         summary["top"] = cfg.top
+        summary["patch_tree"] = patch_tree
+        summary["patch_tree_nodes"] = c.patch.num_nodes
         with torch.no_grad():
             zt = torch.as_tensor(z)
             top_ll = c.top.log_likelihood(x=zt) if cfg.top == "hclt" else c.top.log_likelihood(z=zt)

@@ -9,13 +9,14 @@ full-batch epochs. Writes baseline.h5 (format lvd.pc) with the same attributes a
 Budget: set the epochs equal to the LVD pipeline's passes over the training set (the
 workflow's ``epochs: auto``, lvd_budget in workflow/rules/common.smk):
     images: epochs = latent_em.epochs + latent_em.full_batch_epochs + latent_top_em.epochs
-                     + latent_top_em.full_batch_epochs + finetune.epochs
+                     + latent_top_em.second_epochs + latent_top_em.full_batch_epochs + finetune.epochs
     text:   epochs = finetune.epochs
     full_batch_epochs = finetune.full_batch_epochs
 (every pass of EM counts as an epoch, whichever part of the circuit it trains; a patch-head or
 top-tree epoch costs the LVD pipeline less than a whole-circuit epoch, so this favours the
 baseline). The baseline shares the top tree's structure, which materialize_pc built from the
-teacher's latents (Chow-Liu over z): a structural head start the baseline keeps.
+teacher's latents (Chow-Liu over z), and with ``pc.patch_tree: group`` (LVD-PG) the patch
+trees built from the teacher's clusters: a structural head start the baseline keeps.
 
 Optional ``--ckpt-dir``: per-epoch checkpoint and resume, as in finetune.
 

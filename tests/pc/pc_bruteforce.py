@@ -70,9 +70,20 @@ def tables(tc: TreeCircuit, g: int = 0, h: int = 0) -> dict:
     """float64 numpy tables of group g, head h of a TreeCircuit, plus its structure arrays.
 
     A copy node (edge_index -1 at a non-root node: its latent is its parent's) gets an
-    identity edge, appended as the last edge row (flows of that row are the reference's own)."""
+    identity edge, appended as the last edge row (flows of that row are the reference's own).
+    With a var_map: group g's own tree over the variables (parents in variable order), its
+    edge_index / leaf_index the super-tree rows of the variables' slots (padding rows unused)."""
     p = {k: v.detach().cpu().double().numpy() for k, v in tc.params.items()}
     st = tc.structure
+    if tc.var_map is not None:   # group g's own tree over the P variables (lvd.pc.varmap), its rows
+        vm = tc.var_map[g].cpu().numpy()                       # pointing into the super-tree's tables
+        slot = np.empty(tc.num_vars, dtype=np.int64)
+        slot[vm[vm >= 0]] = np.flatnonzero(vm >= 0)
+        sp = np.asarray(st.parents)[slot]
+        return {"parents": np.where(sp < 0, -1, vm[np.maximum(sp, 0)]),
+                "edge_index": np.asarray(st.edge_index)[slot], "leaf_index": np.asarray(st.leaf_index)[slot],
+                "root": p["root"][g, h], "edges": p["edges"][:, g],
+                "leaves": p["leaves"][:, g] if "leaves" in p else None}
     parents, edge_index, edges = np.asarray(st.parents), np.asarray(st.edge_index).copy(), p["edges"][:, g]
     copy = (edge_index < 0) & (parents >= 0)
     if copy.any():

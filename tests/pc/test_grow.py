@@ -234,3 +234,55 @@ def test_progressive_growing_does_not_depend_on_which_groups_run_together():
         np.testing.assert_array_equal(rg.heads[0], res.heads[g])
         np.testing.assert_array_equal(rg.curve[0], res.curve[g])
         assert bool((mg.edges[:, 0] == masks.edges[:, g]).all())
+
+
+# ------------------------------------------------------------------ per-group trees (lvd.pc.varmap)
+OTHER = [2, 2, -1, 2]          # group 1's own tree: a star around node 2 (group 0: PARENTS)
+
+
+def circuit_per_group(seed=0):
+    from lvd.pc.structures import tree_structure
+    from lvd.pc.circuit import TreeCircuit
+    from lvd.pc.varmap import super_tree
+
+    parents, vm = super_tree([np.array(PARENTS), np.array(OTHER)])
+    tc = TreeCircuit(tree_structure(parents, edge_order="bfs"), K, C, num_groups=G, num_heads=H, seed=seed,
+                     var_map=vm)
+    assert tc.num_nodes > V
+    return tc, pg.init_masks(tc, 2, 2)
+
+
+def test_per_group_trees_grow_and_prune_like_one_tree():
+    """With every cluster its own tree inside one super-tree: member flows are each group's
+    posterior counts (real rows), growing copies a head exactly and leaves the others alone,
+    and progressive growing ends with H normalized heads per cluster."""
+    tc, masks = circuit_per_group(8)
+    xs, hs = members(8)
+    flow, lls = pg.member_pass(tc, xs, hs, batch_size=16)
+    real = tc._real_rows()
+    for g in range(G):
+        for h in range(2):
+            np.testing.assert_allclose(lls[g][:, h], tree_lls_bf(tc, xs[g], g=g, h=h), atol=1e-5)
+        want_e, want_l = 0.0, 0.0
+        for x, h in zip(xs[g], hs[g]):
+            _, c = posterior_counts(tables(tc, g, h), x)
+            want_e, want_l = want_e + c["edges"], want_l + c["leaves"]
+        rows = real["edges"][:, g].numpy()
+        np.testing.assert_allclose(flow["edges"][rows, g].numpy(), want_e[rows], atol=1e-4)
+        np.testing.assert_allclose(flow["leaves"][:, g].numpy(), want_l, atol=1e-4)
+    before = {(g, h): dist(tc, g, h) for g in range(G) for h in range(2)}
+    flow, _ = pg.member_pass(tc, xs, hs, only_heads=np.array([0, 1]))
+    pg.grow(tc, masks, 1, 1, flow, noise=0.0)
+    for key, p in before.items():
+        np.testing.assert_allclose(dist(tc, *key), p, atol=1e-7)
+    np.testing.assert_allclose(dist(tc, 1, 2), before[(1, 1)], atol=1e-6)
+
+    tc, masks = circuit_per_group(9)
+    rng = np.random.default_rng(9)
+    embs = [rng.normal(size=(len(x), 3)) + x[:, :1] for x in xs]
+    res = pg.progressive_growing(tc, masks, xs, hs, embs, SETTINGS, [1, 2])
+    assert masks.heads.tolist() == [3, 3] and np.isfinite(res.curve).all()
+    check_masked(tc, masks)
+    for g in range(G):
+        for h in range(H):
+            assert dist(tc, g, h).sum() == pytest.approx(1.0, abs=1e-5)

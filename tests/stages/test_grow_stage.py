@@ -225,3 +225,46 @@ def test_without_growing_one_round_keeps_the_kmeans_heads(pg_dir, tmp_path):
         heads, n = f["heads"][()], f["num_examples"][()]
     want = np.concatenate([z[z // 3 == g] % 3 for g in range(3)])   # row-major = np.nonzero order
     np.testing.assert_array_equal(heads, want)
+
+
+def test_every_cluster_gets_its_own_chow_liu_tree(pg_dir):
+    """pc.patch_tree auto = group for clusters: cluster g's patch tree is the Chow-Liu tree of its
+    members (every position's patches in cluster g), all run inside one super-tree."""
+    from lvd.pc import varmap
+
+    c = pc.load(pg_dir / "pc_init.h5")
+    assert c.patch.var_map is not None and pc.load_attrs(pg_dir / "pc_init.h5")["patch_tree"] == "group"
+    from lvd.stages import inputs
+
+    x = inputs.load_split(str(pg_dir / "data.h5"), "train")
+    z = inputs.load_latents(str(pg_dir / "latents.h5"), len(x), 16)[0]
+    H = c.patch.num_heads
+    idx = patch_index(8, 8, 1, 2)
+    pooled = pc.chow_liu_tree(x[:, idx].reshape(-1, 4), 17)
+    for g in range(3):
+        rows, pos = np.nonzero(z // H == g)
+        want = pc.chow_liu_tree(x[rows[:, None], idx[pos]], 17, seed=g)
+        got = varmap.group_parents(c.patch.structure.parents, c.patch.var_map.numpy(), g)
+        want = want if len(rows) >= pc.lvdcircuit.MIN_TREE_MEMBERS else pooled
+        assert undirected(got) == undirected(want)          # (the super-tree may root it elsewhere)
+    pooled_cfg = materialize_pc.Config(num_latents=2, patch_tree="pooled")
+    out = pg_dir / "pc_pooled.h5"
+    materialize_pc.run(pooled_cfg, str(pg_dir / "data.h5"), str(pg_dir / "latents.h5"), str(out))
+    assert pc.load(out).patch.var_map is None
+
+
+def undirected(parents):
+    return {frozenset((v, int(p))) for v, p in enumerate(parents) if p >= 0}
+
+
+def test_latent_top_em_runs_the_second_phase(pg_dir, tmp_path):
+    d = pg_dir
+    cfg = latent_top_em.Config(epochs=1, second_epochs=2, full_batch_epochs=1, batch_size=64)
+    scheds = latent_top_em.phases(cfg)
+    assert [(s.epochs, s.full_batch_epochs, s.step_size, s.step_size_end) for s in scheds] == \
+        [(1, 0, 0.1, 0.01), (2, 1, 0.01, 0.001)]
+    latent_top_em.run(cfg, str(d / "data.h5"), str(d / "latents.h5"), str(d / "pc_init.h5"),
+                      [str(d / "grow1_0.h5")], str(tmp_path / "pc_latent.h5"))
+    rec = pc.load_attrs(tmp_path / "pc_latent.h5")["history"][-1]
+    assert rec["stage"] == "latent_top_em" and rec["phase_epochs"] == [1, 3]
+    assert len(rec["train_ll"]) == len(rec["valid_ll"]) == 4

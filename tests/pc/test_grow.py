@@ -12,15 +12,15 @@ import torch
 
 from lvd.pc import grow as pg
 from lvd.pc.groups import em_groups
-from pc_bruteforce import all_configs, posterior_counts, tables, tree_circuit, tree_lls_bf
+from pc_bruteforce import all_configs, host, posterior_counts, tables, tree_circuit, tree_lls_bf
 
 PARENTS = [1, -1, 1, 2]
 V, C, K, G, H = 4, 3, 4, 2, 3
 X_ALL = all_configs(V, C)
 
 
-def circuit(seed=0):
-    tc = tree_circuit(PARENTS, K=K, C=C, G=G, H=H, seed=seed)
+def circuit(seed=0, device="cpu"):
+    tc = tree_circuit(PARENTS, K=K, C=C, G=G, H=H, seed=seed).to(device)
     masks = pg.init_masks(tc, 2, 2)
     return tc, masks
 
@@ -39,8 +39,8 @@ def members(seed, n=40):
 
 def check_masked(tc, masks):
     p = tc.params
-    assert float(p["edges"][~masks.edges].abs().sum()) == 0.0
-    assert float(p["root"][~masks.root].abs().sum()) == 0.0
+    assert float(p["edges"][~masks.edges.to(tc.device)].abs().sum()) == 0.0
+    assert float(p["root"][~masks.root.to(tc.device)].abs().sum()) == 0.0
 
 
 def test_init_masks_leave_every_head_normalized_and_inactive_states_unreachable():
@@ -60,8 +60,8 @@ def test_init_masks_leave_every_head_normalized_and_inactive_states_unreachable(
     np.testing.assert_allclose(dist(tc, 0, 2), dist(tc, 0, 0), atol=1e-7)
 
 
-def test_member_pass_flows_are_own_head_posterior_counts():
-    tc, masks = circuit(1)
+def test_member_pass_flows_are_own_head_posterior_counts(device):
+    tc, masks = circuit(1, device)
     xs, hs = members(1, n=9)
     only = np.array([1, -1])
     for only_heads in (None, only):
@@ -77,15 +77,15 @@ def test_member_pass_flows_are_own_head_posterior_counts():
                 want["root"][h] += c["root"]
                 want["edges"] = want["edges"] + c["edges"]
                 want["leaves"] = want["leaves"] + c["leaves"]
-            np.testing.assert_allclose(flow["root"][g].numpy(), want["root"], atol=1e-4)
-            np.testing.assert_allclose(flow["edges"][:, g].numpy(), np.broadcast_to(want["edges"], (V - 1, K, K))
+            np.testing.assert_allclose(host(flow["root"][g]), want["root"], atol=1e-4)
+            np.testing.assert_allclose(host(flow["edges"][:, g]), np.broadcast_to(want["edges"], (V - 1, K, K))
                                        if np.isscalar(want["edges"]) else want["edges"], atol=1e-4)
-            np.testing.assert_allclose(flow["leaves"][:, g].numpy(), np.broadcast_to(want["leaves"], (V, C, K))
+            np.testing.assert_allclose(host(flow["leaves"][:, g]), np.broadcast_to(want["leaves"], (V, C, K))
                                        if np.isscalar(want["leaves"]) else want["leaves"], atol=1e-4)
 
 
-def test_growing_copies_the_head_exactly_and_leaves_every_other_head_unchanged():
-    tc, masks = circuit(2)
+def test_growing_copies_the_head_exactly_and_leaves_every_other_head_unchanged(device):
+    tc, masks = circuit(2, device)
     xs, hs = members(2)
     flow, _ = pg.member_pass(tc, xs, hs, only_heads=np.array([1, 0]))
     before = {(g, h): dist(tc, g, h) for g in range(G) for h in range(2)}
@@ -98,7 +98,7 @@ def test_growing_copies_the_head_exactly_and_leaves_every_other_head_unchanged()
     np.testing.assert_allclose(dist(tc, 0, 2), before[(0, 1)], atol=1e-6)
     # the picked states are those with the largest flow under head 1 (root: its root flow)
     nf = pg._node_flows(tc, flow, 0, 1)
-    assert (picked == nf[:, :2].argmax(1).numpy()).all()
+    assert (picked == host(nf[:, :2].argmax(1))).all()
 
 
 def test_noise_changes_only_the_grown_head_which_stays_normalized():
@@ -134,8 +134,8 @@ def test_a_second_growth_uses_the_next_slot_and_keeps_all_heads():
         pg.grow(tc, masks, 0, 0, flow)
 
 
-def test_pruning_an_edge_without_flow_changes_nothing_and_em_keeps_it_zero():
-    tc, masks = circuit(5)
+def test_pruning_an_edge_without_flow_changes_nothing_and_em_keeps_it_zero(device):
+    tc, masks = circuit(5, device)
     with torch.no_grad():   # edge row of node 2 (edge row 1), parent state 0 -> child state 1: weight 0
         tc.params["edges"][1, 0, 0, 1] = 0.0
         tc.params["edges"][1, 0, 0] /= tc.params["edges"][1, 0, 0].sum()
@@ -199,8 +199,8 @@ def test_worst_head_and_two_means():
 SETTINGS = pg.GrowSettings(heads=3, em_epochs=2, batch_size=16, prune_threshold=1e-3, noise=0.2)
 
 
-def grown(groups=None):
-    tc, masks = circuit(7)
+def grown(groups=None, device="cpu"):
+    tc, masks = circuit(7, device)
     xs, hs = members(7, n=60)
     rng = np.random.default_rng(7)
     embs = [rng.normal(size=(len(x), 3)) + x[:, :1] for x in xs]
@@ -212,8 +212,8 @@ def grown(groups=None):
     return tc, masks, res
 
 
-def test_progressive_growing_reaches_the_target_with_normalized_heads():
-    tc, masks, res = grown()
+def test_progressive_growing_reaches_the_target_with_normalized_heads(device):
+    tc, masks, res = grown(device=device)
     assert masks.heads.tolist() == [3, 3] and res.curve.shape == (G, 2)
     assert np.isfinite(res.curve).all()
     assert len(res.grown) == G

@@ -24,6 +24,9 @@ CIRCUITS = {
     "groups_heads": lambda: tree_circuit([-1, 0, 0, 1], K=2, C=3, G=2, H=3, seed=2),
     "lvd_position": lambda: make_lvd("pos4", seed=3),
     "lvd_shared": lambda: make_lvd("shared", seed=3),
+    "lvd_group_trees": lambda: pc.lvd_circuit((2, 2, 1), 2, num_states=4, num_latents=2, num_cats=3, mode="shared",
+                                              num_groups=2, top_parents=[-1],
+                                              patch_trees=[[-1, 0, 1, 2], [1, -1, 1, 1]], seed=3),
 }
 
 
@@ -32,14 +35,15 @@ def _trees(c):
 
 
 @pytest.mark.parametrize("name", list(CIRCUITS))
-def test_round_trip_is_exact(name, tmp_path):
-    c = CIRCUITS[name]()
+def test_round_trip_is_exact(name, tmp_path, device):
+    c = CIRCUITS[name]().to(device)
     # move the parameters off their initial values so a loader that re-initializes fails
-    X = as_t(np.random.default_rng(4).integers(0, 3, (20, c.num_vars)))
+    X = as_t(np.random.default_rng(4).integers(0, 3, (20, c.num_vars)), device=device)
     pc.em(c, X, epochs=1, batch_size=10, step_size=0.5)
     path = tmp_path / f"{name}.h5"
     pc.save(c, path, history=[1.5, 2.5], seconds=3.25, note="tiny")
-    d = pc.load(path)
+    d = pc.load(path, device=device)
+    assert d.device == c.device
     assert type(d) is type(c)
     assert set(d.params) == set(c.params)
     for k in c.params:
@@ -50,6 +54,7 @@ def test_round_trip_is_exact(name, tmp_path):
             np.testing.assert_array_equal(getattr(a.structure, field), getattr(b.structure, field))
         assert (a.num_latents, a.num_cats, a.num_groups, a.num_heads, a.kind, a.meta) == \
             (b.num_latents, b.num_cats, b.num_groups, b.num_heads, b.kind, b.meta)
+        assert (a.var_map is None and b.var_map is None) or torch.equal(a.var_map, b.var_map)
     if isinstance(c, pc.LVDCircuit):
         assert (d.image_shape, d.patch_size, d.mode) == (c.image_shape, c.patch_size, c.mode)
     assert torch.equal(d.log_likelihood(X), c.log_likelihood(X))

@@ -79,6 +79,9 @@ def circuits():
     Xl = rng.integers(0, 3, (64, 4))
     for name in ("pos4", "shared", "pos4h"):
         yield f"lvd {name}", make_lvd(name, seed=2), {"data": Xl}
+    yield "lvd per-group trees", pc.lvd_circuit((2, 2, 1), 2, num_states=4, num_latents=2, num_cats=3,
+                                                mode="shared", num_groups=2, top_parents=[-1],
+                                                patch_trees=[[-1, 0, 1, 2], [1, -1, 1, 1]], seed=2), {"data": Xl}
     m = make_lvd("pos4", seed=3)
     z = rng.integers(-1, 3, (64, 4))
     yield "lvd pos4 with z", m, {"data": Xl, "z": torch.from_numpy(z)}

@@ -1,0 +1,40 @@
+"""scripts/hclt_leaf_latents.py runs on a tiny MNIST-style directory and prints one JSON line
+per (K, seed, layout) with validation and test bpd."""
+
+import gzip
+import importlib.util
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path, x):
+    raw = bytes([0, 0, 0x08, x.ndim]) + struct.pack(f">{x.ndim}I", *x.shape) + x.astype(">u1").tobytes()
+    Path(path).write_bytes(gzip.compress(raw))
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_hclt_leaf_latents_prints_valid_and_test_bpd(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (1, 28, 28))
+    imgs = np.clip(base + rng.integers(-20, 20, (50, 28, 28)), 0, 255)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs[:40])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs[40:])
+    load("hclt_leaf_latents").main(["--idx-dir", str(tmp_path), "--num-latents", "2", "--epochs", "1",
+                                    "--full-batch-epochs", "1", "--valid", "8", "--batch-size", "16"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["leaf_latents"] for r in rows] == [True, False]
+    for r in rows:
+        assert len(r["seconds_per_epoch"]) == len(r["train_ll"]) == 2
+        assert np.isfinite(r["valid_bpd"]) and np.isfinite(r["test_bpd"]) and r["valid_bpd"] > 0  # (32 images: overfit)
+    assert rows[1]["num_edges"] < rows[0]["num_edges"] == 783

@@ -19,6 +19,8 @@ def counts(tc, z, x=None) -> dict[str, torch.Tensor]:
     """Count tables of a G = 1 tree from states z [N, V] (and values x [N, V])."""
     if tc.num_groups != 1 or tc.num_heads != 1:
         raise ValueError("counting initialization is defined for single-group, single-head trees")
+    if getattr(tc, "var_map", None) is not None:
+        raise ValueError("counting initialization is not defined for a circuit with a var_map (per-group trees)")
     z = torch.as_tensor(np.asarray(z) if not torch.is_tensor(z) else z).long().cpu()
     N, V = z.shape
     K, st = tc.num_latents, tc.structure

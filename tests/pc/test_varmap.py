@@ -221,3 +221,11 @@ def test_group_trees_come_from_each_groups_members():
     assert {frozenset((0, 2)), frozenset((1, 3))} <= edges(trees[1])
     few, _ = pc.lvdcircuit.group_trees(data[:10], z[:10], (2, 2, 1), 2, "shared", 4, 2, 4, pooled)
     assert all(np.array_equal(t, pooled) for t in few)        # too few members: the pooled tree
+
+
+def test_unsupported_queries_say_so():
+    tc = grouped(TREES[:1], H=1)
+    with pytest.raises(ValueError, match="var_map"):
+        pc.count_init(tc, np.zeros((3, tc.num_nodes), np.int64), np.zeros((3, 4), np.int64))
+    with pytest.raises(ValueError, match="var_map"):
+        tc.log_likelihood(leaf_evidence=torch.zeros(2, 4, 3))

@@ -56,13 +56,19 @@ def _selected(name: str, names) -> bool:
     return any(name == n or name.startswith(n) for n in names)
 
 
+# A distribution whose flow plus pseudocount is below the smallest normal float32 has no EM
+# estimate and keeps its values: its flows are numerically zero, and step / (a denormal sum)
+# overflows to inf (seen with pseudocount 0: a row with total flow 2e-40 turned NaN).
+MIN_DENOM = torch.finfo(torch.float32).tiny
+
+
 def target(F: torch.Tensor, p: torch.Tensor, dim: int, pseudocount: float) -> torch.Tensor:
     """The EM estimate (F + a / n) / (sum F + a) over ``dim``; a distribution with no flow and
     no pseudocount has no estimate and keeps its values ``p``. (No value is read back from the
     device: the test of the denominators is elementwise.)"""
     n = F.shape[dim]
     denom = F.sum(dim, keepdim=True).add_(pseudocount)
-    live = denom > 0
+    live = denom >= MIN_DENOM
     inv = torch.where(live, 1.0 / denom, 0.0)          # [.., 1, ..]: per distribution
     new = torch.addcmul(inv * (pseudocount / n), F, inv)
     return new.addcmul_(p, (~live).to(p.dtype))        # p where there is no estimate
@@ -82,7 +88,7 @@ def em_step(p: torch.Tensor, F: torch.Tensor, dim: int, step_size, pseudocount: 
         F = F.to_dense()
     n = F.shape[dim]
     denom = F.sum(dim, keepdim=True).add_(pseudocount)
-    live = denom > 0
+    live = denom >= MIN_DENOM
     w = torch.where(live, step_size / denom, 0.0)      # [.., 1, ..]: s / (sum F + a)
     keep = torch.where(live, 1.0 - step_size, 1.0)     # (1 - s), or 1 where there is no estimate
     step = torch.addcmul(w * (pseudocount / n), F, w)  # s (F + a / n) / (sum F + a)
@@ -108,7 +114,7 @@ def _em_step_sparse(p, F, dim: int, step_size, pseudocount: float) -> None:
     nd = math.prod(sizes) // n                             # distributions (times the dense shape)
     total = vals.sum(0, keepdim=True) if nd == 1 else index_add(vals.new_zeros(nd, *dense), dist, vals)
     denom = total.view(shape).add_(pseudocount)
-    live = denom > 0
+    live = denom >= MIN_DENOM
     w = torch.where(live, step_size / denom, 0.0)
     keep = torch.where(live, 1.0 - step_size, 1.0)
     torch.addcmul(w * (pseudocount / n), p, keep, out=p)   # the update with zero flow

@@ -22,6 +22,8 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from lvd import pc
 from lvd.stages import emstage, inputs, train_baseline
 
@@ -34,28 +36,46 @@ class Config(train_baseline.Config):
     """The baseline's EM settings (section ``hclt``: same keys, same budget) plus the size."""
     SECTION: ClassVar[str] = "hclt"
     num_latents: int = 0           # hidden states per pixel; 0 = the parameter count nearest LVD's
+    leaf_latents: bool = False     # a Chow-Liu leaf gets a latent of its own (False: it emits from its
+                                   # parent's, PyJuice's layout; pc.hclt's default, README: measured)
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.leaf_latents, bool):
+            raise ValueError(f"hclt.leaf_latents is {self.leaf_latents!r}, expected true or false")
         if not isinstance(self.num_latents, int) or isinstance(self.num_latents, bool) or self.num_latents < 0:
             raise ValueError(f"hclt.num_latents is {self.num_latents!r}, expected an integer >= 0")
 
 
-def hclt_num_params(num_vars: int, num_cats: int, K: int) -> int:
-    """Free parameters of an HCLT: leaves V (C - 1) K, edges (V - 1) K (K - 1), root K - 1."""
-    return num_vars * (num_cats - 1) * K + (num_vars - 1) * K * (K - 1) + (K - 1)
+def hclt_num_params(num_vars: int, num_cats: int, K: int, num_edges: int | None = None) -> int:
+    """Free parameters of an HCLT: leaves V (C - 1) K, edges E K (K - 1), root K - 1, with
+    E = ``num_edges`` K x K blocks (default V - 1, a latent per variable)."""
+    E = num_vars - 1 if num_edges is None else int(num_edges)
+    return num_vars * (num_cats - 1) * K + E * K * (K - 1) + (K - 1)
 
 
-def matched_num_latents(num_vars: int, num_cats: int, target: int, max_k: int = 4096) -> int:
+def matched_num_latents(num_vars: int, num_cats: int, target: int, max_k: int = 4096,
+                        num_edges: int | None = None) -> int:
     """The K >= 1 whose HCLT parameter count is nearest ``target`` (the smaller K on a tie)."""
     best, best_gap = 1, None
     for k in range(1, max_k + 1):
-        gap = abs(hclt_num_params(num_vars, num_cats, k) - target)
+        n = hclt_num_params(num_vars, num_cats, k, num_edges)
+        gap = abs(n - target)
         if best_gap is None or gap < best_gap:
             best, best_gap = k, gap
-        if hclt_num_params(num_vars, num_cats, k) > target:
+        if n > target:
             break
     return best
+
+
+def hclt_blocks(x, num_cats: int, seed: int, leaf_latents: bool) -> int:
+    """K x K blocks of pc.hclt(x, ...) with these settings (the Chow-Liu tree pc.hclt builds)."""
+    parents = pc.chow_liu_tree(x, num_cats, seed=seed)
+    if leaf_latents:
+        return len(parents) - 1
+    has_child = np.zeros(len(parents), bool)
+    has_child[parents[parents >= 0]] = True
+    return int(has_child[parents >= 0].sum())      # the non-root nodes with children (pc.hclt's copies: the rest)
 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
@@ -65,9 +85,11 @@ def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = N
         raise ValueError(f"{data}: train_hclt is the image control (attribute 'kind' is {info.kind!r}); "
                          f"for text the random-init HMM (train_baseline) is the plain model")
     target = int(pc.load(pc_path).num_params)
-    K = cfg.num_latents or matched_num_latents(info.num_vars, info.num_cats, target)
     x = inputs.load_split(data, "train")
-    c = pc.hclt(x, num_latents=K, num_cats=info.num_cats, seed=cfg.seed, device=device)
+    K = cfg.num_latents or matched_num_latents(info.num_vars, info.num_cats, target,
+                                               num_edges=hclt_blocks(x, info.num_cats, cfg.seed, cfg.leaf_latents))
+    c = pc.hclt(x, num_latents=K, num_cats=info.num_cats, seed=cfg.seed, device=device,
+                leaf_latents=cfg.leaf_latents)
     log.info("HCLT over %d pixels, %d hidden states: %d params (LVD circuit: %d)", info.num_vars, K,
              c.num_params, target)
     return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="train_hclt", writer=WRITER,

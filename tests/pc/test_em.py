@@ -226,3 +226,21 @@ def test_counts_refuse_bad_latents():
         pc.counts(h, np.zeros((2, 4), np.int64))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         pc.counts(h, Z, X + 1)
+
+
+def test_a_distribution_with_denormal_flow_keeps_its_values():
+    """pseudocount 0 and a row whose flows sum to 2e-40 (numerically zero): step / sum would
+    overflow float32 and turn the row into NaN; the row keeps its values, the others update."""
+    from lvd.pc.em import em_step, target
+
+    p = torch.tensor([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]])
+    F = torch.tensor([[4.8e-43, 2.8e-45, 2.2e-40], [1.0, 3.0, 0.0]])
+    for fn in (lambda: em_step(q, F, -1, 0.9, 0.0), lambda: q.copy_(target(F, q, -1, 0.0))):
+        q = p.clone()
+        fn()
+        assert torch.isfinite(q).all()
+        torch.testing.assert_close(q[0], p[0])
+        assert not torch.equal(q[1], p[1])
+    q = p.clone()
+    em_step(q, F.to_sparse(), -1, 0.9, 0.0)           # the sparse path too
+    assert torch.isfinite(q).all() and torch.equal(q[0], p[0])

@@ -39,7 +39,7 @@ def test_structure_hangs_the_chow_liu_leaves_on_their_parents(tiny):
     np.testing.assert_array_equal(copies, ~has_child & (st.parents >= 0))
     assert copies.sum() >= 2
     assert tiny.num_edges == 4 - copies.sum() == tiny.params["edges"].shape[0]
-    full = pc.hclt(correlated(300, 5, 3, 0), num_latents=3, num_cats=3, seed=0)
+    full = pc.hclt(correlated(300, 5, 3, 0), num_latents=3, num_cats=3, seed=0, leaf_latents=True)
     np.testing.assert_array_equal(full.structure.parents, st.parents)      # same Chow-Liu tree
     assert full.num_edges == 4 and tiny.num_params < full.num_params
 

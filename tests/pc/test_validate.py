@@ -17,7 +17,7 @@ from pc_bruteforce_lvd import make_lvd
 
 def _hclt():
     X = np.random.default_rng(0).integers(0, 3, (60, 5))
-    return pc.hclt(X, num_latents=3, num_cats=3, seed=0)
+    return pc.hclt(X, num_latents=3, num_cats=3, seed=0, leaf_latents=True)   # (the bit-flip offsets)
 
 
 @pytest.fixture

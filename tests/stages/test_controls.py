@@ -48,7 +48,12 @@ def test_hclt_parameter_count_formula_and_matching():
     rng = np.random.default_rng(0)
     data = rng.integers(0, 5, (60, 7))
     for k in (1, 2, 5):
-        assert train_hclt.hclt_num_params(7, 5, k) == pc.hclt(data, num_latents=k, num_cats=5).num_params
+        assert train_hclt.hclt_num_params(7, 5, k) == pc.hclt(data, num_latents=k, num_cats=5,
+                                                               leaf_latents=True).num_params
+        for lat in (True, False):
+            E = train_hclt.hclt_blocks(data, 5, 0, lat)
+            c = pc.hclt(data, num_latents=k, num_cats=5, leaf_latents=lat)
+            assert E == c.num_edges and train_hclt.hclt_num_params(7, 5, k, E) == c.num_params
     for target in (100, 1000, 12345):
         got = train_hclt.matched_num_latents(7, 5, target)
         gaps = [abs(train_hclt.hclt_num_params(7, 5, k) - target) for k in range(1, 200)]
@@ -65,8 +70,9 @@ def test_train_hclt_matches_the_lvd_circuits_size(files, tmp_path):
     target = pc.load(init).num_params
     assert s["target_num_params"] == target and s["num_params"] == h.num_params
     gap = abs(h.num_params - target)
+    assert h.num_edges < 63                                            # the default: no leaf latents
     for k in (h.num_latents - 1, h.num_latents + 1):
-        assert gap <= abs(train_hclt.hclt_num_params(64, 17, k) - target)
+        assert gap <= abs(train_hclt.hclt_num_params(64, 17, k, h.num_edges) - target)
     rec = inputs.history_of(tmp_path / "hclt.h5")[-1]
     assert rec["stage"] == "train_hclt" and len(rec["valid_ll"]) == 3 and rec["valid_ll"][-1] > rec["valid_ll"][0]
     assert pc.load_attrs(tmp_path / "hclt.h5")["seconds"] > 0

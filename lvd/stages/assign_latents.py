@@ -111,8 +111,12 @@ def run(cfg: Config, embeddings: str, out: str, device="cpu") -> dict:
             g.attrs["num_clusters"] = cfg.num_states // cfg.heads_per_cluster
             g.attrs["heads_per_cluster"] = cfg.heads_per_cluster
             g.attrs["initial_heads"] = cfg.initial_heads
-    log.info("wrote %s in %.1f s: inertia %.6g, %d empty clusters", out, timer.seconds,
-             summary["inertia"], summary["empty_clusters"])
+    reserved = 0
+    if cfg.mode == "clusters":   # the states of the heads still to grow start empty by design
+        reserved = (cfg.num_states // cfg.heads_per_cluster) * (cfg.heads_per_cluster - cfg.initial_heads)
+    log.info("wrote %s in %.1f s: inertia %.6g, %d empty states%s", out, timer.seconds, summary["inertia"],
+             summary["empty_clusters"] - reserved,
+             f" (besides the {reserved} states reserved for the heads grow_patch_pcs grows)" if reserved else "")
     return summary
 
 

@@ -42,15 +42,17 @@ SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(pc.Schedule))
 
 def check_schedule(cfg, section: str) -> None:
     """Raise ValueError naming ``section.<field>`` when an EM setting of a stage Config is out of range."""
-    for name in ("epochs", "full_batch_epochs", "batch_size"):
+    for name in ("epochs", "full_batch_epochs", "batch_size", "second_epochs"):
         if hasattr(cfg, name):
             v = getattr(cfg, name)
             lo = 1 if name == "batch_size" else 0
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{section}.{name} is {v!r}, expected an integer >= {lo}")
-    for name in ("step_size", "step_size_end"):
+    for name in ("step_size", "step_size_end", "second_step_size", "second_step_size_end"):
+        if name.startswith("second") and not hasattr(cfg, name):   # (latent_top_em's second phase)
+            continue
         v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or not 0 < v <= 1:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
             raise ValueError(f"{section}.{name} is {v!r}, expected a number in (0, 1]")
     if getattr(cfg, "pseudocount", 0) < 0:
         raise ValueError(f"{section}.pseudocount is {cfg.pseudocount!r}, expected >= 0")

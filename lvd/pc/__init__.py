@@ -19,7 +19,7 @@ from lvd.pc.circuit import TreeCircuit, latent_evidence
 from lvd.pc.counting import count_init, counts
 from lvd.pc.em import em, em_epoch, flows, mean_log_likelihood, update
 from lvd.pc.groups import em_groups
-from lvd.pc import grow  # noqa: F401  (progressive growing, LVD-PG: lvd.pc.grow)
+from lvd.pc import grow, patchtrees  # noqa: F401  (LVD-PG: progressive growing, per-cluster patch trees)
 from lvd.pc.lvdcircuit import LVDCircuit, lvd_circuit
 from lvd.pc.reinit import random_like
 from lvd.pc.schedule import Schedule

@@ -48,7 +48,8 @@ class TreeCircuit:
     tree inside one shared super-tree, LVD-PG's per-cluster Chow-Liu trees). Inputs x are then
     [B, (G,) num_vars] over the P input variables (``num_vars`` = P, ``num_nodes`` = V); the
     padding slots' tables are not counted in ``num_params``; ``sample`` returns the variables.
-    (``meta_inputs``: P for a var_map without rows, a selection of no groups.)
+    (``num_inputs``: P for a var_map without rows, a selection of no groups.) The var_map's
+    index tensors are made once per device (``slots``).
     """
 
     norm_dims = {"edges": -1, "root": -1, "leaves": 2}
@@ -56,7 +57,7 @@ class TreeCircuit:
     def __init__(self, structure: TreeStructure, num_latents: int, num_cats: int, *,
                  num_groups: int = 1, num_heads: int = 1, kind: str = "tree",
                  params: dict | None = None, seed: int = 0, device="cpu", meta: dict | None = None,
-                 masks: dict | None = None, var_map=None, meta_inputs: int = 0):
+                 masks: dict | None = None, var_map=None, num_inputs: int = 0):
         self.structure = structure
         self.num_latents, self.num_cats = int(num_latents), int(num_cats)
         self.num_groups, self.num_heads = int(num_groups), int(num_heads)
@@ -78,14 +79,14 @@ class TreeCircuit:
                 raise ValueError(f"mask {name!r} of shape {tuple(m.shape)} does not match a table "
                                  f"(tables: { {k: tuple(v.shape) for k, v in self.params.items()} })")
             self.masks[name] = torch.as_tensor(m).to(device=self.device, dtype=torch.bool).contiguous()
-        self.var_map, self._num_inputs = None, None
+        self.var_map, self._num_inputs, self._slots = None, None, None
         if var_map is not None:
             vm = var_map.cpu().numpy() if torch.is_tensor(var_map) else np.asarray(var_map)
             why = varmap.problems(vm, structure.parents, structure.edge_index, structure.leaf_index, G)
             if why:
                 raise ValueError(f"var_map {why}")
             self.var_map = torch.as_tensor(vm, dtype=torch.long, device=self.device)
-            self._num_inputs = varmap.num_inputs(vm) if len(vm) else int(meta_inputs)
+            self._num_inputs = varmap.num_inputs(vm) if len(vm) else int(num_inputs)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -96,6 +97,13 @@ class TreeCircuit:
     def num_vars(self) -> int:
         """Observed input variables per example (= num_nodes unless there is a var_map)."""
         return self.structure.num_nodes if self._num_inputs is None else self._num_inputs
+
+    @property
+    def slots(self) -> varmap.Slots | None:
+        """The var_map's index tensors on the circuit's device (made once; None without one)."""
+        if self.var_map is not None and (self._slots is None or self._slots.flat.device != self.var_map.device):
+            self._slots = varmap.Slots(self.var_map, self._num_inputs)
+        return None if self.var_map is None else self._slots
 
     @property
     def num_nodes(self) -> int:
@@ -181,7 +189,7 @@ class TreeCircuit:
             if missing is not None and missing.dim() == 2:
                 missing = missing[:, None, :].expand(-1, self.num_groups, -1)
             if self.var_map is not None:
-                x, missing = varmap.to_nodes(self.var_map, x, missing)
+                x, missing = varmap.to_nodes(self.slots, x, missing)
         if evidence is not None and evidence.device != self.device:
             evidence = evidence.to(self.device)            # differentiable: gradients reach the caller's tensor
         if evidence is not None and evidence.dim() == 3:
@@ -270,7 +278,7 @@ class TreeCircuit:
         return TreeCircuit(self.structure, self.num_latents, self.num_cats, num_groups=len(g),
                            num_heads=self.num_heads, kind=self.kind, params=params, meta=self.meta,
                            masks=masks, var_map=None if self.var_map is None else self.var_map.index_select(0, g),
-                           meta_inputs=self.num_vars)
+                           num_inputs=self.num_vars)
 
 
 _STATES: dict = {}

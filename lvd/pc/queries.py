@@ -75,7 +75,7 @@ def _inputs(tc, n, x, missing, evidence):
         if missing is not None and missing.dim() == 2:
             missing = missing[:, None].expand(-1, G, -1)
         if tc.var_map is not None:
-            x, missing = varmap.to_nodes(tc.var_map, x, missing)
+            x, missing = varmap.to_nodes(tc.slots, x, missing)
     if evidence is not None:
         evidence = torch.as_tensor(evidence, device=dev)
         if evidence.dim() == 3:
@@ -133,7 +133,7 @@ def tree_sample(tc, n, x=None, missing=None, evidence=None, heads=None, seed=Non
     if out is not None:
         out = index_select(out, inv).permute(2, 1, 0)
         if tc.var_map is not None:
-            out = varmap.from_nodes(tc.var_map, out)
+            out = varmap.from_nodes(tc.slots, out)
     return out, states
 
 

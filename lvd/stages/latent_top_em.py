@@ -61,13 +61,7 @@ class Config:
     seed: int = 0                    # shuffling (epoch e with a seed from (seed, e)); the temp file's row order
 
     def __post_init__(self):
-        training.check_schedule(self, "latent_top_em")
-        if not isinstance(self.second_epochs, int) or isinstance(self.second_epochs, bool) or self.second_epochs < 0:
-            raise ValueError(f"latent_top_em.second_epochs is {self.second_epochs!r}, expected an integer >= 0")
-        for name in ("second_step_size", "second_step_size_end"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
-                raise ValueError(f"latent_top_em.{name} is {v!r}, expected a number in (0, 1]")
+        training.check_schedule(self, "latent_top_em")     # (the second phase's keys too)
         if not self.patch_lls_memory_gb >= 0:
             raise ValueError(f"latent_top_em.patch_lls_memory_gb is {self.patch_lls_memory_gb!r}, expected >= 0")
 

@@ -164,7 +164,7 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
             if patch_tree == "group":
                 log.info("patch trees: every group's own Chow-Liu tree (groups with fewer than %d member "
                          "patches: the pooled tree), run inside one super-tree of %d nodes (%d variables)",
-                         pc.lvdcircuit.MIN_TREE_MEMBERS, c.patch.num_nodes, c.patch.num_vars)
+                         pc.patchtrees.MIN_TREE_MEMBERS, c.patch.num_nodes, c.patch.num_vars)
             if cfg.top == "tree":
                 chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
             else:

@@ -22,8 +22,6 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
-
 from lvd import pc
 from lvd.stages import emstage, inputs, train_baseline
 
@@ -68,14 +66,11 @@ def matched_num_latents(num_vars: int, num_cats: int, target: int, max_k: int = 
     return best
 
 
-def hclt_blocks(x, num_cats: int, seed: int, leaf_latents: bool) -> int:
-    """K x K blocks of pc.hclt(x, ...) with these settings (the Chow-Liu tree pc.hclt builds)."""
-    parents = pc.chow_liu_tree(x, num_cats, seed=seed)
-    if leaf_latents:
-        return len(parents) - 1
-    has_child = np.zeros(len(parents), bool)
-    has_child[parents[parents >= 0]] = True
-    return int(has_child[parents >= 0].sum())      # the non-root nodes with children (pc.hclt's copies: the rest)
+def hclt_blocks(parents, leaf_latents: bool) -> int:
+    """K x K blocks of pc.hclt over the Chow-Liu tree ``parents``: every non-root node, or
+    (leaf_latents False) the non-root nodes that are not leaves."""
+    blocks = len(parents) - 1
+    return blocks if leaf_latents else blocks - int(pc.structures.leaf_copies(parents).sum())
 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
@@ -86,10 +81,11 @@ def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = N
                          f"for text the random-init HMM (train_baseline) is the plain model")
     target = int(pc.load(pc_path).num_params)
     x = inputs.load_split(data, "train")
+    parents = pc.chow_liu_tree(x, info.num_cats, seed=cfg.seed)      # once: its blocks set the size
     K = cfg.num_latents or matched_num_latents(info.num_vars, info.num_cats, target,
-                                               num_edges=hclt_blocks(x, info.num_cats, cfg.seed, cfg.leaf_latents))
+                                               num_edges=hclt_blocks(parents, cfg.leaf_latents))
     c = pc.hclt(x, num_latents=K, num_cats=info.num_cats, seed=cfg.seed, device=device,
-                leaf_latents=cfg.leaf_latents)
+                leaf_latents=cfg.leaf_latents, parents=parents)
     log.info("HCLT over %d pixels, %d hidden states: %d params (LVD circuit: %d)", info.num_vars, K,
              c.num_params, target)
     return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="train_hclt", writer=WRITER,

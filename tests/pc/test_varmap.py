@@ -211,7 +211,7 @@ def test_group_trees_come_from_each_groups_members():
     data = np.concatenate([x0, x1])
     z = np.concatenate([np.zeros(n, np.int64), np.full(n, 2, np.int64)])[:, None]   # H = 2: group = z // 2
     pooled = np.array([-1, 0, 0, 0])
-    trees, counts = pc.lvdcircuit.group_trees(data, z, (2, 2, 1), 2, "shared", 4, 2, 4, pooled)
+    trees, counts = pc.patchtrees.group_trees(data, z, (2, 2, 1), 2, "shared", 4, 2, 4, pooled)
     assert counts == [n, n]
 
     def edges(t):
@@ -219,7 +219,7 @@ def test_group_trees_come_from_each_groups_members():
 
     assert {frozenset((0, 1)), frozenset((2, 3))} <= edges(trees[0])
     assert {frozenset((0, 2)), frozenset((1, 3))} <= edges(trees[1])
-    few, _ = pc.lvdcircuit.group_trees(data[:10], z[:10], (2, 2, 1), 2, "shared", 4, 2, 4, pooled)
+    few, _ = pc.patchtrees.group_trees(data[:10], z[:10], (2, 2, 1), 2, "shared", 4, 2, 4, pooled)
     assert all(np.array_equal(t, pooled) for t in few)        # too few members: the pooled tree
 
 

@@ -51,7 +51,7 @@ def test_hclt_parameter_count_formula_and_matching():
         assert train_hclt.hclt_num_params(7, 5, k) == pc.hclt(data, num_latents=k, num_cats=5,
                                                                leaf_latents=True).num_params
         for lat in (True, False):
-            E = train_hclt.hclt_blocks(data, 5, 0, lat)
+            E = train_hclt.hclt_blocks(pc.chow_liu_tree(data, 5), lat)
             c = pc.hclt(data, num_latents=k, num_cats=5, leaf_latents=lat)
             assert E == c.num_edges and train_hclt.hclt_num_params(7, 5, k, E) == c.num_params
     for target in (100, 1000, 12345):

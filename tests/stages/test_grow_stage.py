@@ -245,7 +245,7 @@ def test_every_cluster_gets_its_own_chow_liu_tree(pg_dir):
         rows, pos = np.nonzero(z // H == g)
         want = pc.chow_liu_tree(x[rows[:, None], idx[pos]], 17, seed=g)
         got = varmap.group_parents(c.patch.structure.parents, c.patch.var_map.numpy(), g)
-        want = want if len(rows) >= pc.lvdcircuit.MIN_TREE_MEMBERS else pooled
+        want = want if len(rows) >= pc.patchtrees.MIN_TREE_MEMBERS else pooled
         assert undirected(got) == undirected(want)          # (the super-tree may root it elsewhere)
     pooled_cfg = materialize_pc.Config(num_latents=2, patch_tree="pooled")
     out = pg_dir / "pc_pooled.h5"
@@ -268,3 +268,7 @@ def test_latent_top_em_runs_the_second_phase(pg_dir, tmp_path):
     rec = pc.load_attrs(tmp_path / "pc_latent.h5")["history"][-1]
     assert rec["stage"] == "latent_top_em" and rec["phase_epochs"] == [1, 3]
     assert len(rec["train_ll"]) == len(rec["valid_ll"]) == 4
+    for bad, match in (({"second_epochs": -1}, "second_epochs is -1"), ({"second_step_size": 0}, "second_step_size is 0"),
+                       ({"second_step_size_end": 1.5}, "second_step_size_end is 1.5")):
+        with pytest.raises(ValueError, match=match):
+            latent_top_em.Config(**bad)

@@ -23,6 +23,7 @@ import torch
 
 from lvd.pc.queries import check_values, values_checked
 from lvd.pc.schedule import FULL_BATCH_STEP, Schedule
+from lvd.pc import _fused
 from lvd.pc._cpu import index_add
 from lvd.pc.treell import log_handles, sparse_leaf_flows
 from lvd.progress import Progress
@@ -86,6 +87,8 @@ def em_step(p: torch.Tensor, F: torch.Tensor, dim: int, step_size, pseudocount: 
         if dim % p.dim() < F.sparse_dim():
             return _em_step_sparse(p, F, dim % p.dim(), step_size, pseudocount)
         F = F.to_dense()
+    if _fused.em_update(p, F, dim, step_size, pseudocount, MIN_DENOM):   # CPU float32: one kernel
+        return
     n = F.shape[dim]
     denom = F.sum(dim, keepdim=True).add_(pseudocount)
     live = denom >= MIN_DENOM

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lvd.pc import _fused
 from lvd.pc._cpu import index_add, index_copy, index_reduce, index_select, tune_malloc
 
 tune_malloc()
@@ -267,6 +268,10 @@ def _node_factors(st, a, b, ul, sl, leaves_flat, C, G, xs, miss, ev, repeat):
 def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, repeat=1):
     """Bottom-up pass. Returns (u [V,G,B,K] scaled, s [V,G,B] log-scales, M or None).
 
+    s[0], the root's log-scale, is log p's offset: log p = log(root . u[0]) + s[0]. The other
+    rows are intermediate (the torch path: a node's subtree total; the fused CPU path: the
+    node's own share) and are not part of the contract.
+
     W: edges [E_t,G,K,K] and leaves [L_t,G,C,K] (or None): probability tables; xs: [V,G,B]
     values in BFS order (clamped to [0, C)); miss: [V,G,B] bool or None; ev: [V,G,B,K] or None.
     M[v] (if kept) = W_v u_v, the scaled message v sends its parent.
@@ -280,6 +285,9 @@ def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, r
     if leaves is not None:
         C = leaves.shape[2]
         flat = leaves.reshape(-1, K)
+    if _fused.usable(W, leaves, ev):
+        _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat)
+        return u, s, M
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
         ul, sl = u[a:b], s[a:b]
@@ -301,6 +309,37 @@ def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, r
             index_add(sl, par, s[c0:c1])
         _rescale(ul, sl)
     return u, s, M
+
+
+def max_edge_nodes(st: TreeStructure) -> int:
+    """The most edge nodes of any level (the size of the passes' per-level scratch buffers)."""
+    return max(st.num_edge_nodes)
+
+
+def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
+    """upward with each level's elementwise work in one fused CPU kernel (lvd.pc._fused.up_level)."""
+    G, B, K = u.shape[1], u.shape[2], u.shape[3]
+    children = _fused.level_children(st)
+    scratch = None if M is not None else W.new_empty(max(max_edge_nodes(st), 1), G, B, K)
+    mx = W.new_empty(u.shape[:3])
+    base = None if flat is None else st.leaf_base(W.device, G, C)
+    for d in range(st.depth - 1, -1, -1):
+        a, b = st.levels[d]
+        msg = uk = kids = None
+        ne = 0
+        if d + 1 < st.depth:
+            c0, c1 = st.levels[d + 1]
+            ne = st.num_edge_nodes[d + 1]
+            if ne:
+                Wl = edge_level(st, idx, W, d + 1)
+                buf, off = (M, c0) if M is not None else (scratch, 0)
+                msg = _mm(u[c0:c0 + ne], Wl.transpose(-1, -2), out=buf[off:off + ne])
+            uk, kids = u[c0:c1], children[d]
+        _fused.up_level(u[a:b], s[a:b], mx[a:b], msg, uk, kids, ne, RESCALE_EVERY, flat,
+                        None if base is None else base[a:b], None if xs is None else xs[a:b], repeat,
+                        None if miss is None else miss[a:b], None if ev is None else ev[a:b])
+    s.add_(mx.log_())                     # every node's own log-scale, then the root's: their sum
+    s[0] = s.sum(0)
 
 
 @dataclass

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 
+from lvd.pc import _fused
 from lvd.pc._cpu import index_add, index_select
-from lvd.pc.tree import TINY, NodeMajor, _mm, _prepare, _repeat, edge_level, leaf_rows, upward
+from lvd.pc.tree import TINY, NodeMajor, _mm, _prepare, _repeat, edge_level, leaf_rows, max_edge_nodes, upward
 
 # a leaf table's flows come back sparse (``sparse_leaf_flows``) when the batch reads at most this
 # many entries per table row (V * G * B entries against L_t * G * C rows); 0: never
@@ -127,6 +128,10 @@ class TreeLL(torch.autograd.Function):
                 else torch.zeros_like(W)
         u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
         dense_leaves = want_leaves and not ctx.sparse
+        if _fused.usable(W, u):
+            g_leaves = _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves)
+            return _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves,
+                           dense_leaves, has_ev, g_root, (L_t, G, C, K))
         if dense_leaves:   # scattered level by level, while the level's flows are in cache
             sink = L_t * G * C
             g_leaves = W.new_zeros(sink + 1, K)                          # last row: missing values
@@ -155,29 +160,79 @@ class TreeLL(torch.autograd.Function):
             Wl = edge_level(st, idx, W, d + 1)
             uc = u[c0:c0 + ne]
             if want_edges:                                               # r^T u now, times W once at the end
-                sl = st.edge_slices[d + 1]
-                if sl is not None and st.edge_rows_exact:
-                    torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]])
-                elif sl is not None:                                     # tied rows: accumulate in the GEMM
-                    g_edges[sl[0]:sl[1]].view(-1, K, K).baddbmm_(r.transpose(-1, -2).reshape(-1, K, B),
-                                                                 uc.reshape(-1, B, K))
-                else:
-                    index_add(g_edges, idx["edge_rows"][c0:c0 + ne], torch.matmul(r.transpose(-1, -2), uc))
+                _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B)
             uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
             if dense_leaves:
                 scatter(c0, c1)
-        g_ev = None
-        if has_ev and ctx.needs_input_grad[6]:
-            g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)  # [B, G, V, K]
-        if want_edges:
-            g_edges.mul_(W)                                              # flows = W * sum of r^T u
         if dense_leaves:
-            g_leaves = g_leaves[:-1].view(-1, G, C, K)
-        elif want_leaves:
-            g_leaves = _sparse_leaf_grad(st, u, xs, miss, repeat, (L_t, G, C, K))
-        else:
-            g_leaves = None
-        return None, g_edges, g_root, g_leaves, None, None, g_ev
+            g_leaves = g_leaves[:-1]
+        return _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves if dense_leaves else None,
+                       want_edges, want_leaves, dense_leaves, has_ev, g_root, (L_t, G, C, K))
+
+
+def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves, dense_leaves,
+            has_ev, g_root, leaf_shape):
+    """The backward's outputs once the flows a are in u: evidence gradient, edge flows times W,
+    leaf flows (dense g_leaves [L_t * G * C, K], or sparse from u)."""
+    g_ev = None
+    if has_ev and ctx.needs_input_grad[6]:
+        g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)      # [B, G, V, K]
+    if want_edges:
+        g_edges.mul_(W)                                                  # flows = W * sum of r^T u
+    if dense_leaves:
+        g_leaves = g_leaves.view(leaf_shape)
+    elif want_leaves:
+        g_leaves = _sparse_leaf_grad(st, u, xs, miss, repeat, leaf_shape)
+    else:
+        g_leaves = None
+    return None, g_edges, g_root, g_leaves, None, None, g_ev
+
+
+def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves):
+    """The backward's level loop with the elementwise work fused (lvd.pc._fused): u[0] holds
+    the root's flows; afterwards u holds every node's flows, g_edges (if given) the sums of
+    r^T u per edge row. Returns the dense leaf flows [L_t * G * C, K] or None."""
+    G, B, K = u.shape[1], u.shape[2], u.shape[3]
+    flows = base = None
+    if dense_leaves:
+        flows = W.new_zeros(L_t * G * C, K)
+        base = st.leaf_base(W.device, G, C)
+    par_ok = _fused.unique_leaf_rows(st)
+
+    def sub(t, lo, hi):
+        return None if t is None else t[lo:hi]
+
+    if dense_leaves:
+        _fused.down_child(u[0:1], None, 0, flows, base[0:1], xs[0:1], repeat, sub(miss, 0, 1), par_ok)
+    r_buf = W.new_empty(max(max_edge_nodes(st), 1), G, B, K)
+    for d in range(st.depth - 1):
+        a, b = st.levels[d]
+        c0, c1 = st.levels[d + 1]
+        ne = st.num_edge_nodes[d + 1]
+        par = idx["parent_local"][d + 1]
+        r = r_buf[:ne] if ne else None
+        _fused.down_r(u[a:b], M[c0:c0 + ne] if ne else None, u[c0:c1], par, ne, r)
+        rw = None
+        if ne:
+            uc = u[c0:c0 + ne]
+            if g_edges is not None:
+                _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B)
+            rw = _mm(r, edge_level(st, idx, W, d + 1), out=M[c0:c0 + ne])
+        if ne or dense_leaves:
+            _fused.down_child(u[c0:c1], rw, ne, flows, sub(base, c0, c1), sub(xs, c0, c1), repeat,
+                              sub(miss, c0, c1), par_ok)
+    return flows
+
+
+def _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B) -> None:
+    """g_edges rows of level d + 1 += r^T u_child (written, or accumulated for tied rows)."""
+    sl = st.edge_slices[d + 1]
+    if sl is not None and st.edge_rows_exact:
+        torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]])
+    elif sl is not None:                                                 # tied rows: accumulate in the GEMM
+        g_edges[sl[0]:sl[1]].view(-1, K, K).baddbmm_(r.transpose(-1, -2).reshape(-1, K, B), uc.reshape(-1, B, K))
+    else:
+        index_add(g_edges, idx["edge_rows"][c0:c0 + ne], torch.matmul(r.transpose(-1, -2), uc))
 
 
 def _sparse_leaf_grad(st, a, xs, miss, repeat, shape):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lvd.pc import _fused
 from pc_bruteforce import tree_circuit
 
 
@@ -39,3 +40,18 @@ def device(request):
     """The engine's device: every test taking it runs on the CPU and, marked ``gpu`` and
     skipped without CUDA, on CUDA (``pytest -m gpu`` runs the CUDA half alone)."""
     return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True, params=["fused", "torch"])
+def engine_path(request, monkeypatch):
+    """Every engine test runs twice on the CPU: with the fused CPU kernels (lvd.pc._fused, the
+    default there) and on the torch path (what CUDA, float64 and installs without numba run).
+    CUDA tests run once (the kernels are CPU-only)."""
+    if request.param == "torch":
+        spec = getattr(request.node, "callspec", None)
+        if spec is not None and str(spec.params.get("device", "cpu")).startswith("cuda"):
+            pytest.skip("CUDA runs the torch path in the 'fused' variant already")
+        monkeypatch.setattr(_fused, "ENABLED", False)
+    elif not _fused.ENABLED:
+        pytest.skip("the fused CPU kernels are off (numba missing or LVD_NO_FUSED set)")
+    yield request.param

@@ -7,6 +7,10 @@ device read) is wrapped while ``pc.em`` / ``pc.em_groups`` run; the count must n
 number of batches per epoch. On CUDA each of these is a host synchronization; there (the
 ``gpu`` half of the ``device`` fixture) CUDA's own synchronization warnings are counted
 (torch.cuda.set_sync_debug_mode).
+
+On the CPU the counts are taken on the torch path (the one CUDA runs): the fused CPU kernels
+(lvd.pc._fused) hand their tensors to numba through ``Tensor.numpy``, a zero-copy view of host
+memory that reads nothing back from any device, and would be counted as reads here.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pytest
 import torch
 
 from lvd import pc
+from lvd.pc import _fused
 from pc_bruteforce_lvd import make_lvd
 
 READS = ["item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__format__", "numpy", "cpu"]
@@ -50,6 +55,12 @@ class Reads:
 def _has_mask(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(torch.is_tensor(i) and i.dtype == torch.bool for i in items)
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    """Count on the torch path (see the module docstring)."""
+    monkeypatch.setattr(_fused, "ENABLED", False)
 
 
 def reads_during(monkeypatch, fn, device=torch.device("cpu")) -> int:

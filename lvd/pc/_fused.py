@@ -1,0 +1,291 @@
+"""Fused CPU kernels for the passes' elementwise work (numba), one call per level.
+
+On the CPU the passes were bound by many separate elementwise, gather and scatter sweeps over
+the [n, G, B, K] level tensors, not by the matmuls (torch's ``index_add_`` alone, the leaf-flow
+scatter, took a fifth of a K = 32 HCLT step at about 70 ns per K-float row). Here each level's
+elementwise work is one parallel loop over its (node, group) pairs, with the K-float rows in
+registers or L1:
+
+- ``up``: a node's product of its leaf probability (1 where the value is missing), exp(evidence
+  - its max), its children's messages (edge children: ``M = W u`` from the level's matmul;
+  copies: u itself), rescaled every ``RESCALE_EVERY`` factors and at the end by its max, the
+  logs of the maxima and the children's scales summed into s. The same arithmetic as
+  lvd.pc.tree's torch path (products in rank order, the same floor TINY), in one sweep.
+- ``down_r``: r = a_parent / M for the edge children, a_child = a_parent for copies.
+- ``down_child``: a_child = u_child * (r W) and the dense leaf flows scattered at the observed
+  values, while the row is in cache.
+
+The matmuls stay torch's (MKL/oneDNN: 85% of the machine's matmul peak at K = 32 here). The
+torch path (lvd.pc.tree, lvd.pc.treell) is the reference and what runs on CUDA, in float64,
+when numba is not installed, or with ``LVD_NO_FUSED=1``; tests/pc/test_fused.py compares the
+two on every circuit family. Per row the arithmetic is deterministic, so results do not depend
+on the number of threads. Compiled once per machine (numba's cache beside this file; a few
+seconds the first time a process uses a kernel).
+
+Threads: numba's, set per call to torch's intra-op thread count (``torch.set_num_threads``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+try:  # numba is a dependency; a missing or broken install falls back to the torch path
+    import numba
+    from numba import njit, prange
+except Exception:  # pragma: no cover - exercised only without numba
+    numba = None
+
+TINY = np.float32(np.finfo(np.float32).tiny)   # float32 constants keep the kernels in float32
+_ONE = np.float32(1.0)
+_LOW = np.float32(-1e30)
+_FLAGS = {"reassoc", "contract", "nsz", "arcp"}   # no nnan / ninf: -inf evidence stays meaningful
+ENABLED = numba is not None and not os.environ.get("LVD_NO_FUSED")
+
+_F4 = np.zeros((1, 1, 1, 1), np.float32)        # stand-ins for absent arrays (fixed types)
+_B3 = np.zeros((1, 1, 1), np.bool_)
+_I2 = np.zeros((1, 1), np.int64)
+_I3 = np.zeros((1, 1, 1), np.int64)
+_F2 = np.zeros((1, 1), np.float32)
+
+
+def usable(*tables) -> bool:
+    """The fused path serves float32 tables (and evidence) on the CPU, when numba is there
+    and not switched off (``ENABLED``; ``LVD_NO_FUSED=1``)."""
+    return ENABLED and all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tables)
+
+
+def _np(t, dummy):
+    return dummy if t is None else t.detach().numpy()
+
+
+def _threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def level_children(st) -> list:
+    """Per level d < depth - 1: (ptr [n_d + 1], kids) with the children of the level's i-th node
+    at local positions kids[ptr[i]:ptr[i + 1]] of level d + 1, in rank order (made once)."""
+    cache = st._device_cache.setdefault("fused", {})
+    if "children" not in cache:
+        out = []
+        for d in range(st.depth - 1):
+            a, b = st.levels[d]
+            par = st.parent_local[d + 1].numpy()
+            kids = np.argsort(par, kind="stable").astype(np.int64)   # level order = rank order
+            ptr = np.zeros(b - a + 1, np.int64)
+            np.cumsum(np.bincount(par, minlength=b - a), out=ptr[1:])
+            out.append((ptr, kids))
+        cache["children"] = out
+    return cache["children"]
+
+
+def unique_leaf_rows(st) -> bool:
+    """Distinct nodes read distinct leaf-table rows: the leaf flows of different (node, group)
+    pairs never collide, so their scatter runs in parallel."""
+    cache = st._device_cache.setdefault("fused", {})
+    if "unique" not in cache:
+        cache["unique"] = len(np.unique(st.leaf_index)) == len(st.leaf_index)
+    return cache["unique"]
+
+
+if numba is not None:
+    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
+    def _up(u, s, m, msg, uk, ptr, kids, ne, every, leaves, base, xs, repeat, miss, ev,
+            has_leaves, has_miss, has_ev, has_kids):
+        n, G, B, K = u.shape
+        for row in prange(n * G * B):      # rows in parallel (a chain's level is one node)
+            i = row // (G * B)
+            g = (row // B) % G
+            b = row % B
+            g0 = g // repeat
+            q0, q1 = (ptr[i], ptr[i + 1]) if has_kids else (0, 0)
+            ur = u[i, g, b]
+            sc = np.float32(0.0)
+            if has_leaves and not (has_miss and miss[i, g0, b]):
+                lr = leaves[base[i, g] + xs[i, g0, b]]
+                for k in range(K):
+                    ur[k] = lr[k]
+            else:
+                for k in range(K):
+                    ur[k] = _ONE
+            if has_ev:
+                er = ev[i, g, b]
+                top = _LOW
+                for k in range(K):
+                    top = max(top, er[k])
+                sc += top
+                for k in range(K):
+                    ur[k] *= np.float32(math.exp(er[k] - top))
+            cnt = 0
+            for q in range(q0, q1):
+                j = kids[q]
+                if cnt == every:         # an intermediate rescale (nodes with > every children)
+                    mx = np.float32(0.0)
+                    for k in range(K):
+                        mx += ur[k]
+                    mx = max(mx, TINY)
+                    inv = _ONE / mx
+                    for k in range(K):
+                        ur[k] = max(ur[k] * inv, TINY)
+                    sc += np.float32(math.log(mx))
+                    cnt = 0
+                kr = msg[j, g, b] if j < ne else uk[j, g, b]
+                for k in range(K):
+                    ur[k] *= kr[k]
+                cnt += 1
+            mx = np.float32(0.0)
+            for k in range(K):
+                mx += ur[k]
+            mx = max(mx, TINY)
+            inv = _ONE / mx
+            for k in range(K):
+                ur[k] = max(ur[k] * inv, TINY)
+            s[i, g, b] = sc
+            m[i, g, b] = mx
+
+    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
+    def _down_r(ap, msg, uk, par, ne, r):
+        nk, G, B, K = uk.shape
+        for row in prange(nk * G * B):
+            j = row // (G * B)
+            g = (row // B) % G
+            b = row % B
+            p = par[j]
+            if j < ne:
+                for k in range(K):
+                    r[j, g, b, k] = ap[p, g, b, k] / msg[j, g, b, k]
+            else:
+                for k in range(K):
+                    uk[j, g, b, k] = ap[p, g, b, k]
+
+    def _down_child_py(uk, rw, nmul, scatter, flows, base, xs, repeat, miss, has_miss):
+        nk, G, B, K = uk.shape
+        for jg in prange(nk * G):
+            j = jg // G
+            g = jg - j * G
+            g0 = g // repeat
+            for b in range(B):
+                if j < nmul:
+                    for k in range(K):
+                        uk[j, g, b, k] *= rw[j, g, b, k]
+                if scatter and not (has_miss and miss[j, g0, b]):
+                    row = base[j, g] + xs[j, g0, b]
+                    for k in range(K):
+                        flows[row, k] += uk[j, g, b, k]
+
+    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
+    def _mul_rows(uk, rw, nmul):
+        nk, G, B, K = uk.shape
+        for row in prange(nmul * G * B):
+            j = row // (G * B)
+            g = (row // B) % G
+            b = row % B
+            for k in range(K):
+                uk[j, g, b, k] *= rw[j, g, b, k]
+
+    _down_child_par = njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_child_py)
+    _down_child_ser = njit(parallel=False, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_child_py)
+
+
+def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repeat, miss, ev) -> None:
+    """One level of the upward pass in place: u [n, G, B, K] of the level's nodes, normalized
+    to max 1; s [n, G, B] the logs of the node's own intermediate maxima and evidence maxima
+    (usually 0), m [n, G, B] its final max (log-scale of the node itself: s + log m; the
+    children's scales are not added: the caller sums every node's once, vectorized). msg
+    [ne, G, B, K]: the messages of the next level's edge nodes, uk that level's u (None at the
+    deepest level); children = (ptr, kids) of level_children; leaves_flat [L_t * G * C, K] or
+    None; base [n, G] flat rows of value 0; xs, miss [n, G0, B]; ev [n, G, B, K] or None."""
+    _threads()
+    has_kids = uk is not None
+    ptr, kids = children if has_kids else (_I2[0], _I2[0])
+    _up(u.numpy(), s.numpy(), m.numpy(), _np(msg, _F4), _np(uk, _F4), ptr, kids, int(ne), int(every),
+        _np(leaves_flat, _F2), _np(base, _I2), _np(xs, _I3), int(repeat), _np(miss, _B3), _np(ev, _F4),
+        leaves_flat is not None, miss is not None, ev is not None, has_kids)
+
+
+def down_r(ap, msg, uk, par, ne, r) -> None:
+    """r[j] = ap[par[j]] / msg[j] for the ne edge children, uk[j] = ap[par[j]] for the copies
+    (ap: the parent level's flows)."""
+    _threads()
+    _down_r(ap.numpy(), _np(msg, _F4), uk.numpy(), par.numpy(), int(ne), _np(r, _F4))
+
+
+def down_child(uk, rw, nmul, flows, base, xs, repeat, miss, parallel: bool) -> None:
+    """uk[j] *= rw[j] for j < nmul; then, with ``flows`` [rows, K], the dense leaf flows
+    flows[base[j, g] + xs[j, g0, b]] += uk[j, g, b] (missing values skipped). ``parallel`` only
+    when the (node, group) pairs own distinct table rows."""
+    _threads()
+    if flows is None:                      # no scatter: every row in parallel
+        if nmul:
+            _mul_rows(uk.numpy(), rw.numpy(), int(nmul))
+        return
+    fn = _down_child_par if parallel else _down_child_ser
+    fn(uk.numpy(), _np(rw, _F4), int(nmul), flows is not None, _np(flows, _F2), _np(base, _I2), _np(xs, _I3),
+       int(repeat), _np(miss, _B3), miss is not None)
+
+
+if numba is not None:
+    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
+    def _em_update(p, F, step, pseudo, min_denom):
+        A, N, R = p.shape
+        for a in prange(A):
+            acc = np.zeros(R, np.float32)
+            for n in range(N):
+                for r in range(R):
+                    acc[r] += F[a, n, r]
+            w = np.empty(R, np.float32)
+            keep = np.empty(R, np.float32)
+            add = np.empty(R, np.float32)
+            for r in range(R):
+                denom = acc[r] + pseudo
+                if denom >= min_denom:
+                    w[r] = step / denom
+                    keep[r] = _ONE - step
+                else:
+                    w[r] = np.float32(0.0)
+                    keep[r] = _ONE
+                add[r] = w[r] * (pseudo / N)
+            for n in range(N):
+                for r in range(R):
+                    p[a, n, r] = keep[r] * p[a, n, r] + (w[r] * F[a, n, r] + add[r])
+
+
+if numba is not None:
+    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
+    def _em_update_rows(p, F, step, pseudo, min_denom):
+        A, N = p.shape                     # distributions along the last, contiguous axis
+        for a in prange(A):
+            acc = np.float32(0.0)
+            for n in range(N):
+                acc += F[a, n]
+            denom = acc + pseudo
+            w, keep = np.float32(0.0), _ONE
+            if denom >= min_denom:
+                w, keep = step / denom, _ONE - step
+            add = w * (pseudo / N)
+            for n in range(N):
+                p[a, n] = keep * p[a, n] + (w * F[a, n] + add)
+
+
+def em_update(p: torch.Tensor, F: torch.Tensor, dim: int, step_size: float, pseudocount: float,
+              min_denom: float) -> bool:
+    """lvd.pc.em.em_step's dense update in one parallel kernel (one pass over F for the sums,
+    one over p and F for the update) when p and F are contiguous CPU float32 tables; False
+    (nothing done) otherwise."""
+    if not (usable(p, F) and p.is_contiguous() and F.is_contiguous() and p.shape == F.shape
+            and isinstance(step_size, float | int) and p.dim() > 0):
+        return False
+    dim = dim % p.dim()
+    A = int(np.prod(p.shape[:dim], dtype=np.int64))
+    R = int(np.prod(p.shape[dim + 1:], dtype=np.int64))
+    _threads()
+    args = (np.float32(step_size), np.float32(pseudocount), np.float32(min_denom))
+    if R == 1:
+        _em_update_rows(p.numpy().reshape(A, p.shape[dim]), F.detach().numpy().reshape(A, p.shape[dim]), *args)
+    else:
+        _em_update(p.numpy().reshape(A, p.shape[dim], R), F.detach().numpy().reshape(A, p.shape[dim], R), *args)
+    return True

@@ -1,0 +1,177 @@
+"""The fused CPU kernels (lvd.pc._fused) against the torch path, on every circuit family.
+
+The brute-force tests of tests/pc run on both paths (conftest's ``engine_path``); here the two
+paths are compared with each other on circuits too large to enumerate (log-likelihoods, flows
+of every table, EM steps, MAP and samples), and the fused path is checked to be the one taken
+on the CPU in float32 (and not in float64)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lvd import pc
+from lvd.pc import _fused, varmap
+from lvd.pc.em import MIN_DENOM
+from lvd.pc.structures import tree_structure
+from pc_bruteforce_lvd import make_lvd
+
+pytestmark = pytest.mark.skipif(not _fused.ENABLED, reason="numba missing or LVD_NO_FUSED set")
+
+
+@pytest.fixture(autouse=True)
+def engine_path():
+    """(Overrides conftest's: these tests switch the paths themselves.)"""
+    yield
+
+
+def _both(monkeypatch, fn):
+    out = fn()
+    with monkeypatch.context() as m:
+        m.setattr(_fused, "ENABLED", False)
+        ref = fn()
+    return out, ref
+
+
+def _close(a, b, tol=2e-5):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _close(a[k], b[k], tol)
+        return
+    a, b = torch.as_tensor(a).to_dense() if torch.as_tensor(a).is_sparse else a, b
+    scale = max(1.0, float(b.abs().max()))
+    assert torch.allclose(a, b.to_dense() if b.is_sparse else b, rtol=tol, atol=tol * scale), \
+        float((a - (b.to_dense() if b.is_sparse else b)).abs().max())
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    X = torch.from_numpy(rng.integers(0, 7, (96, 23)))
+    miss = torch.from_numpy(rng.random((96, 23)) < 0.25)
+    yield "hclt", pc.hclt(X, num_latents=5, num_cats=7, seed=0, leaf_latents=True), X, None
+    yield "hclt-copies+missing", pc.hclt(X, num_latents=16, num_cats=7, seed=1), X, miss   # copies, K = 16
+    yield "hclt-K1", pc.hclt(X, num_latents=1, num_cats=7, seed=2), X, miss
+    H = torch.from_numpy(rng.integers(0, 9, (96, 12)))
+    yield "hmm-tied", pc.hmm(seq_len=12, num_latents=6, vocab_size=9, homogeneous=True, seed=0), H, None
+    yield "hmm-untied", pc.hmm(seq_len=12, num_latents=6, vocab_size=9, homogeneous=False, seed=0), H, \
+        torch.from_numpy(rng.random((96, 12)) < 0.2)
+    trees = [np.array([-1, 0, 0, 1, 1]), np.array([1, -1, 1, 2, 2]), np.array([-1, 0, 1, 2, 3])]
+    parents, vm = varmap.super_tree(trees)
+    tc = pc.TreeCircuit(tree_structure(parents, edge_order="bfs"), 4, 3, num_groups=3, num_heads=2, seed=0,
+                        var_map=vm)
+    yield "var_map", tc, torch.from_numpy(rng.integers(0, 3, (40, 3, 5))), None
+
+
+CASES = list(_cases())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_lls_and_flows_equal_the_torch_path(monkeypatch, case):
+    _, c, X, miss = case
+    lls, ref = _both(monkeypatch, lambda: c.log_likelihood(X, missing=miss))
+    _close(lls, ref)
+    batch = {"x": X} if miss is None else {"x": X, "missing": miss}
+    for sparse in (False, True):
+        (f, l1), (g, l2) = _both(monkeypatch, lambda: pc.flows(c, batch, sparse=sparse))
+        _close(f, g)
+        _close(l1, l2)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_em_steps_equal_the_torch_path(monkeypatch, case):
+    _, c, X, miss = case
+    batch = {"x": X} if miss is None else {"x": X, "missing": miss}
+
+    def run():
+        cc = copy.deepcopy(c)
+        for _ in range(3):
+            f, _ = pc.flows(cc, batch, sparse=True)
+            pc.update(cc, f, 0.3, 0.1)
+        return {k: v.clone() for k, v in cc.params.items()}
+
+    _close(*_both(monkeypatch, run), tol=5e-5)
+
+
+@pytest.mark.parametrize("name", ["pos4", "posH", "shared", "chan"])
+def test_lvd_circuit_equals_the_torch_path(monkeypatch, name):
+    m = make_lvd(name, seed=3)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, m.num_cats, (50, int(np.prod(m.image_shape)))))
+    miss = torch.from_numpy(rng.random(x.shape) < 0.3)
+    _close(*_both(monkeypatch, lambda: m.log_likelihood(x, missing=miss)))
+    z = torch.from_numpy(rng.integers(-1, m.num_states, (50, m.num_positions)))
+    _close(*_both(monkeypatch, lambda: m.log_likelihood(x, z=z)))
+    a, b = _both(monkeypatch, lambda: m.map_latents(x, missing=miss))
+    assert torch.equal(a, b)
+
+
+def test_soft_evidence_top_tree_equals_the_torch_path(monkeypatch):
+    top = make_lvd("pos4", seed=2).top                # a tree without leaves: evidence only
+    ev = torch.randn(30, 1, top.num_nodes, top.num_latents) * 4
+    ev[0, 0, 2] = -float("inf")                      # an impossible state
+    ev[1, 0, 3] = -float("inf")                      # a node with no possible state
+    top_lls = lambda: top.log_likelihood(evidence=ev)   # noqa: E731
+    a, b = _both(monkeypatch, top_lls)
+    assert (b[1] <= -1e29).all() and (a[1] <= -1e29).all()     # impossible: log p at -1e30 on both paths
+    _close(a[2:], b[2:])
+    _close(a[0], b[0])
+
+
+def test_samples_equal_the_torch_path(monkeypatch):
+    _, c, X, miss = CASES[1]
+    a, b = _both(monkeypatch, lambda: c.sample(64, x=X[:64], missing=miss[:64], seed=5))
+    assert (a == b).float().mean() > 0.99          # the same draws (a last-bit difference may flip one)
+
+
+def test_the_fused_path_is_taken_on_cpu_float32_only(monkeypatch):
+    calls = []
+    for name in ("up_level", "down_r", "down_child", "em_update"):
+        orig = getattr(_fused, name)
+        monkeypatch.setattr(_fused, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    _, c, X, _ = CASES[0]
+    c = copy.deepcopy(c)
+    f, _ = pc.flows(c, {"x": X})
+    pc.update(c, f, 0.1, 0.1)
+    assert {"up_level", "down_r", "down_child", "em_update"} <= set(calls)
+    assert _fused.usable(torch.zeros(2), None)
+    assert not _fused.usable(torch.zeros(2, dtype=torch.float64))       # float64: the torch path
+    assert not _fused.usable(torch.zeros(2), torch.zeros(2, device="meta"))   # any table off the CPU
+    p64 = torch.full((2, 3), 1 / 3, dtype=torch.float64)
+    assert not _fused.em_update(p64, torch.ones_like(p64), -1, 0.1, 0.1, MIN_DENOM)
+    monkeypatch.setattr(_fused, "ENABLED", False)
+    assert not _fused.usable(torch.zeros(2))
+
+
+def test_em_update_matches_the_formula_by_hand():
+    p = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5], [1 / 3, 1 / 3, 1 / 3]])
+    F = torch.tensor([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 2.0]])
+    s, a = 0.25, 0.3
+    want = p.clone()
+    for r in range(3):
+        if F[r].sum() + a > 0:
+            want[r] = (1 - s) * p[r] + s * (F[r] + a / 3) / (F[r].sum() + a)
+    got = p.clone()
+    assert _fused.em_update(got, F, -1, s, a, MIN_DENOM)
+    assert torch.allclose(got, want, atol=1e-7)
+    kept = p.clone()                                  # no flow, no pseudocount: the row keeps its values
+    assert _fused.em_update(kept, F, -1, s, 0.0, MIN_DENOM)
+    assert torch.equal(kept[1], p[1])
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    _, c, X, miss = CASES[1]
+    n = torch.get_num_threads()
+    out = []
+    for t in (1, 2):
+        torch.set_num_threads(t)
+        try:
+            out.append((c.log_likelihood(X, missing=miss), pc.flows(c, {"x": X, "missing": miss})[0]))
+        finally:
+            torch.set_num_threads(n)
+    assert torch.equal(out[0][0], out[1][0])
+    for k in out[0][1]:
+        assert torch.equal(out[0][1][k], out[1][1][k])

@@ -93,6 +93,8 @@ def unique_leaf_rows(st) -> bool:
 
 
 if numba is not None:
+    # (No array views in the loops: a view of a numba array increments its owner's reference count,
+    # one shared counter that every thread's every row would write.)
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
     def _up(u, s, m, msg, uk, ptr, kids, ne, every, leaves, base, xs, repeat, miss, ev,
             has_leaves, has_miss, has_ev, has_kids):
@@ -102,48 +104,49 @@ if numba is not None:
             g = (row // B) % G
             b = row % B
             g0 = g // repeat
-            q0, q1 = (ptr[i], ptr[i + 1]) if has_kids else (0, 0)
-            ur = u[i, g, b]
             sc = np.float32(0.0)
             if has_leaves and not (has_miss and miss[i, g0, b]):
-                lr = leaves[base[i, g] + xs[i, g0, b]]
+                lr = base[i, g] + xs[i, g0, b]
                 for k in range(K):
-                    ur[k] = lr[k]
+                    u[i, g, b, k] = leaves[lr, k]
             else:
                 for k in range(K):
-                    ur[k] = _ONE
+                    u[i, g, b, k] = _ONE
             if has_ev:
-                er = ev[i, g, b]
                 top = _LOW
                 for k in range(K):
-                    top = max(top, er[k])
+                    top = max(top, ev[i, g, b, k])
                 sc += top
                 for k in range(K):
-                    ur[k] *= np.float32(math.exp(er[k] - top))
+                    u[i, g, b, k] *= np.float32(math.exp(ev[i, g, b, k] - top))
             cnt = 0
+            q0, q1 = (ptr[i], ptr[i + 1]) if has_kids else (0, 0)
             for q in range(q0, q1):
                 j = kids[q]
                 if cnt == every:         # an intermediate rescale (nodes with > every children)
                     mx = np.float32(0.0)
                     for k in range(K):
-                        mx += ur[k]
+                        mx += u[i, g, b, k]
                     mx = max(mx, TINY)
                     inv = _ONE / mx
                     for k in range(K):
-                        ur[k] = max(ur[k] * inv, TINY)
+                        u[i, g, b, k] = max(u[i, g, b, k] * inv, TINY)
                     sc += np.float32(math.log(mx))
                     cnt = 0
-                kr = msg[j, g, b] if j < ne else uk[j, g, b]
-                for k in range(K):
-                    ur[k] *= kr[k]
+                if j < ne:
+                    for k in range(K):
+                        u[i, g, b, k] *= msg[j, g, b, k]
+                else:
+                    for k in range(K):
+                        u[i, g, b, k] *= uk[j, g, b, k]
                 cnt += 1
             mx = np.float32(0.0)
             for k in range(K):
-                mx += ur[k]
+                mx += u[i, g, b, k]
             mx = max(mx, TINY)
             inv = _ONE / mx
             for k in range(K):
-                ur[k] = max(ur[k] * inv, TINY)
+                u[i, g, b, k] = max(u[i, g, b, k] * inv, TINY)
             s[i, g, b] = sc
             m[i, g, b] = mx
 
@@ -288,4 +291,35 @@ def em_update(p: torch.Tensor, F: torch.Tensor, dim: int, step_size: float, pseu
         _em_update_rows(p.numpy().reshape(A, p.shape[dim]), F.detach().numpy().reshape(A, p.shape[dim]), *args)
     else:
         _em_update(p.numpy().reshape(A, p.shape[dim], R), F.detach().numpy().reshape(A, p.shape[dim], R), *args)
+    return True
+
+
+if numba is not None:
+    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
+    def _sparse_add(p, rows, vals, w, dist, nblk):
+        R, K = p.shape
+        n = rows.shape[0]
+        step = (K + nblk - 1) // nblk
+        for t in prange(nblk):             # threads own column blocks: no two write one entry
+            k0 = t * step
+            k1 = min(K, k0 + step)
+            for e in range(n):
+                r = rows[e]
+                d = dist[e]
+                for k in range(k0, k1):
+                    p[r, k] += vals[e, k] * w[d, k]
+
+
+def sparse_add(p: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor, w: torch.Tensor, dist) -> bool:
+    """p[rows[e]] += vals[e] * w[dist[e]] (w [nd, K]; dist None: row 0 of w for every entry), the
+    sparse EM update's share at the entries, in one kernel whose threads own column blocks;
+    False (nothing done) unless every tensor is a contiguous CPU float32 / int64 one."""
+    if not (usable(p, vals, w) and p.is_contiguous() and vals.is_contiguous() and w.is_contiguous()
+            and p.dim() == 2 and vals.dim() == 2 and w.dim() == 2):
+        return False
+    if dist is None:
+        dist = torch.zeros_like(rows)
+    _threads()
+    _sparse_add(p.numpy(), rows.contiguous().numpy(), vals.detach().numpy(), w.numpy(), dist.contiguous().numpy(),
+                numba.get_num_threads())
     return True

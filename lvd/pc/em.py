@@ -122,8 +122,11 @@ def _em_step_sparse(p, F, dim: int, step_size, pseudocount: float) -> None:
     keep = torch.where(live, 1.0 - step_size, 1.0)
     torch.addcmul(w * (pseudocount / n), p, keep, out=p)   # the update with zero flow
     w = w.view(nd, *dense)
+    flat_p = p.view(-1, *dense)
+    if len(dense) == 1 and _fused.sparse_add(flat_p, row, vals, w, None if nd == 1 else dist):   # CPU float32
+        return
     share = vals * (w[0] if nd == 1 else w.index_select(0, dist))   # one distribution: no gather
-    index_add(p.view(-1, *dense), row, share)
+    index_add(flat_p, row, share)
 
 
 def _accumulate(acc: torch.Tensor, F: torch.Tensor) -> torch.Tensor:

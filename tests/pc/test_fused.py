@@ -175,3 +175,19 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     assert torch.equal(out[0][0], out[1][0])
     for k in out[0][1]:
         assert torch.equal(out[0][1][k], out[1][1][k])
+
+
+def test_sparse_add_with_duplicate_rows_by_hand():
+    p = torch.zeros(4, 5)
+    rows = torch.tensor([1, 3, 1, 0, 1])
+    vals = torch.arange(25, dtype=torch.float32).view(5, 5)
+    w = torch.tensor([[1.0] * 5, [0.5] * 5])
+    dist = torch.tensor([0, 1, 1, 0, 0])
+    assert _fused.sparse_add(p, rows, vals, w, dist)
+    want = torch.zeros(4, 5)
+    for e in range(5):
+        want[rows[e]] += vals[e] * w[dist[e]]
+    assert torch.equal(p, want)
+    q = torch.zeros(4, 5)
+    assert _fused.sparse_add(q, rows, vals, w[:1], None)          # one distribution: w[0] everywhere
+    assert torch.equal(q, torch.zeros(4, 5).index_add_(0, rows, vals))

@@ -1,28 +1,34 @@
-"""Fused CPU kernels for the passes' elementwise work (numba), one call per level.
+"""Fused CPU kernels (numba) for the passes' elementwise work and the EM update.
 
-On the CPU the passes were bound by many separate elementwise, gather and scatter sweeps over
-the [n, G, B, K] level tensors, not by the matmuls (torch's ``index_add_`` alone, the leaf-flow
-scatter, took a fifth of a K = 32 HCLT step at about 70 ns per K-float row). Here each level's
-elementwise work is one parallel loop over its (node, group) pairs, with the K-float rows in
-registers or L1:
+On the CPU the passes were bound by separate elementwise, gather and scatter sweeps over the
+[n, G, B, K] level tensors, not by the matmuls (torch's ``index_add_``, the leaf-flow scatter,
+took a fifth of a K = 32 HCLT step at about 70 ns per K-float row). Here each level's
+elementwise work is one parallel loop over its rows (node, group, example):
 
-- ``up``: a node's product of its leaf probability (1 where the value is missing), exp(evidence
-  - its max), its children's messages (edge children: ``M = W u`` from the level's matmul;
-  copies: u itself), rescaled every ``RESCALE_EVERY`` factors and at the end by its max, the
-  logs of the maxima and the children's scales summed into s. The same arithmetic as
-  lvd.pc.tree's torch path (products in rank order, the same floor TINY), in one sweep.
+- ``up_level``: a node's product of its leaf probability (1 where the value is missing),
+  exp(evidence - its max), its children's messages (edge children: ``M = W u`` from the level's
+  matmul; copies: u itself), rescaled after every ``RESCALE_EVERY`` children and at the end.
+  The normalizer is the row's *sum* (the torch path divides by the max): a vectorized sum costs
+  a third of a serial max over K floats, and it bounds the row as well (max <= sum <= K max), so
+  the product cannot underflow either. Each node's log-scale is kept on its own and summed once
+  for the root, vectorized, instead of a log per row.
 - ``down_r``: r = a_parent / M for the edge children, a_child = a_parent for copies.
 - ``down_child``: a_child = u_child * (r W) and the dense leaf flows scattered at the observed
-  values, while the row is in cache.
+  values while the row is in cache (in parallel over (node, group) when distinct nodes own
+  distinct leaf rows, ``unique_leaf_rows``; serially otherwise).
+- ``em_update``: the dense update of lvd.pc.em.em_step, one pass for the sums and one for
+  p <- keep p + w (F + a / n); ``sparse_add``: the sparse update's share at the entries, by
+  column blocks (threads never write the same entry).
 
-The matmuls stay torch's (MKL/oneDNN: 85% of the machine's matmul peak at K = 32 here). The
-torch path (lvd.pc.tree, lvd.pc.treell) is the reference and what runs on CUDA, in float64,
-when numba is not installed, or with ``LVD_NO_FUSED=1``; tests/pc/test_fused.py compares the
-two on every circuit family. Per row the arithmetic is deterministic, so results do not depend
-on the number of threads. Compiled once per machine (numba's cache beside this file; a few
-seconds the first time a process uses a kernel).
+The matmuls stay torch's (85% of the machine's matmul peak at K = 32 here). The torch path
+(lvd.pc.tree, lvd.pc.treell, lvd.pc.em) is the reference and what runs on CUDA, in float64,
+without numba, or with ``LVD_NO_FUSED=1``; every test in tests/pc runs on both paths and
+tests/pc/test_fused.py compares them directly. Per row the arithmetic is fixed, so results do
+not depend on the thread count. Kernels are compiled once per machine (numba's cache beside
+this file, or numba's user cache where that is read-only): a few seconds the first time.
 
 Threads: numba's, set per call to torch's intra-op thread count (``torch.set_num_threads``).
+Kernels index arrays element by element (no views inside the loops).
 """
 
 from __future__ import annotations
@@ -93,8 +99,6 @@ def unique_leaf_rows(st) -> bool:
 
 
 if numba is not None:
-    # (No array views in the loops: a view of a numba array increments its owner's reference count,
-    # one shared counter that every thread's every row would write.)
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
     def _up(u, s, m, msg, uk, ptr, kids, ne, every, leaves, base, xs, repeat, miss, ev,
             has_leaves, has_miss, has_ev, has_kids):

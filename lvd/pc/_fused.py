@@ -51,11 +51,11 @@ _LOW = np.float32(-1e30)
 _FLAGS = {"reassoc", "contract", "nsz", "arcp"}   # no nnan / ninf: -inf evidence stays meaningful
 ENABLED = numba is not None and not os.environ.get("LVD_NO_FUSED")
 
-_F4 = np.zeros((1, 1, 1, 1), np.float32)        # stand-ins for absent arrays (fixed types)
-_B3 = np.zeros((1, 1, 1), np.bool_)
-_I2 = np.zeros((1, 1), np.int64)
-_I3 = np.zeros((1, 1, 1), np.int64)
+_I2 = np.zeros((1, 1), np.int64)               # stand-ins for absent arrays (fixed types)
 _F2 = np.zeros((1, 1), np.float32)
+_I1 = np.zeros(1, np.int64)
+_B1 = np.zeros(1, np.bool_)
+BLOCK = 32                                      # rows (examples) per parallel work item
 
 
 def usable(*tables) -> bool:
@@ -101,124 +101,155 @@ def unique_leaf_rows(st) -> bool:
 if numba is not None:
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
     def _up(u, s, m, msg, uk, ptr, kids, ne, every, leaves, base, xs, repeat, miss, ev,
-            has_leaves, has_miss, has_ev, has_kids):
-        n, G, B, K = u.shape
-        for row in prange(n * G * B):      # rows in parallel (a chain's level is one node)
-            i = row // (G * B)
-            g = (row // B) % G
-            b = row % B
-            g0 = g // repeat
-            sc = np.float32(0.0)
-            if has_leaves and not (has_miss and miss[i, g0, b]):
-                lr = base[i, g] + xs[i, g0, b]
-                for k in range(K):
-                    u[i, g, b, k] = leaves[lr, k]
-            else:
-                for k in range(K):
-                    u[i, g, b, k] = _ONE
-            if has_ev:
-                top = _LOW
-                for k in range(K):
-                    top = max(top, ev[i, g, b, k])
-                sc += top
-                for k in range(K):
-                    u[i, g, b, k] *= np.float32(math.exp(ev[i, g, b, k] - top))
-            cnt = 0
+            n, G, B, has_leaves, has_miss, has_ev, has_kids):
+        K = u.shape[1]
+        G0 = G // repeat
+        nbb = (B + BLOCK - 1) // BLOCK
+        for q in prange(n * G * nbb):      # blocks of rows in parallel (a chain's level is one node)
+            ig = q // nbb
+            b0 = (q - ig * nbb) * BLOCK
+            i = ig // G
+            g = ig - i * G
+            xrow = (i * G0 + g // repeat) * B
+            lb = base[i, g] if has_leaves else 0
             q0, q1 = (ptr[i], ptr[i + 1]) if has_kids else (0, 0)
-            for q in range(q0, q1):
-                j = kids[q]
-                if cnt == every:         # an intermediate rescale (nodes with > every children)
-                    mx = np.float32(0.0)
+            for b in range(b0, min(B, b0 + BLOCK)):
+                row = ig * B + b
+                sc = np.float32(0.0)
+                if has_leaves and not (has_miss and miss[xrow + b]):
+                    lr = lb + xs[xrow + b]
                     for k in range(K):
-                        mx += u[i, g, b, k]
-                    mx = max(mx, TINY)
-                    inv = _ONE / mx
-                    for k in range(K):
-                        u[i, g, b, k] = max(u[i, g, b, k] * inv, TINY)
-                    sc += np.float32(math.log(mx))
-                    cnt = 0
-                if j < ne:
-                    for k in range(K):
-                        u[i, g, b, k] *= msg[j, g, b, k]
+                        u[row, k] = leaves[lr, k]
                 else:
                     for k in range(K):
-                        u[i, g, b, k] *= uk[j, g, b, k]
-                cnt += 1
-            mx = np.float32(0.0)
-            for k in range(K):
-                mx += u[i, g, b, k]
-            mx = max(mx, TINY)
-            inv = _ONE / mx
-            for k in range(K):
-                u[i, g, b, k] = max(u[i, g, b, k] * inv, TINY)
-            s[i, g, b] = sc
-            m[i, g, b] = mx
+                        u[row, k] = _ONE
+                if has_ev:
+                    top = _LOW
+                    for k in range(K):
+                        top = max(top, ev[row, k])
+                    sc += top
+                    for k in range(K):
+                        u[row, k] *= np.float32(math.exp(ev[row, k] - top))
+                cnt = 0
+                for qq in range(q0, q1):
+                    j = kids[qq]
+                    if cnt == every:     # an intermediate rescale (nodes with > every children)
+                        mx = np.float32(0.0)
+                        for k in range(K):
+                            mx += u[row, k]
+                        mx = max(mx, TINY)
+                        inv = _ONE / mx
+                        for k in range(K):
+                            u[row, k] = max(u[row, k] * inv, TINY)
+                        sc += np.float32(math.log(mx))
+                        cnt = 0
+                    crow = (j * G + g) * B + b
+                    if j < ne:
+                        for k in range(K):
+                            u[row, k] *= msg[crow, k]
+                    else:
+                        for k in range(K):
+                            u[row, k] *= uk[crow, k]
+                    cnt += 1
+                mx = np.float32(0.0)
+                for k in range(K):
+                    mx += u[row, k]
+                mx = max(mx, TINY)
+                inv = _ONE / mx
+                for k in range(K):
+                    u[row, k] = max(u[row, k] * inv, TINY)
+                s[row] = sc
+                m[row] = mx
 
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
-    def _down_r(ap, msg, uk, par, ne, r):
-        nk, G, B, K = uk.shape
-        for row in prange(nk * G * B):
-            j = row // (G * B)
-            g = (row // B) % G
-            b = row % B
-            p = par[j]
-            if j < ne:
-                for k in range(K):
-                    r[j, g, b, k] = ap[p, g, b, k] / msg[j, g, b, k]
-            else:
-                for k in range(K):
-                    uk[j, g, b, k] = ap[p, g, b, k]
+    def _down_r(ap, msg, uk, par, ne, r, nk, G, B):
+        K = uk.shape[1]
+        nbb = (B + BLOCK - 1) // BLOCK
+        for q in prange(nk * G * nbb):
+            jg = q // nbb
+            b0 = (q - jg * nbb) * BLOCK
+            j = jg // G
+            g = jg - j * G
+            prow = (par[j] * G + g) * B
+            for b in range(b0, min(B, b0 + BLOCK)):
+                row = jg * B + b
+                if j < ne:
+                    for k in range(K):
+                        r[row, k] = ap[prow + b, k] / msg[row, k]
+                else:
+                    for k in range(K):
+                        uk[row, k] = ap[prow + b, k]
 
-    def _down_child_py(uk, rw, nmul, scatter, flows, base, xs, repeat, miss, has_miss):
-        nk, G, B, K = uk.shape
+    def _down_child_py(uk, rw, nmul, scatter, flows, base, xs, repeat, miss, has_miss, nk, G, B):
+        K = uk.shape[1]
+        G0 = G // repeat
         for jg in prange(nk * G):
             j = jg // G
             g = jg - j * G
-            g0 = g // repeat
+            xrow = (j * G0 + g // repeat) * B
+            lb = base[j, g] if scatter else 0
             for b in range(B):
+                row = jg * B + b
                 if j < nmul:
                     for k in range(K):
-                        uk[j, g, b, k] *= rw[j, g, b, k]
-                if scatter and not (has_miss and miss[j, g0, b]):
-                    row = base[j, g] + xs[j, g0, b]
+                        uk[row, k] *= rw[row, k]
+                if scatter and not (has_miss and miss[xrow + b]):
+                    fr = lb + xs[xrow + b]
                     for k in range(K):
-                        flows[row, k] += uk[j, g, b, k]
+                        flows[fr, k] += uk[row, k]
 
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
-    def _mul_rows(uk, rw, nmul):
-        nk, G, B, K = uk.shape
-        for row in prange(nmul * G * B):
-            j = row // (G * B)
-            g = (row // B) % G
-            b = row % B
-            for k in range(K):
-                uk[j, g, b, k] *= rw[j, g, b, k]
+    def _mul_flat(uk, rw, n):
+        for e in prange(n):
+            uk[e] *= rw[e]
 
     _down_child_par = njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_child_py)
     _down_child_ser = njit(parallel=False, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_child_py)
 
 
+def _rows(t, dummy, out=False):
+    """An [n, G, B, K] tensor as the kernels' [n * G * B, K] array (``dummy`` for None). Inputs
+    that are not contiguous are copied; outputs must be (the kernels write through the view)."""
+    return dummy if t is None else _contig(t, out).reshape(-1, t.shape[-1])
+
+
+def _flat(t, dummy, out=False):
+    return dummy if t is None else _contig(t, out).reshape(-1)
+
+
+def _contig(t, out):
+    if not t.is_contiguous():
+        if out:
+            raise ValueError(f"fused kernel output of shape {tuple(t.shape)} must be contiguous")
+        t = t.contiguous()
+    return t.detach().numpy()
+
+
 def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repeat, miss, ev) -> None:
     """One level of the upward pass in place: u [n, G, B, K] of the level's nodes, normalized
-    to max 1; s [n, G, B] the logs of the node's own intermediate maxima and evidence maxima
-    (usually 0), m [n, G, B] its final max (log-scale of the node itself: s + log m; the
+    to sum 1; s [n, G, B] the logs of the node's own intermediate sums and evidence maxima
+    (usually 0), m [n, G, B] its final sum (log-scale of the node itself: s + log m; the
     children's scales are not added: the caller sums every node's once, vectorized). msg
     [ne, G, B, K]: the messages of the next level's edge nodes, uk that level's u (None at the
     deepest level); children = (ptr, kids) of level_children; leaves_flat [L_t * G * C, K] or
-    None; base [n, G] flat rows of value 0; xs, miss [n, G0, B]; ev [n, G, B, K] or None."""
+    None; base [n, G] flat rows of value 0; xs, miss [n, G0, B]; ev [n, G, B, K] or None.
+    Every tensor is contiguous (the passes' slices of whole-level buffers)."""
     _threads()
     has_kids = uk is not None
     ptr, kids = children if has_kids else (_I2[0], _I2[0])
-    _up(u.numpy(), s.numpy(), m.numpy(), _np(msg, _F4), _np(uk, _F4), ptr, kids, int(ne), int(every),
-        _np(leaves_flat, _F2), _np(base, _I2), _np(xs, _I3), int(repeat), _np(miss, _B3), _np(ev, _F4),
-        leaves_flat is not None, miss is not None, ev is not None, has_kids)
+    n, G, B, _ = u.shape
+    _up(_rows(u, None, True), _flat(s, None, True), _flat(m, None, True), _rows(msg, _F2), _rows(uk, _F2), ptr, kids, int(ne),
+        int(every), _np(leaves_flat, _F2), _np(base, _I2), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
+        _rows(ev, _F2), n, G, B, leaves_flat is not None, miss is not None, ev is not None, has_kids)
 
 
 def down_r(ap, msg, uk, par, ne, r) -> None:
     """r[j] = ap[par[j]] / msg[j] for the ne edge children, uk[j] = ap[par[j]] for the copies
     (ap: the parent level's flows)."""
     _threads()
-    _down_r(ap.numpy(), _np(msg, _F4), uk.numpy(), par.numpy(), int(ne), _np(r, _F4))
+    nk, G, B, _ = uk.shape
+    _down_r(_rows(ap, None), _rows(msg, _F2), _rows(uk, None, True), par.numpy(), int(ne), _rows(r, _F2, True),
+            nk, G, B)
 
 
 def down_child(uk, rw, nmul, flows, base, xs, repeat, miss, parallel: bool) -> None:
@@ -226,13 +257,15 @@ def down_child(uk, rw, nmul, flows, base, xs, repeat, miss, parallel: bool) -> N
     flows[base[j, g] + xs[j, g0, b]] += uk[j, g, b] (missing values skipped). ``parallel`` only
     when the (node, group) pairs own distinct table rows."""
     _threads()
-    if flows is None:                      # no scatter: every row in parallel
+    nk, G, B, K = uk.shape
+    if flows is None:                      # no scatter: every element in parallel
         if nmul:
-            _mul_rows(uk.numpy(), rw.numpy(), int(nmul))
+            _mul_flat(_flat(uk, None, True), _flat(rw, None), int(nmul) * G * B * K)
         return
     fn = _down_child_par if parallel else _down_child_ser
-    fn(uk.numpy(), _np(rw, _F4), int(nmul), flows is not None, _np(flows, _F2), _np(base, _I2), _np(xs, _I3),
-       int(repeat), _np(miss, _B3), miss is not None)
+    fn(_rows(uk, None, True), _rows(rw, _F2), int(nmul), True, _contig(flows, True), _contig(base, False),
+       _flat(xs, _I1),
+       int(repeat), _flat(miss, _B1), miss is not None, nk, G, B)
 
 
 if numba is not None:

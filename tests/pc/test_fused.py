@@ -191,3 +191,14 @@ def test_sparse_add_with_duplicate_rows_by_hand():
     q = torch.zeros(4, 5)
     assert _fused.sparse_add(q, rows, vals, w[:1], None)          # one distribution: w[0] everywhere
     assert torch.equal(q, torch.zeros(4, 5).index_add_(0, rows, vals))
+
+
+def test_kernel_views_copy_inputs_and_refuse_strided_outputs():
+    """The kernels see [n * G * B, K] views: a strided input is copied, a strided output (the
+    kernel would write into a copy) is an error, not silently lost work."""
+    t = torch.arange(24, dtype=torch.float32).view(2, 3, 4).transpose(0, 1)   # not contiguous
+    assert np.array_equal(_fused._flat(t, None), t.reshape(-1).numpy())
+    with pytest.raises(ValueError, match="contiguous"):
+        _fused._rows(t, None, out=True)
+    u = torch.zeros(2, 1, 3, 4)
+    assert np.shares_memory(_fused._rows(u, None, out=True), u.numpy())

@@ -120,11 +120,13 @@ def _em_step_sparse(p, F, dim: int, step_size, pseudocount: float) -> None:
     live = denom >= MIN_DENOM
     w = torch.where(live, step_size / denom, 0.0)
     keep = torch.where(live, 1.0 - step_size, 1.0)
-    torch.addcmul(w * (pseudocount / n), p, keep, out=p)   # the update with zero flow
-    w = w.view(nd, *dense)
+    add = w * (pseudocount / n)
     flat_p = p.view(-1, *dense)
-    if len(dense) == 1 and _fused.sparse_add(flat_p, row, vals, w, None if nd == 1 else dist):   # CPU float32
+    if len(dense) == 1 and dim == S - 1 and _fused.sparse_step(      # CPU float32: one kernel
+            flat_p, n, *(t.expand(shape).reshape(nd, -1) for t in (keep, add, w)), row, vals, dist):
         return
+    torch.addcmul(add, p, keep, out=p)                     # the update with zero flow
+    w = w.view(nd, *dense)
     share = vals * (w[0] if nd == 1 else w.index_select(0, dist))   # one distribution: no gather
     index_add(flat_p, row, share)
 

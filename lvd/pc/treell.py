@@ -194,16 +194,17 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
     r^T u per edge row. Returns the dense leaf flows [L_t * G * C, K] or None."""
     G, B, K = u.shape[1], u.shape[2], u.shape[3]
     flows = base = None
-    if dense_leaves:
-        flows = W.new_zeros(L_t * G * C, K)
-        base = st.leaf_base(W.device, G, C)
     par_ok = _fused.unique_leaf_rows(st)
+    zero = C if dense_leaves and par_ok and len(st.leaf_index) == L_t else 0   # nodes own every row
+    if dense_leaves:
+        flows = W.new_empty(L_t * G * C, K) if zero else W.new_zeros(L_t * G * C, K)
+        base = st.leaf_base(W.device, G, C)
 
     def sub(t, lo, hi):
         return None if t is None else t[lo:hi]
 
     if dense_leaves:
-        _fused.down_child(u[0:1], None, 0, flows, base[0:1], xs[0:1], repeat, sub(miss, 0, 1), par_ok)
+        _fused.down_child(u[0:1], None, 0, flows, base[0:1], xs[0:1], repeat, sub(miss, 0, 1), par_ok, zero)
     r_buf = W.new_empty(max(max_edge_nodes(st), 1), G, B, K)
     for d in range(st.depth - 1):
         a, b = st.levels[d]
@@ -220,7 +221,7 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
             rw = _mm(r, edge_level(st, idx, W, d + 1), out=M[c0:c0 + ne])
         if ne or dense_leaves:
             _fused.down_child(u[c0:c1], rw, ne, flows, sub(base, c0, c1), sub(xs, c0, c1), repeat,
-                              sub(miss, c0, c1), par_ok)
+                              sub(miss, c0, c1), par_ok, zero)
     return flows
 
 

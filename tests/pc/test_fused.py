@@ -137,6 +137,13 @@ def test_the_fused_path_is_taken_on_cpu_float32_only(monkeypatch):
     f, _ = pc.flows(c, {"x": X})
     pc.update(c, f, 0.1, 0.1)
     assert {"up_level", "down_r", "down_child", "em_update"} <= set(calls)
+    h = pc.hmm(seq_len=4, num_latents=3, vocab_size=500, homogeneous=True, seed=0)   # sparse leaf flows
+    orig = _fused._sparse_step
+    monkeypatch.setattr(_fused, "_sparse_step", lambda *a: calls.append("_sparse_step") or orig(*a))
+    f, _ = pc.flows(h, {"x": torch.randint(0, 500, (8, 4))}, sparse=True)
+    assert f["leaves"].is_sparse
+    pc.update(h, f, 0.1, 0.1)
+    assert "_sparse_step" in calls                                      # the kernel ran, not its fallback
     assert _fused.usable(torch.zeros(2), None)
     assert not _fused.usable(torch.zeros(2, dtype=torch.float64))       # float64: the torch path
     assert not _fused.usable(torch.zeros(2), torch.zeros(2, device="meta"))   # any table off the CPU
@@ -177,20 +184,32 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
         assert torch.equal(out[0][1][k], out[1][1][k])
 
 
-def test_sparse_add_with_duplicate_rows_by_hand():
-    p = torch.zeros(4, 5)
-    rows = torch.tensor([1, 3, 1, 0, 1])
-    vals = torch.arange(25, dtype=torch.float32).view(5, 5)
+def test_sparse_step_with_duplicate_rows_by_hand():
+    """p[r] <- keep[d] p[r] + add[d] with d = r // n, then the entries' shares w[d] vals[e]
+    (duplicates add up), for two distributions of 3 rows each, and the same whatever the
+    number of row blocks."""
+    p0 = torch.rand(6, 5)
+    n = 3
+    keep = torch.tensor([[0.9] * 5, [1.0] * 5])
+    add = torch.rand(2, 5)
     w = torch.tensor([[1.0] * 5, [0.5] * 5])
-    dist = torch.tensor([0, 1, 1, 0, 0])
-    assert _fused.sparse_add(p, rows, vals, w, dist)
-    want = torch.zeros(4, 5)
-    for e in range(5):
+    rows = torch.tensor([1, 4, 1, 0, 1, 5])
+    dist = rows // n
+    vals = torch.arange(30, dtype=torch.float32).view(6, 5)
+    want = p0.clone()
+    for r in range(6):
+        want[r] = keep[r // n] * want[r] + add[r // n]
+    for e in range(6):
         want[rows[e]] += vals[e] * w[dist[e]]
-    assert torch.equal(p, want)
-    q = torch.zeros(4, 5)
-    assert _fused.sparse_add(q, rows, vals, w[:1], None)          # one distribution: w[0] everywhere
-    assert torch.equal(q, torch.zeros(4, 5).index_add_(0, rows, vals))
+    p = p0.clone()
+    assert _fused.sparse_step(p, n, keep, add, w, rows, vals, dist)
+    torch.testing.assert_close(p, want, rtol=1e-6, atol=1e-6)
+    for nblk in (1, 2, 7):
+        q = p0.clone()
+        _fused._sparse_step(q.numpy(), n, keep.numpy(), add.numpy(), rows.numpy(), vals.numpy(), w.numpy(),
+                            dist.numpy(), nblk)
+        assert torch.equal(q, p)
+    assert not _fused.sparse_step(p.double(), n, keep, add, w, rows, vals, dist)   # float64: torch's path
 
 
 def test_kernel_views_copy_inputs_and_refuse_strided_outputs():
@@ -202,3 +221,26 @@ def test_kernel_views_copy_inputs_and_refuse_strided_outputs():
         _fused._rows(t, None, out=True)
     u = torch.zeros(2, 1, 3, 4)
     assert np.shares_memory(_fused._rows(u, None, out=True), u.numpy())
+
+
+def test_down_child_zeroes_its_own_leaf_rows_then_scatters():
+    """With zero_rows = C each (node, group) zeroes its C rows before adding its flows: the
+    table may start as garbage (torch.empty); the result is the scatter by hand."""
+    nk, G, B, K, C = 3, 2, 5, 4, 6
+    g = torch.Generator().manual_seed(0)
+    uk = torch.rand(nk, G, B, K, generator=g)
+    rw = torch.rand(nk, G, B, K, generator=g)
+    xs = torch.randint(0, C, (nk, G, B), generator=g)
+    miss = torch.rand(nk, G, B, generator=g) < 0.3
+    base = (torch.arange(nk)[:, None] * G + torch.arange(G)[None, :]) * C
+    flows = torch.full((nk * G * C, K), float("nan"))
+    a = uk * torch.where(torch.arange(nk)[:, None, None, None] < 2, rw, 1.0)    # nmul = 2
+    want = torch.zeros(nk * G * C, K)
+    for j in range(nk):
+        for gg in range(G):
+            for b in range(B):
+                if not miss[j, gg, b]:
+                    want[base[j, gg] + xs[j, gg, b]] += a[j, gg, b]
+    _fused.down_child(uk, rw[:2], 2, flows, base, xs, 1, miss, True, zero_rows=C)
+    torch.testing.assert_close(uk, a)
+    torch.testing.assert_close(flows, want)

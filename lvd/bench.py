@@ -43,6 +43,16 @@ def _loadavg() -> float | None:
         return None
 
 
+_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "LVD_NO_FUSED")   # settings that change the figures
+
+
+def _fused_on(device) -> bool:
+    """Whether the engine's fused CPU kernels serve this run (lvd.pc._fused)."""
+    from lvd.pc import _fused
+
+    return _fused.usable(torch.zeros(1, device=device))
+
+
 def matmul_peaks(n: int = 2048, repeats: int = 5, device="cpu") -> list[tuple[float, float]]:
     """(wall, CPU) GFLOP/s of ``repeats`` float32 n x n matmuls on this machine, now."""
     a = torch.randn(n, n, device=device)
@@ -100,7 +110,8 @@ def measure(circuit, x, batch_size: int, steps: int, flop_per_step: float, devic
             "gflops": gflops, "matmul_peak_gflops": float(np.median(pw)),
             "matmul_peak_range": [float(pw.min()), float(pw.max())], "peak_measurements": len(pw),
             "ratio": gflops / float(np.median(pw)), "ratio_cpu": gflops_cpu / float(np.median(pc_)),
-            "loadavg": [load0, _loadavg()], "threads": torch.get_num_threads(), "device": str(device)}
+            "loadavg": [load0, _loadavg()], "threads": torch.get_num_threads(), "device": str(device),
+            "fused": _fused_on(device), **{k.lower(): os.environ[k] for k in _ENV if k in os.environ}}
 
 
 def bench_em(args) -> dict:

@@ -69,7 +69,13 @@ def _np(t, dummy):
 
 
 def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """numba's thread count := torch's. The first call starts numba's OpenMP workers, which
+    sets the process's OpenMP thread count to numba's default (seen: torch.set_num_threads(1),
+    then torch.get_num_threads() == 2): torch's own setting is put back."""
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def level_children(st) -> list:

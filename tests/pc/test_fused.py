@@ -244,3 +244,16 @@ def test_down_child_zeroes_its_own_leaf_rows_then_scatters():
     _fused.down_child(uk, rw[:2], 2, flows, base, xs, 1, miss, True, zero_rows=C)
     torch.testing.assert_close(uk, a)
     torch.testing.assert_close(flows, want)
+
+
+def test_the_kernels_leave_torchs_thread_count_alone():
+    """Starting numba's OpenMP workers used to reset the process's OpenMP thread count, so a
+    torch.set_num_threads(1) before the first fused kernel was lost."""
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, c, X, _ = CASES[0]
+        pc.flows(copy.deepcopy(c), {"x": X})
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)

@@ -12,10 +12,10 @@ elementwise work is one parallel loop over its rows (node, group, example):
   a third of a serial max over K floats, and it bounds the row as well (max <= sum <= K max), so
   the product cannot underflow either. Each node's log-scale is kept on its own and summed once
   for the root, vectorized, instead of a log per row.
-- ``down_r``: r = a_parent / M for the edge children, a_child = a_parent for copies.
-- ``down_child``: a_child = u_child * (r W) and the dense leaf flows scattered at the observed
+- ``down_level``: a_child = u_child * (r W), the dense leaf flows scattered at the observed
   values while the row is in cache (in parallel over (node, group) when distinct nodes own
-  distinct leaf rows, ``unique_leaf_rows``; serially otherwise).
+  distinct leaf rows, ``unique_leaf_rows``; serially otherwise), and the next level's
+  r = a / M for its edge nodes (a for its copies) from the same rows.
 - ``em_update``: the dense update of lvd.pc.em.em_step, one pass for the sums and one for
   p <- keep p + w (F + a / n); ``sparse_step``: the sparse update (the pass with zero flow, then
   the entries' share), by row ranges (threads never write the same entry).
@@ -167,53 +167,44 @@ if numba is not None:
                 s[row] = sc
                 m[row] = mx
 
-    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
-    def _down_r(ap, msg, uk, par, ne, r, nk, G, B):
-        K = uk.shape[1]
-        nbb = (B + BLOCK - 1) // BLOCK
-        for q in prange(nk * G * nbb):
-            jg = q // nbb
-            b0 = (q - jg * nbb) * BLOCK
-            j = jg // G
-            g = jg - j * G
-            prow = (par[j] * G + g) * B
-            for b in range(b0, min(B, b0 + BLOCK)):
-                row = jg * B + b
-                if j < ne:
-                    for k in range(K):
-                        r[row, k] = ap[prow + b, k] / msg[row, k]
-                else:
-                    for k in range(K):
-                        uk[row, k] = ap[prow + b, k]
-
-    def _down_child_py(uk, rw, nmul, scatter, flows, base, xs, repeat, miss, has_miss, nk, G, B, zero_rows):
+    def _down_level_py(uk, rw, nmul, scatter, flows, base, xs, repeat, miss, has_miss, zero_rows, nk, G, B, bs,
+                       has_next, ptr, kids, ne_next, m_next, u_next, r_next):
         K = uk.shape[1]
         G0 = G // repeat
-        for jg in prange(nk * G):
+        nbb = (B + bs - 1) // bs
+        for q in prange(nk * G * nbb):     # items: (node, group, block of bs examples)
+            jg = q // nbb
+            b0 = (q - jg * nbb) * bs
             j = jg // G
             g = jg - j * G
             xrow = (j * G0 + g // repeat) * B
             lb = base[j, g] if scatter else 0
-            for c in range(zero_rows):     # the (node, group)'s own leaf rows, zeroed in cache
-                for k in range(K):
-                    flows[lb + c, k] = np.float32(0.0)
-            for b in range(B):
+            if b0 == 0:
+                for c in range(zero_rows):  # the (node, group)'s own leaf rows, zeroed in cache
+                    for k in range(K):
+                        flows[lb + c, k] = np.float32(0.0)
+            q0, q1 = (ptr[j], ptr[j + 1]) if has_next else (0, 0)
+            for b in range(b0, min(B, b0 + bs)):
                 row = jg * B + b
-                if j < nmul:
+                if j < nmul:                # a = u * (r W)
                     for k in range(K):
                         uk[row, k] *= rw[row, k]
                 if scatter and not (has_miss and miss[xrow + b]):
                     fr = lb + xs[xrow + b]
                     for k in range(K):
                         flows[fr, k] += uk[row, k]
+                for qq in range(q0, q1):    # the next level: r = a / M (edge children), a (copies)
+                    c = kids[qq]
+                    crow = (c * G + g) * B + b
+                    if c < ne_next:
+                        for k in range(K):
+                            r_next[crow, k] = uk[row, k] / m_next[crow, k]
+                    else:
+                        for k in range(K):
+                            u_next[crow, k] = uk[row, k]
 
-    @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
-    def _mul_flat(uk, rw, n):
-        for e in prange(n):
-            uk[e] *= rw[e]
-
-    _down_child_par = njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_child_py)
-    _down_child_ser = njit(parallel=False, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_child_py)
+    _down_level_par = njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_level_py)
+    _down_level_ser = njit(parallel=False, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_level_py)
 
 
 def _rows(t, dummy, out=False):
@@ -252,31 +243,28 @@ def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repea
         _rows(ev, _F2), n, G, B, leaves_flat is not None, miss is not None, ev is not None, has_kids)
 
 
-def down_r(ap, msg, uk, par, ne, r) -> None:
-    """r[j] = ap[par[j]] / msg[j] for the ne edge children, uk[j] = ap[par[j]] for the copies
-    (ap: the parent level's flows)."""
+def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, zero_rows: int = 0,
+               children=None, ne_next: int = 0, m_next=None, u_next=None, r_next=None) -> None:
+    """One level of the downward pass in place, uk [nk, G, B, K] the level's u (its edge nodes'
+    first): uk[j] *= rw[j] for j < nmul (a = u * (r W)); with ``flows`` [rows, K] the dense leaf
+    flows flows[base[j, g] + xs[j, g0, b]] += a[j, g, b] (missing values skipped; with
+    ``zero_rows`` = C each (node, group) first zeroes its own C rows from base[j, g], so the
+    table needs no separate fill when the pairs own every row); and, with ``children`` =
+    (ptr, kids) of level_children, the next level's start while a is in cache: r_next[c] = a /
+    m_next[c] for its ne_next edge nodes, u_next[c] = a for its copies.
+
+    Parallel over (node, group, 32 examples) without leaf flows, over (node, group) when the
+    pairs own distinct leaf rows (``unique_rows``), serial otherwise."""
     _threads()
     nk, G, B, _ = uk.shape
-    _down_r(_rows(ap, None), _rows(msg, _F2), _rows(uk, None, True), par.numpy(), int(ne), _rows(r, _F2, True),
-            nk, G, B)
-
-
-def down_child(uk, rw, nmul, flows, base, xs, repeat, miss, parallel: bool, zero_rows: int = 0) -> None:
-    """uk[j] *= rw[j] for j < nmul; then, with ``flows`` [rows, K], the dense leaf flows
-    flows[base[j, g] + xs[j, g0, b]] += uk[j, g, b] (missing values skipped). ``parallel`` only
-    when the (node, group) pairs own distinct table rows. ``zero_rows`` = C: each (node, group)
-    first zeroes its own C rows from base[j, g] (when the pairs own every row of the table, it
-    needs no separate zero fill: one pass over it less)."""
-    _threads()
-    nk, G, B, K = uk.shape
-    if flows is None:                      # no scatter: every element in parallel
-        if nmul:
-            _mul_flat(_flat(uk, None, True), _flat(rw, None), int(nmul) * G * B * K)
-        return
-    fn = _down_child_par if parallel else _down_child_ser
-    fn(_rows(uk, None, True), _rows(rw, _F2), int(nmul), True, _contig(flows, True), _contig(base, False),
-       _flat(xs, _I1),
-       int(repeat), _flat(miss, _B1), miss is not None, nk, G, B, int(zero_rows))
+    scatter = flows is not None
+    has_next = children is not None
+    ptr, kids = children if has_next else (_I2[0], _I2[0])
+    fn = _down_level_par if (not scatter or unique_rows) else _down_level_ser
+    fn(_rows(uk, None, True), _rows(rw, _F2), int(nmul), scatter, _F2 if flows is None else _contig(flows, True),
+       _I2 if base is None else _contig(base, False), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
+       miss is not None, int(zero_rows), nk, G, B, B if scatter else BLOCK, has_next, ptr, kids, int(ne_next),
+       _rows(m_next, _F2), _rows(u_next, _F2, True), _rows(r_next, _F2, True))
 
 
 if numba is not None:

@@ -189,39 +189,43 @@ def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges,
 
 
 def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves):
-    """The backward's level loop with the elementwise work fused (lvd.pc._fused): u[0] holds
-    the root's flows; afterwards u holds every node's flows, g_edges (if given) the sums of
-    r^T u per edge row. Returns the dense leaf flows [L_t * G * C, K] or None."""
+    """The backward's level loop with the elementwise work fused (lvd.pc._fused.down_level):
+    u[0] holds the root's flows; afterwards u holds every node's flows, g_edges (if given) the
+    sums of r^T u per edge row. Returns the dense leaf flows [L_t * G * C, K] or None."""
     G, B, K = u.shape[1], u.shape[2], u.shape[3]
     flows = base = None
-    par_ok = _fused.unique_leaf_rows(st)
-    zero = C if dense_leaves and par_ok and len(st.leaf_index) == L_t else 0   # nodes own every row
+    unique = _fused.unique_leaf_rows(st)
+    zero = C if dense_leaves and unique and len(st.leaf_index) == L_t else 0   # nodes own every row
     if dense_leaves:
         flows = W.new_empty(L_t * G * C, K) if zero else W.new_zeros(L_t * G * C, K)
         base = st.leaf_base(W.device, G, C)
+    children = _fused.level_children(st)
+    r = W.new_empty(max(max_edge_nodes(st), 1), G, B, K)      # one level's r = a_parent / M
 
-    def sub(t, lo, hi):
-        return None if t is None else t[lo:hi]
-
-    if dense_leaves:
-        _fused.down_child(u[0:1], None, 0, flows, base[0:1], xs[0:1], repeat, sub(miss, 0, 1), par_ok, zero)
-    r_buf = W.new_empty(max(max_edge_nodes(st), 1), G, B, K)
-    for d in range(st.depth - 1):
+    def level(d, rw, nmul):
+        """Level d's flows a = u * rw, its leaf flows, and level d + 1's r (and copies)."""
         a, b = st.levels[d]
-        c0, c1 = st.levels[d + 1]
-        ne = st.num_edge_nodes[d + 1]
-        par = idx["parent_local"][d + 1]
-        r = r_buf[:ne] if ne else None
-        _fused.down_r(u[a:b], M[c0:c0 + ne] if ne else None, u[c0:c1], par, ne, r)
+        nxt = {}
+        if d + 1 < st.depth:
+            c0, c1 = st.levels[d + 1]
+            ne = st.num_edge_nodes[d + 1]
+            nxt = dict(children=children[d], ne_next=ne, m_next=M[c0:c0 + ne] if ne else None, u_next=u[c0:c1],
+                       r_next=r[:ne] if ne else None)
+        _fused.down_level(u[a:b], rw, nmul, flows, None if base is None else base[a:b],
+                          None if xs is None else xs[a:b], repeat, None if miss is None else miss[a:b], unique,
+                          zero, **nxt)
+
+    level(0, None, 0)
+    for d in range(1, st.depth):
+        c0 = st.levels[d][0]
+        ne = st.num_edge_nodes[d]
         rw = None
         if ne:
             uc = u[c0:c0 + ne]
             if g_edges is not None:
-                _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B)
-            rw = _mm(r, edge_level(st, idx, W, d + 1), out=M[c0:c0 + ne])
-        if ne or dense_leaves:
-            _fused.down_child(u[c0:c1], rw, ne, flows, sub(base, c0, c1), sub(xs, c0, c1), repeat,
-                              sub(miss, c0, c1), par_ok, zero)
+                _edge_flows(st, idx, g_edges, r[:ne], uc, d - 1, c0, ne, K, B)
+            rw = _mm(r[:ne], edge_level(st, idx, W, d), out=M[c0:c0 + ne])
+        level(d, rw, ne)
     return flows
 
 

@@ -129,14 +129,14 @@ def test_samples_equal_the_torch_path(monkeypatch):
 
 def test_the_fused_path_is_taken_on_cpu_float32_only(monkeypatch):
     calls = []
-    for name in ("up_level", "down_r", "down_child", "em_update"):
+    for name in ("up_level", "down_level", "em_update"):
         orig = getattr(_fused, name)
         monkeypatch.setattr(_fused, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
     _, c, X, _ = CASES[0]
     c = copy.deepcopy(c)
     f, _ = pc.flows(c, {"x": X})
     pc.update(c, f, 0.1, 0.1)
-    assert {"up_level", "down_r", "down_child", "em_update"} <= set(calls)
+    assert {"up_level", "down_level", "em_update"} <= set(calls)
     h = pc.hmm(seq_len=4, num_latents=3, vocab_size=500, homogeneous=True, seed=0)   # sparse leaf flows
     orig = _fused._sparse_step
     monkeypatch.setattr(_fused, "_sparse_step", lambda *a: calls.append("_sparse_step") or orig(*a))
@@ -223,27 +223,41 @@ def test_kernel_views_copy_inputs_and_refuse_strided_outputs():
     assert np.shares_memory(_fused._rows(u, None, out=True), u.numpy())
 
 
-def test_down_child_zeroes_its_own_leaf_rows_then_scatters():
-    """With zero_rows = C each (node, group) zeroes its C rows before adding its flows: the
-    table may start as garbage (torch.empty); the result is the scatter by hand."""
+@pytest.mark.parametrize("unique_rows", [True, False])
+def test_down_level_by_hand(unique_rows):
+    """a = u * rw for the first nmul nodes, the leaf flows of a (missing values skipped; with
+    zero_rows = C each (node, group) first zeroes its own rows: the table may start as garbage),
+    and the next level's r = a_parent / M for its edge nodes and u = a_parent for its copies."""
     nk, G, B, K, C = 3, 2, 5, 4, 6
     g = torch.Generator().manual_seed(0)
     uk = torch.rand(nk, G, B, K, generator=g)
-    rw = torch.rand(nk, G, B, K, generator=g)
+    rw = torch.rand(2, G, B, K, generator=g)
     xs = torch.randint(0, C, (nk, G, B), generator=g)
     miss = torch.rand(nk, G, B, generator=g) < 0.3
     base = (torch.arange(nk)[:, None] * G + torch.arange(G)[None, :]) * C
-    flows = torch.full((nk * G * C, K), float("nan"))
-    a = uk * torch.where(torch.arange(nk)[:, None, None, None] < 2, rw, 1.0)    # nmul = 2
+    par = torch.tensor([2, 0, 2, 1])                       # the next level: 4 nodes, 3 edge nodes first
+    order = np.argsort(par.numpy(), kind="stable")
+    ptr = np.zeros(nk + 1, np.int64)
+    np.cumsum(np.bincount(par.numpy(), minlength=nk), out=ptr[1:])
+    m_next = torch.rand(3, G, B, K, generator=g) + 0.5
+    u_next = torch.full((4, G, B, K), float("nan"))
+    r_next = torch.full((3, G, B, K), float("nan"))
+    a = uk.clone()
+    a[:2] *= rw
     want = torch.zeros(nk * G * C, K)
     for j in range(nk):
         for gg in range(G):
             for b in range(B):
                 if not miss[j, gg, b]:
                     want[base[j, gg] + xs[j, gg, b]] += a[j, gg, b]
-    _fused.down_child(uk, rw[:2], 2, flows, base, xs, 1, miss, True, zero_rows=C)
+    flows = torch.full((nk * G * C, K), float("nan")) if unique_rows else torch.zeros(nk * G * C, K)
+    _fused.down_level(uk, rw, 2, flows, base, xs, 1, miss, unique_rows, C if unique_rows else 0,
+                      (ptr, order.astype(np.int64)), 3, m_next, u_next, r_next)
     torch.testing.assert_close(uk, a)
     torch.testing.assert_close(flows, want)
+    torch.testing.assert_close(r_next, a[par[:3]] / m_next)
+    torch.testing.assert_close(u_next[3], a[par[3]])
+    assert torch.isnan(u_next[:3]).all()                  # edge nodes' u is not touched
 
 
 def test_the_kernels_leave_torchs_thread_count_alone():

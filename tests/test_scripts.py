@@ -38,3 +38,16 @@ def test_hclt_leaf_latents_prints_valid_and_test_bpd(tmp_path, capsys):
         assert len(r["seconds_per_epoch"]) == len(r["train_ll"]) == 2
         assert np.isfinite(r["valid_bpd"]) and np.isfinite(r["test_bpd"]) and r["valid_bpd"] > 0  # (32 images: overfit)
     assert rows[1]["num_edges"] < rows[0]["num_edges"] == 783
+
+
+def test_engine_phases_prints_the_fused_phases():
+    """(In a subprocess: the script wraps the engine's functions with timers.)"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "engine_phases.py"), "hmm", "--num-latents", "2",
+                          "--steps", "2", "--warmup", "1", "--batch-size", "8"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert "median step" in out and "fused kernels on" in out
+    for phase in ("kernel up_level", "kernel down_level", "matmul up (W u)", "update (total)"):
+        assert phase in out

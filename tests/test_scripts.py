@@ -51,3 +51,17 @@ def test_engine_phases_prints_the_fused_phases():
     assert "median step" in out and "fused kernels on" in out
     for phase in ("kernel up_level", "kernel down_level", "matmul up (W u)", "update (total)"):
         assert phase in out
+
+
+def test_bench_paths_summary_gives_medians_and_each_runs_ratio(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for rep, (step, ratio) in enumerate([(0.3, 0.5), (0.1, 0.7), (0.2, 0.6)], 1):
+        (tmp_path / f"hmm_fused_{rep}.json").write_text(json.dumps(
+            {"seconds_per_batch": step, "ratio": ratio, "matmul_peak_gflops": 100.0 * rep}))
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "bench_paths.sh"), "--summary"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}).stdout
+    assert out.strip() == ("hmm      fused median step 0.2000 s; runs 0.300 / 0.100 / 0.200; "
+                           "ratios 0.500 / 0.700 / 0.600; median peak 200 GFLOP/s")

@@ -3,7 +3,7 @@
 # fused CPU path (the default), the torch path (LVD_NO_FUSED=1) and the fused path with
 # GOMP_SPINCOUNT=300000, each on the HCLT at K = 32 and 128 and the HMM at H = 256, one JSON
 # line per run into OUT (default results/bench_paths). Run it on a machine with nothing else
-# running (about 10 minutes on 2 cores), then summarize with:
+# running (about 6 minutes on 2 cores), then summarize with:
 #   bash scripts/bench_paths.sh --summary        (the medians, the runs' steps and ratios)
 set -euo pipefail
 out=${OUT:-results/bench_paths}

@@ -67,7 +67,7 @@ def main(argv=None) -> None:
                              (_fused, "sparse_step", "kernel sparse_step"),
                              (tree, "_mm", "matmul up (W u)"), (treell, "_mm", "matmul down (r W)"),
                              (treell, "_edge_flows", "matmul edge flows (r^T u)"), (em, "update", "update (total)"),
-                             (tree, "upward", "upward (total)"), (treell, "_down_fused", "downward fused (total)"),
+                             (treell, "upward", "upward (total)"), (treell, "_down_fused", "downward fused (total)"),
                              (em, "flows", "flows (total)")]:
         _wrap(mod, name, label)
     x = torch.from_numpy(data)

@@ -3,7 +3,9 @@
 On the CPU the passes were bound by separate elementwise, gather and scatter sweeps over the
 [n, G, B, K] level tensors, not by the matmuls (torch's ``index_add_``, the leaf-flow scatter,
 took a fifth of a K = 32 HCLT step at about 70 ns per K-float row). Here each level's
-elementwise work is one parallel loop over its rows (node, group, example):
+elementwise work is one parallel loop over blocks of ``BLOCK`` rows (node, group, examples) of
+flat [n * G * B, K] views: no per-row index arithmetic (the 4-D indexing with a division per
+row cost up_level half its time):
 
 - ``up_level``: a node's product of its leaf probability (1 where the value is missing),
   exp(evidence - its max), its children's messages (edge children: ``M = W u`` from the level's
@@ -20,12 +22,12 @@ elementwise work is one parallel loop over its rows (node, group, example):
   p <- keep p + w (F + a / n); ``sparse_step``: the sparse update (the pass with zero flow, then
   the entries' share), by row ranges (threads never write the same entry).
 
-The matmuls stay torch's (85% of the machine's matmul peak at K = 32 here). The torch path
+The matmuls stay torch's (about 80% of the machine's matmul peak in the passes here). The torch path
 (lvd.pc.tree, lvd.pc.treell, lvd.pc.em) is the reference and what runs on CUDA, in float64,
 without numba, or with ``LVD_NO_FUSED=1``; every test in tests/pc runs on both paths and
 tests/pc/test_fused.py compares them directly. Per row the arithmetic is fixed, so results do
 not depend on the thread count. Kernels are compiled once per machine (numba's cache beside
-this file, or numba's user cache where that is read-only): a few seconds the first time.
+this file, or numba's user cache where that is read-only): about 10 s the first time.
 
 Threads: numba's, set per call to torch's intra-op thread count (``torch.set_num_threads``).
 Kernels index arrays element by element (no views inside the loops).

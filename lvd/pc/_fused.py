@@ -66,10 +66,6 @@ def usable(*tables) -> bool:
     return ENABLED and all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tables)
 
 
-def _np(t, dummy):
-    return dummy if t is None else t.detach().numpy()
-
-
 def _threads() -> None:
     """numba's thread count := torch's. The first call starts numba's OpenMP workers, which
     sets the process's OpenMP thread count to numba's default (seen: torch.set_num_threads(1),
@@ -107,6 +103,18 @@ def unique_leaf_rows(st) -> bool:
 
 
 if numba is not None:
+    @njit(inline="always", fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
+    def _normalize(u, row, K):
+        """u[row] /= its sum (at least TINY), entries kept >= TINY; returns the sum."""
+        mx = np.float32(0.0)
+        for k in range(K):
+            mx += u[row, k]
+        mx = max(mx, TINY)
+        inv = _ONE / mx
+        for k in range(K):
+            u[row, k] = max(u[row, k] * inv, TINY)
+        return mx
+
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
     def _up(u, s, m, msg, uk, ptr, kids, ne, every, leaves, base, xs, repeat, miss, ev,
             n, G, B, has_leaves, has_miss, has_ev, has_kids):
@@ -142,14 +150,7 @@ if numba is not None:
                 for qq in range(q0, q1):
                     j = kids[qq]
                     if cnt == every:     # an intermediate rescale (nodes with > every children)
-                        mx = np.float32(0.0)
-                        for k in range(K):
-                            mx += u[row, k]
-                        mx = max(mx, TINY)
-                        inv = _ONE / mx
-                        for k in range(K):
-                            u[row, k] = max(u[row, k] * inv, TINY)
-                        sc += np.float32(math.log(mx))
+                        sc += np.float32(math.log(_normalize(u, row, K)))
                         cnt = 0
                     crow = (j * G + g) * B + b
                     if j < ne:
@@ -159,15 +160,8 @@ if numba is not None:
                         for k in range(K):
                             u[row, k] *= uk[crow, k]
                     cnt += 1
-                mx = np.float32(0.0)
-                for k in range(K):
-                    mx += u[row, k]
-                mx = max(mx, TINY)
-                inv = _ONE / mx
-                for k in range(K):
-                    u[row, k] = max(u[row, k] * inv, TINY)
+                m[row] = _normalize(u, row, K)
                 s[row] = sc
-                m[row] = mx
 
     def _down_level_py(uk, rw, nmul, scatter, flows, base, xs, repeat, miss, has_miss, zero_rows, nk, G, B, bs,
                        has_next, ptr, kids, ne_next, m_next, u_next, r_next):
@@ -241,7 +235,7 @@ def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repea
     ptr, kids = children if has_kids else (_I2[0], _I2[0])
     n, G, B, _ = u.shape
     _up(_rows(u, None, True), _flat(s, None, True), _flat(m, None, True), _rows(msg, _F2), _rows(uk, _F2), ptr, kids, int(ne),
-        int(every), _np(leaves_flat, _F2), _np(base, _I2), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
+        int(every), _rows(leaves_flat, _F2), _I2 if base is None else _contig(base, False), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
         _rows(ev, _F2), n, G, B, leaves_flat is not None, miss is not None, ev is not None, has_kids)
 
 

@@ -316,6 +316,12 @@ def max_edge_nodes(st: TreeStructure) -> int:
     return max(st.num_edge_nodes)
 
 
+# the fused upward pass streams a node's C leaf rows before its examples read them when C is at
+# most this many times the batch (HCLT: C = 256 against 512 examples; an HMM's 33,278-word
+# table is read at random instead)
+LEAF_STREAM = 4
+
+
 def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
     """upward with each level's elementwise work in one fused CPU kernel (lvd.pc._fused.up_level)."""
     G, B, K = u.shape[1], u.shape[2], u.shape[3]
@@ -337,7 +343,8 @@ def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
             uk, kids = u[c0:c1], children[d]
         _fused.up_level(u[a:b], s[a:b], mx[a:b], msg, uk, kids, ne, RESCALE_EVERY, flat,
                         None if base is None else base[a:b], None if xs is None else xs[a:b], repeat,
-                        None if miss is None else miss[a:b], None if ev is None else ev[a:b])
+                        None if miss is None else miss[a:b], None if ev is None else ev[a:b],
+                        0 if flat is None or C > LEAF_STREAM * B else C)
     s.add_(mx.log_())                     # every node's own log-scale, then the root's: their sum
     s[0] = s.sum(0)
 

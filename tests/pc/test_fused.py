@@ -271,3 +271,32 @@ def test_the_kernels_leave_torchs_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("stream", [0, 6])
+def test_up_level_by_hand(stream):
+    """u = leaf row (1 where missing) x the children's messages (edge children: msg, copies: u),
+    normalized to sum 1 with m its sum; the same with the node's leaf rows streamed first
+    (C = 6) or not (C = 0)."""
+    n, G, B, K, C = 3, 2, 37, 4, 6                         # B not a multiple of the block size
+    g = torch.Generator().manual_seed(1)
+    leaves = torch.rand(n * G * C, K, generator=g) + 0.1
+    base = (torch.arange(n)[:, None] * G + torch.arange(G)[None, :]) * C
+    xs = torch.randint(0, C, (n, G, B), generator=g)
+    miss = torch.rand(n, G, B, generator=g) < 0.3
+    par = torch.tensor([1, 0, 1, 2])                       # the next level: 3 edge nodes, then a copy
+    order = np.argsort(par.numpy(), kind="stable").astype(np.int64)
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(par.numpy(), minlength=n), out=ptr[1:])
+    msg = torch.rand(3, G, B, K, generator=g) + 0.1
+    uk = torch.rand(4, G, B, K, generator=g) + 0.1
+    want = leaves[base[:, :, None] + xs]                   # [n, G, B, K]
+    want[miss] = 1.0
+    for c in range(4):
+        want[par[c]] *= msg[c] if c < 3 else uk[c]
+    want_m = want.sum(-1)
+    u, s, m = torch.empty(n, G, B, K), torch.empty(n, G, B), torch.empty(n, G, B)
+    _fused.up_level(u, s, m, msg, uk, (ptr, order), 3, 8, leaves, base, xs, 1, miss, None, stream)
+    torch.testing.assert_close(m, want_m)
+    torch.testing.assert_close(u, want / want_m[..., None])
+    assert torch.equal(s, torch.zeros_like(s))

@@ -8,7 +8,8 @@ Wraps the passes' building blocks with wall-clock timers (the fused kernels, the
 matmuls up and down, the edge flows, the update), runs ``--warmup`` steps and then ``--steps``
 EM steps (flows + update, a fresh batch each, as lvd.bench), and prints the mean milliseconds
 per step of each phase and the count of calls. A phase nested in another is counted in both
-(``upward``, ``downward`` and ``flows`` are totals). Timers cost a few microseconds a call.
+(``upward``, ``downward`` and ``flows`` are totals; a homogeneous HMM's edge flows are one matmul
+after the level loop, counted in ``downward`` only). Timers cost a few microseconds a call.
 """
 
 from __future__ import annotations

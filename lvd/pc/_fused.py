@@ -94,6 +94,16 @@ def level_children(st) -> list:
     return cache["children"]
 
 
+def shared_edge_row(st) -> int:
+    """The one edge-table row every edge of the tree uses, where the tree has edges, they all
+    share one row and no node is a copy (a homogeneous HMM); -1 otherwise."""
+    cache = st._device_cache.setdefault("fused", {})
+    if "shared_edge" not in cache:
+        rows = st.edge_index[st.order[1:]]
+        cache["shared_edge"] = int(rows[0]) if len(rows) and (rows >= 0).all() and (rows == rows[0]).all() else -1
+    return cache["shared_edge"]
+
+
 def unique_leaf_rows(st) -> bool:
     """Distinct nodes read distinct leaf-table rows: the leaf flows of different (node, group)
     pairs never collide, so their scatter runs in parallel."""
@@ -170,8 +180,8 @@ if numba is not None:
                 m[row] = _normalize(u, row, K)
                 s[row] = sc
 
-    def _down_level_py(uk, rw, nmul, scatter, flows, base, xs, repeat, miss, has_miss, zero_rows, nk, G, B, bs,
-                       has_next, ptr, kids, ne_next, m_next, u_next, r_next):
+    def _down_level_py(uk, rw, nmul, a_in_rw, scatter, flows, base, xs, repeat, miss, has_miss, zero_rows, nk, G, B,
+                       bs, has_next, ptr, kids, ne_next, m_next, u_next, r_next):
         K = uk.shape[1]
         G0 = G // repeat
         nbb = (B + bs - 1) // bs
@@ -187,24 +197,29 @@ if numba is not None:
                     for k in range(K):
                         flows[lb + c, k] = np.float32(0.0)
             q0, q1 = (ptr[j], ptr[j + 1]) if has_next else (0, 0)
+            into_rw = a_in_rw and j < nmul
             for b in range(b0, min(B, b0 + bs)):
                 row = jg * B + b
-                if j < nmul:                # a = u * (r W)
+                if into_rw:                 # a = u * (r W) into the r W buffer (u only read)
+                    for k in range(K):
+                        rw[row, k] *= uk[row, k]
+                elif j < nmul:              # a = u * (r W) in place
                     for k in range(K):
                         uk[row, k] *= rw[row, k]
+                a = rw if into_rw else uk
                 if scatter and not (has_miss and miss[xrow + b]):
                     fr = lb + xs[xrow + b]
                     for k in range(K):
-                        flows[fr, k] += uk[row, k]
+                        flows[fr, k] += a[row, k]
                 for qq in range(q0, q1):    # the next level: r = a / M (edge children), a (copies)
                     c = kids[qq]
                     crow = (c * G + g) * B + b
                     if c < ne_next:
                         for k in range(K):
-                            r_next[crow, k] = uk[row, k] / m_next[crow, k]
+                            r_next[crow, k] = a[row, k] / m_next[crow, k]
                     else:
                         for k in range(K):
-                            u_next[crow, k] = uk[row, k]
+                            u_next[crow, k] = a[row, k]
 
     _down_level_par = njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_level_py)
     _down_level_ser = njit(parallel=False, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)(_down_level_py)
@@ -254,7 +269,7 @@ def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repea
 
 
 def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, zero_rows: int = 0,
-               children=None, ne_next: int = 0, m_next=None, u_next=None, r_next=None) -> None:
+               children=None, ne_next: int = 0, m_next=None, u_next=None, r_next=None, a_in_rw: bool = False) -> None:
     """One level of the downward pass in place, uk [nk, G, B, K] the level's u (its edge nodes'
     first): uk[j] *= rw[j] for j < nmul (a = u * (r W)); with ``flows`` [rows, K] the dense leaf
     flows flows[base[j, g] + xs[j, g0, b]] += a[j, g, b] (missing values skipped; with
@@ -264,14 +279,19 @@ def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, z
     m_next[c] for its ne_next edge nodes, u_next[c] = a for its copies.
 
     Parallel over (node, group, 32 examples) without leaf flows, over (node, group) when the
-    pairs own distinct leaf rows (``unique_rows``), serial otherwise."""
+    pairs own distinct leaf rows (``unique_rows``), serial otherwise.
+
+    ``a_in_rw``: the edge nodes' flows go into rw (rw <- u * rw) and uk is only read (it keeps
+    the upward pass's u, which lvd.pc.treell uses for edge flows after the level loop)."""
     _threads()
     nk, G, B, _ = uk.shape
     scatter = flows is not None
     has_next = children is not None
     ptr, kids = children if has_next else (_I2[0], _I2[0])
     fn = _down_level_par if (not scatter or unique_rows) else _down_level_ser
-    fn(_rows(uk, None, True), _rows(rw, _F2), int(nmul), scatter, _F2 if flows is None else _contig(flows, True),
+    if a_in_rw and nmul and (rw is None or rw.shape[0] < nmul):
+        raise ValueError("down_level: a_in_rw needs rw for every edge node")
+    fn(_rows(uk, None, True), _rows(rw, _F2, a_in_rw), int(nmul), bool(a_in_rw and nmul), scatter, _F2 if flows is None else _contig(flows, True),
        _I2 if base is None else _contig(base, False), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
        miss is not None, int(zero_rows), nk, G, B, B if scatter else BLOCK, has_next, ptr, kids, int(ne_next),
        _rows(m_next, _F2), _rows(u_next, _F2, True), _rows(r_next, _F2, True))

@@ -129,8 +129,8 @@ class TreeLL(torch.autograd.Function):
         u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
         dense_leaves = want_leaves and not ctx.sparse
         if _fused.usable(W, u):
-            g_leaves = _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves)
-            return _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves,
+            g_leaves, a = _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves)
+            return _finish(ctx, st, idx, W, a, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves,
                            dense_leaves, has_ev, g_root, (L_t, G, C, K))
         if dense_leaves:   # scattered level by level, while the level's flows are in cache
             sink = L_t * G * C
@@ -190,8 +190,16 @@ def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges,
 
 def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves):
     """The backward's level loop with the elementwise work fused (lvd.pc._fused.down_level):
-    u[0] holds the root's flows; afterwards u holds every node's flows, g_edges (if given) the
-    sums of r^T u per edge row. Returns the dense leaf flows [L_t * G * C, K] or None."""
+    u[0] holds the root's flows; g_edges (if given) gets the sums of r^T u per edge row.
+    Returns (the dense leaf flows [L_t * G * C, K] or None, every node's flows [V, G, B, K]:
+    u itself, overwritten level by level, or M).
+
+    Where every edge shares one table row (a homogeneous HMM: ``_fused.shared_edge_row``) the
+    edge flows are one matmul after the loop, the sum over all nodes of r^T u with nodes and
+    examples as its inner dimension, instead of one small accumulating matmul per level. That
+    needs every level's r (kept in a [V, G, B, K] buffer) and the upward pass's u: the flows
+    a = u * r W go into M's rows (``a_in_rw``; M's rows are read for the last time just before)
+    instead of overwriting u."""
     G, B, K = u.shape[1], u.shape[2], u.shape[3]
     flows = base = None
     unique = _fused.unique_leaf_rows(st)
@@ -200,7 +208,14 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
         flows = W.new_empty(L_t * G * C, K) if zero else W.new_zeros(L_t * G * C, K)
         base = st.leaf_base(W.device, G, C)
     children = _fused.level_children(st)
-    r = W.new_empty(max(max_edge_nodes(st), 1), G, B, K)      # one level's r = a_parent / M
+    shared = _fused.shared_edge_row(st) if g_edges is not None and G == 1 else -1
+    if shared >= 0:
+        r = W.new_empty(st.num_nodes, G, B, K)                # every level's r, at its nodes' rows
+    else:
+        r = W.new_empty(max(max_edge_nodes(st), 1), G, B, K)  # one level's r = a_parent / M
+
+    def r_of(c0, ne):
+        return r[c0:c0 + ne] if shared >= 0 else r[:ne]
 
     def level(d, rw, nmul):
         """Level d's flows a = u * rw, its leaf flows, and level d + 1's r (and copies)."""
@@ -210,10 +225,10 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
             c0, c1 = st.levels[d + 1]
             ne = st.num_edge_nodes[d + 1]
             nxt = dict(children=children[d], ne_next=ne, m_next=M[c0:c0 + ne] if ne else None, u_next=u[c0:c1],
-                       r_next=r[:ne] if ne else None)
+                       r_next=r_of(c0, ne) if ne else None)
         _fused.down_level(u[a:b], rw, nmul, flows, None if base is None else base[a:b],
                           None if xs is None else xs[a:b], repeat, None if miss is None else miss[a:b], unique,
-                          zero, **nxt)
+                          zero, a_in_rw=shared >= 0, **nxt)
 
     level(0, None, 0)
     for d in range(1, st.depth):
@@ -221,12 +236,19 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
         ne = st.num_edge_nodes[d]
         rw = None
         if ne:
-            uc = u[c0:c0 + ne]
-            if g_edges is not None:
-                _edge_flows(st, idx, g_edges, r[:ne], uc, d - 1, c0, ne, K, B)
-            rw = _mm(r[:ne], edge_level(st, idx, W, d), out=M[c0:c0 + ne])
+            if g_edges is not None and shared < 0:
+                _edge_flows(st, idx, g_edges, r[:ne], u[c0:c0 + ne], d - 1, c0, ne, K, B)
+            rw = _mm(r_of(c0, ne), edge_level(st, idx, W, d), out=M[c0:c0 + ne])
         level(d, rw, ne)
-    return flows
+    if shared < 0:
+        return flows, u
+    R, U = r[1:].view(-1, K).t(), u[1:].view(-1, K)          # all nodes and examples at once
+    if st.edge_rows_exact and g_edges.shape[0] == st.num_edges:  # one edge: g_edges is not zeroed
+        torch.matmul(R, U, out=g_edges[shared, 0])
+    else:
+        g_edges[shared, 0].addmm_(R, U)
+    M[0].copy_(u[0])                                          # the root's flows; the others' are in M
+    return flows, M
 
 
 def _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B) -> None:

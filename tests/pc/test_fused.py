@@ -42,10 +42,9 @@ def _close(a, b, tol=2e-5):
         for k in a:
             _close(a[k], b[k], tol)
         return
-    a, b = torch.as_tensor(a).to_dense() if torch.as_tensor(a).is_sparse else a, b
+    a, b = (t.to_dense() if t.is_sparse else t for t in (torch.as_tensor(a), torch.as_tensor(b)))
     scale = max(1.0, float(b.abs().max()))
-    assert torch.allclose(a, b.to_dense() if b.is_sparse else b, rtol=tol, atol=tol * scale), \
-        float((a - (b.to_dense() if b.is_sparse else b)).abs().max())
+    assert torch.allclose(a, b, rtol=tol, atol=tol * scale), float((a - b).abs().max())
 
 
 def _cases():
@@ -59,6 +58,10 @@ def _cases():
     yield "hmm-tied", pc.hmm(seq_len=12, num_latents=6, vocab_size=9, homogeneous=True, seed=0), H, None
     yield "hmm-untied", pc.hmm(seq_len=12, num_latents=6, vocab_size=9, homogeneous=False, seed=0), H, \
         torch.from_numpy(rng.random((96, 12)) < 0.2)
+    T = torch.from_numpy(rng.integers(0, 2000, (96, 6)))            # sparse leaf flows: 576 entries, 2000 rows
+    yield "hmm-tied-sparse+missing", pc.hmm(seq_len=6, num_latents=4, vocab_size=2000, homogeneous=True, seed=3), T, \
+        torch.from_numpy(rng.random((96, 6)) < 0.2)
+    yield "hmm-one-edge", pc.hmm(seq_len=2, num_latents=3, vocab_size=9, homogeneous=True, seed=4), H[:, :2], None
     trees = [np.array([-1, 0, 0, 1, 1]), np.array([1, -1, 1, 2, 2]), np.array([-1, 0, 1, 2, 3])]
     parents, vm = varmap.super_tree(trees)
     tc = pc.TreeCircuit(tree_structure(parents, edge_order="bfs"), 4, 3, num_groups=3, num_heads=2, seed=0,
@@ -300,3 +303,12 @@ def test_up_level_by_hand(stream):
     torch.testing.assert_close(m, want_m)
     torch.testing.assert_close(u, want / want_m[..., None])
     assert torch.equal(s, torch.zeros_like(s))
+
+
+def test_the_shared_edge_row_path_is_taken_where_every_edge_shares_a_row():
+    """lvd.pc.treell._down_fused sums a homogeneous HMM's edge flows in one matmul after the
+    level loop (the cases above compare it with the torch path); HCLTs, untied HMMs and trees
+    with copies keep the per-level matmuls."""
+    got = {name: _fused.shared_edge_row(c.structure) for name, c, _, _ in CASES if hasattr(c, "structure")}
+    assert got["hmm-tied"] == 0 and got["hmm-tied-sparse+missing"] == 0 and got["hmm-one-edge"] == 0
+    assert got["hmm-untied"] == -1 and got["hclt"] == -1 and got["hclt-copies+missing"] == -1

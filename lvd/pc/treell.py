@@ -124,8 +124,7 @@ class TreeLL(torch.autograd.Function):
         g_root = root * torch.matmul(rq.transpose(-1, -2), u[0])         # [G, H, K]
         g_edges = None
         if want_edges:
-            g_edges = torch.empty_like(W) if st.edge_rows_exact and W.shape[0] == st.num_edges \
-                else torch.zeros_like(W)
+            g_edges = torch.empty_like(W) if _edge_rows_written(st, W) else torch.zeros_like(W)
         u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
         dense_leaves = want_leaves and not ctx.sparse
         if _fused.usable(W, u):
@@ -168,6 +167,12 @@ class TreeLL(torch.autograd.Function):
             g_leaves = g_leaves[:-1]
         return _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves if dense_leaves else None,
                        want_edges, want_leaves, dense_leaves, has_ev, g_root, (L_t, G, C, K))
+
+
+def _edge_rows_written(st, table) -> bool:
+    """Every row of the edge flow table ``table`` is written (not accumulated) exactly once by
+    the backward, so it starts uninitialized rather than zeroed."""
+    return st.edge_rows_exact and table.shape[0] == st.num_edges
 
 
 def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves, dense_leaves,
@@ -243,7 +248,7 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
     if shared < 0:
         return flows, u
     R, U = r[1:].view(-1, K).t(), u[1:].view(-1, K)          # all nodes and examples at once
-    if st.edge_rows_exact and g_edges.shape[0] == st.num_edges:  # one edge: g_edges is not zeroed
+    if _edge_rows_written(st, g_edges):                      # one edge: g_edges is not zeroed
         torch.matmul(R, U, out=g_edges[shared, 0])
     else:
         g_edges[shared, 0].addmm_(R, U)

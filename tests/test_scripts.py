@@ -65,3 +65,20 @@ def test_bench_paths_summary_gives_medians_and_each_runs_ratio(tmp_path):
                          text=True, check=True, env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}).stdout
     assert out.strip() == ("hmm      fused median step 0.2000 s; runs 0.300 / 0.100 / 0.200; "
                            "ratios 0.500 / 0.700 / 0.600; median peak 200 GFLOP/s")
+
+
+def test_bf16_matmul_precision_measures_a_small_nonzero_change_and_restores_the_matmul(tmp_path, capsys):
+    import lvd.pc.tree as tree
+    import lvd.pc.treell as treell
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (1, 28, 28))
+    write_idx(tmp_path / "train.gz", np.clip(base + rng.integers(-40, 40, (60, 28, 28)), 0, 255))
+    before = tree._mm
+    out = load("bf16_matmul_precision").main(["4", "--images", str(tmp_path / "train.gz"), "--train", "40",
+                                              "--valid", "20"])
+    assert tree._mm is before and treell._mm is before
+    assert out["ll_float32"] != out["ll_bfloat16"]                 # the second run did round
+    assert 0 < abs(out["bpd_change"]) < 0.01
+    assert all(0 < v < 0.05 for v in out["flows_rel_l1"].values())
+    assert "relative L1 difference" in capsys.readouterr().out

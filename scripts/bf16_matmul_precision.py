@@ -10,7 +10,6 @@ matmul).
 It swaps the private lvd.pc.tree._mm for the second run (and puts it back), so it measures the
 rounding alone, not the speed (the casts cost more than the bfloat16 matmul saves)."""
 import argparse
-import gzip
 import sys
 
 import numpy as np
@@ -19,11 +18,15 @@ import torch
 import lvd.pc.tree as tree
 import lvd.pc.treell as treell
 from lvd import pc
+from lvd.data.images import read_idx
+from lvd.metrics import bpd
+
+FLOAT32_MM = tree._mm
 
 
-def bf16_mm(a, b, out=None, float32_mm=tree._mm):
+def bf16_mm(a, b, out=None):
     if a.shape[-1] == 1 and b.shape[-2] == 1:
-        return float32_mm(a, b, out)
+        return FLOAT32_MM(a, b, out)
     r = torch.matmul(a.bfloat16(), b.bfloat16()).float()
     return out.copy_(r) if out is not None else r
 
@@ -35,8 +38,7 @@ def main(argv=None) -> dict:
     p.add_argument("--train", type=int, default=4000)
     p.add_argument("--valid", type=int, default=1000)
     args = p.parse_args(argv)
-    with gzip.open(args.images) as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.int64)
+    x = read_idx(args.images, max_items=args.train + args.valid).reshape(-1, 784).astype(np.int64)
     if len(x) < args.train + args.valid:
         sys.exit(f"{args.images}: {len(x)} images, expected at least --train + --valid = {args.train + args.valid}")
     c = pc.hclt(x[:args.train], num_latents=args.num_latents, num_cats=256, seed=0)
@@ -48,14 +50,13 @@ def main(argv=None) -> dict:
         f, lls = pc.flows(c, {"x": val[:512]})
         return ll, {k: v.to_dense() if v.is_sparse else v for k, v in f.items()}, lls
 
-    float32_mm = tree._mm
     ll32, f32, l32 = run()
     tree._mm = treell._mm = bf16_mm
     try:
         ll16, f16, l16 = run()
     finally:
-        tree._mm = treell._mm = float32_mm
-    out = {"ll_float32": ll32, "ll_bfloat16": ll16, "bpd_change": (ll32 - ll16) / 784 / np.log(2),
+        tree._mm = treell._mm = FLOAT32_MM
+    out = {"ll_float32": ll32, "ll_bfloat16": ll16, "bpd_change": bpd(ll16, 784) - bpd(ll32, 784),
            "max_example_change": float((l16 - l32).abs().max()),
            "flows_rel_l1": {k: float((f32[k] - f16[k]).abs().sum() / f32[k].abs().sum()) for k in f32}}
     print(f"K = {args.num_latents}: mean validation log-likelihood float32 {ll32:.4f}, bfloat16 {ll16:.4f}: "

@@ -312,3 +312,27 @@ def test_the_shared_edge_row_path_is_taken_where_every_edge_shares_a_row():
     got = {name: _fused.shared_edge_row(c.structure) for name, c, _, _ in CASES if hasattr(c, "structure")}
     assert got["hmm-tied"] == 0 and got["hmm-tied-sparse+missing"] == 0 and got["hmm-one-edge"] == 0
     assert got["hmm-untied"] == -1 and got["hclt"] == -1 and got["hclt-copies+missing"] == -1
+
+
+def test_flows_go_through_a_level_buffer_only_where_no_node_flows_are_read(monkeypatch):
+    """lvd.pc.treell._down_fused writes a into a one-level buffer (``a_in_rw`` on an HCLT) when
+    the backward reads no node's flows afterwards (dense leaf flows, no evidence), and keeps
+    them in u where the sparse leaf flows or an evidence gradient read them."""
+    seen = []
+    real = _fused.down_level
+
+    def spy(*a, **k):
+        seen.append(bool(k.get("a_in_rw")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(_fused, "down_level", spy)
+    cases = {name: (c, X, miss) for name, c, X, miss in CASES}
+    c, X, _ = cases["hclt"]
+    pc.flows(c, {"x": X}, sparse=False)
+    assert seen and all(seen)
+    seen.clear()
+    hmm = pc.hmm(seq_len=6, num_latents=4, vocab_size=2000, homogeneous=False, seed=3)   # untied: per-level edge flows
+    X = torch.from_numpy(np.random.default_rng(0).integers(0, 2000, (96, 6)))
+    f, _ = pc.flows(hmm, {"x": X}, sparse=True)            # sparse emission flows: they read every node's a
+    assert any(v.is_sparse for v in f.values())
+    assert seen and not any(seen)

@@ -16,7 +16,13 @@ the process's CPU time) and the peak is measured ``--peak-repeats`` times before
 after the steps; the JSON gives medians and spreads (step quartiles, peak min / max), the
 ratio of the medians, the same ratio in CPU time (``ratio_cpu``: what the process got done per
 CPU second, less sensitive to other jobs when it runs on one thread) and the load average
-before and after.
+before and after. Two probes say what kind of machine the steps saw, because the passes
+depend on memory as much as on the matmuls: ``memory_read_gbps`` (median, with its range: the
+GB/s of summing a 64 MiB float32 tensor, measured with each peak measurement) and
+``steal_fraction`` (the share of the machine's CPU time a hypervisor gave to others during the
+steps, from /proc/stat; None where there is none). On a host whose cache and memory other
+tenants share, the steps can slow down by half with the steal near zero and the peak unchanged:
+the memory probe moves with them.
 """
 
 from __future__ import annotations
@@ -69,6 +75,40 @@ def matmul_peaks(n: int = 2048, repeats: int = 5, device="cpu") -> list[tuple[fl
     return out
 
 
+def memory_reads(nbytes: int = 64 << 20, repeats: int = 5, device="cpu") -> list[float]:
+    """GB/s of ``repeats`` sums over a float32 tensor of ``nbytes`` (more than a CPU's cache),
+    now."""
+    a = torch.ones(nbytes // 4, device=device)
+    a.sum()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a.sum()
+        _sync(device)
+        out.append(nbytes / (time.perf_counter() - t) / 1e9)
+    return out
+
+
+def _cpu_times() -> list[int] | None:
+    """The machine's total CPU time counters (/proc/stat's first line), or None."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_fraction(before, after) -> float | None:
+    """The share of CPU time stolen by the hypervisor between two ``_cpu_times`` readings
+    (the 8th counter: steal), or None where the counters are missing."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d[:8])            # user..steal (guest time is counted in user already)
+    return d[7] / total if total > 0 else 0.0
+
+
 def matmul_peak(n: int = 2048, repeats: int = 5, device="cpu") -> float:
     """Best-of float32 matmul GFLOP/s on this machine, now."""
     return max(w for w, _ in matmul_peaks(n, repeats, device))
@@ -98,8 +138,12 @@ def measure(circuit, x, batch_size: int, steps: int, flop_per_step: float, devic
     """Steps and peaks, with medians and spreads (see the module docstring)."""
     load0 = _loadavg()
     peaks = matmul_peaks(repeats=peak_repeats, device=device)
+    mem = memory_reads(repeats=peak_repeats, device=device)
+    t0 = _cpu_times()
     wall, cpu = _time_steps(circuit, x, batch_size, steps, device)
+    t1 = _cpu_times()
     peaks += matmul_peaks(repeats=peak_repeats, device=device)
+    mem += memory_reads(repeats=peak_repeats, device=device)
     pw, pc_ = np.array([p[0] for p in peaks]), np.array([p[1] for p in peaks])
     step = float(np.median(wall))
     gflops = flop_per_step / step / 1e9
@@ -110,6 +154,8 @@ def measure(circuit, x, batch_size: int, steps: int, flop_per_step: float, devic
             "gflops": gflops, "matmul_peak_gflops": float(np.median(pw)),
             "matmul_peak_range": [float(pw.min()), float(pw.max())], "peak_measurements": len(pw),
             "ratio": gflops / float(np.median(pw)), "ratio_cpu": gflops_cpu / float(np.median(pc_)),
+            "memory_read_gbps": float(np.median(mem)), "memory_read_gbps_range": [float(min(mem)), float(max(mem))],
+            "steal_fraction": steal_fraction(t0, t1),
             "loadavg": [load0, _loadavg()], "threads": torch.get_num_threads(), "device": str(device),
             "fused": _fused_on(device), **{k.lower(): os.environ[k] for k in _ENV if k in os.environ}}
 

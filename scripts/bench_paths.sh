@@ -21,7 +21,9 @@ for name in ("em_K32", "em_K128", "hmm"):
         print(f"{name:8s} {path:5s} median step {statistics.median(steps):.4f} s; runs "
               + " / ".join(f"{s:.3f}" for s in steps) + "; ratios "
               + " / ".join(f"{r['ratio']:.3f}" for r in rs)
-              + f"; median peak {statistics.median(r['matmul_peak_gflops'] for r in rs):.0f} GFLOP/s")
+              + f"; median peak {statistics.median(r['matmul_peak_gflops'] for r in rs):.0f} GFLOP/s"
+              + ("; memory reads " + " / ".join(f"{r['memory_read_gbps']:.0f}" for r in rs) + " GB/s"
+                 if all("memory_read_gbps" in r for r in rs) else ""))
 PY
 fi
 mkdir -p "$out"

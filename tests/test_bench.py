@@ -23,5 +23,17 @@ def test_engine_benchmarks_report_medians_and_spreads(capsys, argv):
     assert lo <= out["matmul_peak_gflops"] <= hi
     assert out["ratio"] == pytest.approx(out["gflops"] / out["matmul_peak_gflops"])
     assert out["threads"] == 1 and len(out["loadavg"]) == 2
+    lo, hi = out["memory_read_gbps_range"]
+    assert 0 < lo <= out["memory_read_gbps"] <= hi
+    assert out["steal_fraction"] is None or 0.0 <= out["steal_fraction"] <= 1.0
     if argv[0] == "em":
         assert (out["num_edges"] < 39) == (out["leaf_latents"] is False)
+
+
+def test_steal_fraction_from_proc_stat_counters_by_hand():
+    # user nice system idle iowait irq softirq steal: 100 jiffies pass, 25 of them stolen
+    before = [10, 0, 5, 50, 0, 0, 0, 5, 0, 0]
+    after = [50, 0, 15, 75, 0, 0, 0, 30, 0, 0]
+    assert bench.steal_fraction(before, after) == pytest.approx(25 / 100)
+    assert bench.steal_fraction(before, before) == 0.0
+    assert bench.steal_fraction(None, after) is None and bench.steal_fraction([1, 2], [3, 4]) is None

@@ -65,6 +65,13 @@ def test_bench_paths_summary_gives_medians_and_each_runs_ratio(tmp_path):
                          text=True, check=True, env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}).stdout
     assert out.strip() == ("hmm      fused median step 0.2000 s; runs 0.300 / 0.100 / 0.200; "
                            "ratios 0.500 / 0.700 / 0.600; median peak 200 GFLOP/s")
+    for rep in (1, 2):                                      # runs with the memory probe: its figures too
+        (tmp_path / f"em_K32_spin_{rep}.json").write_text(json.dumps(
+            {"seconds_per_batch": 0.05, "ratio": 0.3, "matmul_peak_gflops": 150.0, "memory_read_gbps": 20.0 * rep}))
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "bench_paths.sh"), "--summary"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}).stdout
+    assert out.splitlines()[0] == ("em_K32   spin  median step 0.0500 s; runs 0.050 / 0.050; ratios 0.300 / 0.300; "
+                                   "median peak 150 GFLOP/s; memory reads 20 / 40 GB/s")
 
 
 def test_bf16_matmul_precision_measures_a_small_nonzero_change_and_restores_the_matmul(tmp_path, capsys):

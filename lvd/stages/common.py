@@ -187,6 +187,9 @@ def setup(args: argparse.Namespace, seed: int | None = None):
         handlers.append(logging.FileHandler(args.log))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # faiss's loader logs every SIMD build it does not find (PyPI's faiss-cpu has none beside the
+    # generic one) as INFO with an exception's text, which reads like an error in a rule's log
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     remove_stale_temporaries(*output_paths(args))
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -83,6 +83,29 @@ def test_floats_for_integer_fields_are_refused():
     assert common.load_config(assign_latents.Config, {"niter": 2, "max_points_per_centroid": None}).niter == 2
 
 
+QUIET_FAISS = """
+from lvd.stages import common
+p = common.parser(None)
+args = p.parse_args()
+common.setup(args)
+import faiss
+common.log.info("faiss %s loaded", faiss.__version__)
+"""
+
+
+def test_a_stage_log_has_no_faiss_loader_lines(tmp_path):
+    """faiss's loader reports the SIMD builds it could not load as INFO lines with an exception
+    text; a rule's log keeps the stage's own lines only."""
+    pytest.importorskip("faiss")
+    log = tmp_path / "f.log"
+    proc = subprocess.run([sys.executable, "-c", QUIET_FAISS, "--device", "cpu", "--log", str(log)], env=env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = log.read_text()
+    assert "faiss" in text and "loaded" in text
+    assert "faiss.loader" not in text and "ModuleNotFoundError" not in text
+
+
 # ------------------------------------------------------------------- SIGTERM and temporaries
 HOLD_A_TEMPORARY = """
 import sys, time

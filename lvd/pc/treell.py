@@ -117,6 +117,7 @@ class TreeLL(torch.autograd.Function):
         st = ctx.st
         W, root, u, M, q, xs, miss = ctx.saved_tensors
         B, G, C, L_t, has_ev, repeat = ctx.shapes
+        want_ev = has_ev and ctx.needs_input_grad[6]
         K = W.shape[-1]
         idx = st.on(W.device)
         want_edges, want_leaves = ctx.needs_input_grad[1], L_t is not None and ctx.needs_input_grad[3]
@@ -128,10 +129,10 @@ class TreeLL(torch.autograd.Function):
         u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
         dense_leaves = want_leaves and not ctx.sparse
         if _fused.usable(W, u):
-            keep_a = (has_ev and ctx.needs_input_grad[6]) or (want_leaves and not dense_leaves)
+            keep_a = want_ev or (want_leaves and not dense_leaves)   # what _finish reads of every node's a
             g_leaves, a = _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves, keep_a)
             return _finish(ctx, st, idx, W, a, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves,
-                           dense_leaves, has_ev, g_root, (L_t, G, C, K))
+                           dense_leaves, want_ev, g_root, (L_t, G, C, K))
         if dense_leaves:   # scattered level by level, while the level's flows are in cache
             sink = L_t * G * C
             g_leaves = W.new_zeros(sink + 1, K)                          # last row: missing values
@@ -167,7 +168,7 @@ class TreeLL(torch.autograd.Function):
         if dense_leaves:
             g_leaves = g_leaves[:-1]
         return _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves if dense_leaves else None,
-                       want_edges, want_leaves, dense_leaves, has_ev, g_root, (L_t, G, C, K))
+                       want_edges, want_leaves, dense_leaves, want_ev, g_root, (L_t, G, C, K))
 
 
 def _edge_rows_written(st, table) -> bool:
@@ -177,11 +178,11 @@ def _edge_rows_written(st, table) -> bool:
 
 
 def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves, dense_leaves,
-            has_ev, g_root, leaf_shape):
+            want_ev, g_root, leaf_shape):
     """The backward's outputs once the flows a are in u: evidence gradient, edge flows times W,
     leaf flows (dense g_leaves [L_t * G * C, K], or sparse from u)."""
     g_ev = None
-    if has_ev and ctx.needs_input_grad[6]:
+    if want_ev:
         g_ev = index_select(u, idx["position"]).permute(2, 1, 0, 3)      # [B, G, V, K]
     if want_edges:
         g_edges.mul_(W)                                                  # flows = W * sum of r^T u

@@ -336,3 +336,8 @@ def test_flows_go_through_a_level_buffer_only_where_no_node_flows_are_read(monke
     f, _ = pc.flows(hmm, {"x": X}, sparse=True)            # sparse emission flows: they read every node's a
     assert any(v.is_sparse for v in f.values())
     assert seen and not any(seen)
+    seen.clear()
+    m = make_lvd("pos4", seed=3)                            # patch trees (dense leaves) feed the top tree as
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, m.num_cats, (50, int(np.prod(m.image_shape)))))
+    f, _ = pc.flows(m, {"x": x})                           # evidence: its gradient reads every top node's a
+    assert set(seen) == {True, False} and "top.edges" in f

@@ -24,7 +24,7 @@ import torch
 
 import lvd  # noqa: F401  (OpenMP settings before torch work)
 from lvd import pc
-from lvd.pc import _fused, tree, treell
+from lvd.pc import _fused, _gemm, tree, treell
 
 em = importlib.import_module("lvd.pc.em")
 TIMES: dict = collections.defaultdict(float)
@@ -67,6 +67,8 @@ def main(argv=None) -> None:
                              (_fused, "em_update", "kernel em_update (dense)"),
                              (_fused, "sparse_step", "kernel sparse_step"),
                              (tree, "_mm", "matmul up (W u)"), (treell, "_mm", "matmul down (r W)"),
+                             (_gemm, "mm_t", "C kernel up (W u)"), (_gemm, "mm", "C kernel down (r W)"),
+                             (_gemm, "tmm", "C kernel edge flows (r^T u)"),
                              (treell, "_edge_flows", "matmul edge flows (r^T u)"), (em, "update", "update (total)"),
                              (treell, "upward", "upward (total)"), (treell, "_down_fused", "downward fused (total)"),
                              (em, "flows", "flows (total)")]:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lvd.pc import _fused
+from lvd.pc import _fused, _gemm
 from lvd.pc._cpu import index_add, index_copy, index_reduce, index_select, tune_malloc
 
 tune_malloc()
@@ -329,6 +329,7 @@ def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
     scratch = None if M is not None else W.new_empty(max(max_edge_nodes(st), 1), G, B, K)
     mx = W.new_empty(u.shape[:3])
     base = None if flat is None else st.leaf_base(W.device, G, C)
+    Wt = _gemm.transposed(W)              # the compiled kernels' operand for M = u W^T, or None
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
         msg = uk = kids = None
@@ -337,9 +338,10 @@ def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
             c0, c1 = st.levels[d + 1]
             ne = st.num_edge_nodes[d + 1]
             if ne:
-                Wl = edge_level(st, idx, W, d + 1)
                 buf, off = (M, c0) if M is not None else (scratch, 0)
-                msg = _mm(u[c0:c0 + ne], Wl.transpose(-1, -2), out=buf[off:off + ne])
+                msg = buf[off:off + ne]
+                if Wt is None or _gemm.mm(u[c0:c0 + ne], edge_level(st, idx, Wt, d + 1), msg) is None:
+                    _mm(u[c0:c0 + ne], edge_level(st, idx, W, d + 1).transpose(-1, -2), out=msg)
             uk, kids = u[c0:c1], children[d]
         _fused.up_level(u[a:b], s[a:b], mx[a:b], msg, uk, kids, ne, RESCALE_EVERY, flat,
                         None if base is None else base[a:b], None if xs is None else xs[a:b], repeat,

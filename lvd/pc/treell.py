@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from lvd.pc import _fused
+from lvd.pc import _fused, _gemm
 from lvd.pc._cpu import index_add, index_select
 from lvd.pc.tree import TINY, NodeMajor, _mm, _prepare, _repeat, edge_level, leaf_rows, max_edge_nodes, upward
 
@@ -254,7 +254,10 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
         if ne:
             if g_edges is not None and shared < 0:
                 _edge_flows(st, idx, g_edges, r[:ne], u[c0:c0 + ne], d - 1, c0, ne, K, B)
-            rw = _mm(r_of(c0, ne), edge_level(st, idx, W, d), out=rwbuf[:ne] if small else M[c0:c0 + ne])
+            Wl, out = edge_level(st, idx, W, d), rwbuf[:ne] if small else M[c0:c0 + ne]
+            rw = _gemm.mm(r_of(c0, ne), Wl, out)
+            if rw is None:
+                rw = _mm(r_of(c0, ne), Wl, out=out)
         level(d, rw, ne)
     if shared < 0:
         return flows, None if small else u
@@ -271,7 +274,8 @@ def _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B) -> None:
     """g_edges rows of level d + 1 += r^T u_child (written, or accumulated for tied rows)."""
     sl = st.edge_slices[d + 1]
     if sl is not None and st.edge_rows_exact:
-        torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]])
+        if _gemm.tmm(r, uc, g_edges[sl[0]:sl[1]]) is None:
+            torch.matmul(r.transpose(-1, -2), uc, out=g_edges[sl[0]:sl[1]])
     elif sl is not None:                                                 # tied rows: accumulate in the GEMM
         g_edges[sl[0]:sl[1]].view(-1, K, K).baddbmm_(r.transpose(-1, -2).reshape(-1, K, B), uc.reshape(-1, B, K))
     else:

@@ -1,0 +1,220 @@
+"""The compiled K x K products (lvd.pc._gemm): each kernel against float64 products, the calls it
+declines, results independent of threads and blocking, the build (cache name, failures, a
+miscompiled library refused), and the engine with and without them."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lvd import pc
+from lvd.pc import _fused, _gemm
+
+em = importlib.import_module("lvd.pc.em")
+
+needs_kernels = pytest.mark.skipif(not _gemm.available(), reason=f"compiled kernels unavailable: {_gemm.reason()}")
+needs_cc = pytest.mark.skipif(_gemm._compiler() is None or not _fused.ENABLED, reason="no C compiler or no numba")
+
+
+@pytest.fixture(autouse=True)
+def engine_path():
+    """(Overrides conftest's: these tests choose the paths themselves.)"""
+    yield
+
+
+def _f64(t):
+    return t.double()
+
+
+@needs_kernels
+@pytest.mark.parametrize("K", [16, 32, 48, 128])
+@pytest.mark.parametrize("rows", [1, 7, 64, 65, 200])
+def test_products_match_float64(K, rows):
+    g = torch.Generator().manual_seed(K * 1000 + rows)
+    a = torch.rand(3, 2, rows, K, generator=g)
+    u = torch.rand(3, 2, rows, K, generator=g)
+    w = torch.rand(3, 2, K, K, generator=g)
+    out = torch.full((3, 2, rows, K), float("nan"))
+    assert _gemm.mm(a, w, out) is out
+    torch.testing.assert_close(out.double(), _f64(a) @ _f64(w), rtol=1e-5, atol=1e-5)
+    assert _gemm.mm_t(a, w, out) is out
+    torch.testing.assert_close(out.double(), _f64(a) @ _f64(w).transpose(-1, -2), rtol=1e-5, atol=1e-5)
+    g_out = torch.full((3, 2, K, K), float("nan"))
+    assert _gemm.tmm(a, u, g_out) is g_out
+    torch.testing.assert_close(g_out.double(), _f64(a).transpose(-1, -2) @ _f64(u), rtol=1e-5, atol=1e-4)
+    wt = _gemm.transposed(w)
+    torch.testing.assert_close(wt, w.transpose(-1, -2))
+    assert wt.is_contiguous()
+
+
+@needs_kernels
+def test_signed_values_and_zero_rows():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(5, 33, 32, generator=g)
+    w = torch.randn(5, 32, 32, generator=g)
+    out = torch.empty_like(a)
+    _gemm.mm(a, w, out)
+    torch.testing.assert_close(out.double(), _f64(a) @ _f64(w), rtol=1e-5, atol=1e-5)
+    empty = torch.empty(5, 0, 32)
+    g_out = torch.full((5, 32, 32), 3.0)
+    assert _gemm.tmm(empty, empty, g_out) is g_out and bool((g_out == 0).all())   # a sum over no rows
+    assert _gemm.mm(empty, w, torch.empty(5, 0, 32)) is not None
+
+
+@needs_kernels
+def test_calls_it_does_not_serve_return_none():
+    a, w = torch.rand(2, 10, 32), torch.rand(2, 32, 32)
+    out = torch.empty(2, 10, 32)
+    assert _gemm.mm(torch.rand(2, 10, 8), torch.rand(2, 8, 8), torch.empty(2, 10, 8)) is None    # K % 16
+    assert _gemm.mm(torch.rand(2, 10, 24), torch.rand(2, 24, 24), torch.empty(2, 10, 24)) is None
+    assert _gemm.mm(a.double(), w.double(), out.double()) is None                               # float64
+    assert _gemm.mm(a.transpose(0, 1).contiguous().transpose(0, 1), w, out) is None            # strided a
+    assert _gemm.mm(a, w, torch.empty(2, 32, 10).transpose(1, 2)) is None                      # strided out
+    assert _gemm.mm(a, w.transpose(1, 2), out) is None                                         # strided w
+    assert _gemm.mm_t(a, w.transpose(1, 2), out) is out                                        # (copied there)
+    torch.testing.assert_close(out, a @ w)
+    assert _gemm.mm(a, torch.rand(1, 32, 32), out) is None                                     # no broadcasting
+    assert _gemm.tmm(a, torch.rand(2, 11, 32), torch.empty(2, 32, 32)) is None
+    assert _gemm.transposed(torch.rand(3, 8, 8)) is None
+
+
+@needs_kernels
+def test_results_do_not_depend_on_threads_or_blocking(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    a, u = torch.rand(7, 300, 32, generator=g), torch.rand(7, 300, 32, generator=g)
+    w = torch.rand(7, 32, 32, generator=g)
+
+    def run():
+        o1, o2 = torch.empty(7, 300, 32), torch.empty(7, 32, 32)
+        _gemm.mm(a, w, o1)
+        _gemm.tmm(a, u, o2)
+        return o1, o2
+
+    ref = run()
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+    finally:
+        torch.set_num_threads(n)
+    monkeypatch.setattr(_gemm, "ROW_BLOCK", 17)
+    blocked = run()
+    for x in (one, blocked):
+        assert torch.equal(x[0], ref[0]) and torch.equal(x[1], ref[1])
+
+
+def _engine_step(circuit, x):
+    f, lls = em.flows(circuit, {"x": x}, sparse=False)
+    return f, lls
+
+
+def _compare_with_and_without(monkeypatch, make, x):
+    c1 = make()
+    f1, l1 = _engine_step(c1, x)
+    with monkeypatch.context() as m:
+        m.setattr(_gemm, "_serves", lambda K: False)
+        c2 = make()
+        f2, l2 = _engine_step(c2, x)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-4)
+    assert f1.keys() == f2.keys()
+    for k in f1:
+        a, b = (t.to_dense() if t.is_sparse else t for t in (f1[k], f2[k]))
+        scale = max(1.0, float(b.abs().max()))
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale)
+
+
+@needs_kernels
+@pytest.mark.parametrize("K", [16, 32, 48])
+def test_engine_flows_equal_with_and_without_the_kernels(monkeypatch, K):
+    rng = np.random.default_rng(K)
+    X = torch.from_numpy(rng.integers(0, 9, (80, 31)))
+    _compare_with_and_without(monkeypatch, lambda: pc.hclt(X, num_latents=K, num_cats=9, seed=0, leaf_latents=True), X)
+    _compare_with_and_without(monkeypatch, lambda: pc.hclt(X, num_latents=K, num_cats=9, seed=1), X)   # copies
+    H = torch.from_numpy(rng.integers(0, 11, (64, 9)))
+    for homogeneous in (True, False):
+        _compare_with_and_without(
+            monkeypatch, lambda: pc.hmm(seq_len=9, num_latents=K, vocab_size=11, homogeneous=homogeneous, seed=0), H)
+
+
+@needs_kernels
+def test_lvd_circuit_with_groups_equal_with_and_without_the_kernels(monkeypatch):
+    """Patch circuits ([n, G, B, K] level tensors, a group per (position, state)) and an HCLT
+    top over the positions, both at K = 16; the top tree's evidence gradient flows too."""
+    X = torch.from_numpy(np.random.default_rng(4).integers(0, 5, (48, 16)))
+
+    def make():
+        return pc.lvd_circuit(image_shape=(4, 4, 1), patch_size=2, num_states=3, num_latents=16, num_cats=5,
+                              top_parents=[-1, 0, 0, 1], patch_parents=[-1, 0, 0, 1], mode="position",
+                              top="hclt", top_num_latents=16, seed=0)
+
+    _compare_with_and_without(monkeypatch, make, X)
+
+
+@needs_kernels
+def test_the_engine_takes_the_kernels(monkeypatch):
+    calls = []
+    for name in ("mm", "tmm"):
+        fn = getattr(_gemm, name)
+        monkeypatch.setattr(_gemm, name, lambda *a, _fn=fn, _n=name: calls.append(_n) or _fn(*a))
+    X = torch.from_numpy(np.random.default_rng(0).integers(0, 5, (40, 12)))
+    c = pc.hclt(X, num_latents=32, num_cats=5, seed=0, leaf_latents=True)
+    _engine_step(c, X)
+    assert "mm" in calls and "tmm" in calls
+
+
+# --- the build -------------------------------------------------------------------------------
+
+def _fresh(env_extra, code):
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+@needs_cc
+def test_build_writes_one_library_per_cpu_and_reuses_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LVD_CACHE_DIR", str(tmp_path))
+    cc = _gemm._compiler()
+    a = _gemm._build(cc)
+    assert a.parent == tmp_path and a.name.startswith("gemm-") and a.suffix == ".so"
+    mtime = a.stat().st_mtime_ns
+    assert _gemm._build(cc) == a and a.stat().st_mtime_ns == mtime          # reused, not rebuilt
+    monkeypatch.setattr(_gemm, "_cpu_id", lambda: "some other cpu")
+    b = _gemm._build(cc)
+    assert b != a and b.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])   # no temporaries left
+
+
+@needs_cc
+def test_a_failing_compiler_leaves_torch_matmuls_with_a_reason(tmp_path):
+    code = ("from lvd.pc import _gemm; import torch; print(_gemm.available()); print(_gemm.reason());"
+            "a = torch.rand(2, 5, 32); w = torch.rand(2, 32, 32); print(_gemm.mm(a, w, torch.empty(2, 5, 32)))")
+    r = _fresh({"LVD_CACHE_DIR": str(tmp_path), "CC": "false"}, code)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "False" and "failed" in lines[1] and lines[2] == "None"
+    assert "using torch's matmuls" in r.stderr
+    assert list(tmp_path.iterdir()) == []                                     # nothing half-written
+    r = _fresh({"LVD_NO_CGEMM": "1"}, code)
+    assert r.stdout.splitlines()[:2] == ["False", "switched off (LVD_NO_CGEMM)"] and "torch's matmuls" not in r.stderr
+
+
+@needs_cc
+def test_a_library_that_computes_wrong_products_is_refused(tmp_path):
+    src = tmp_path / "bad.c"
+    src.write_text("void lvd_nn(const float *a, const float *b, float *c, long rows, long K)"
+                   "{ for (long i = 0; i < rows * K; i++) c[i] = 1.0f; }\n"
+                   "void lvd_tn(const float *r, const float *u, float *g, long rows, long K, long i0, long i1)"
+                   "{ for (long i = i0 * K; i < i1 * K; i++) g[i] = 0.0f; }\n")
+    so = tmp_path / "bad.so"
+    subprocess.run([_gemm._compiler(), "-shared", "-fPIC", str(src), "-o", str(so)], check=True)
+    lib = ctypes.CDLL(str(so))
+    v, i = ctypes.c_void_p, ctypes.c_long
+    lib.lvd_nn.argtypes, lib.lvd_tn.argtypes = [v, v, v, i, i], [v, v, v, i, i, i, i]
+    with pytest.raises(RuntimeError, match="lvd_nn disagrees with numpy"):
+        _gemm._check(lib)

@@ -23,7 +23,8 @@ row cost up_level half its time):
   p <- keep p + w (F + a / n); ``sparse_step``: the sparse update (the pass with zero flow, then
   the entries' share), by row ranges (threads never write the same entry).
 
-The matmuls stay torch's (about 80% of the machine's matmul peak in the passes here). The torch path
+The K x K products run in lvd.pc._gemm's compiled kernels where those serve (torch's matmuls
+otherwise). The torch path
 (lvd.pc.tree, lvd.pc.treell, lvd.pc.em) is the reference and what runs on CUDA, in float64,
 without numba, or with ``LVD_NO_FUSED=1``; every test in tests/pc runs on both paths and
 tests/pc/test_fused.py compares them directly. Per row the arithmetic is fixed, so results do

@@ -115,6 +115,32 @@ def unique_leaf_rows(st) -> bool:
 
 
 if numba is not None:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    def _codegen(nargs: int):
+        def codegen(context, builder, signature, args):
+            i64 = ir.IntType(64)
+            fnty = ir.FunctionType(ir.VoidType(), [i64] * nargs)
+            builder.call(builder.inttoptr(args[0], fnty.as_pointer()), list(args[1:]))
+            return context.get_dummy_value()
+        return codegen
+
+    # call(fn, x1, .., xn): the C function at address fn with n 64-bit arguments (pointers as
+    # integers), returning nothing. The address is an argument, not a constant, so the jitted
+    # drivers cache across processes (a ctypes function passed as an argument instead costs
+    # numba about 0.3 ms of typing per call).
+    @intrinsic
+    def _call5(typingctx, fn, x1, x2, x3, x4, x5):
+        return types.void(*([types.intp] * 6)), _codegen(5)
+
+    @intrinsic
+    def _call7(typingctx, fn, x1, x2, x3, x4, x5, x6, x7):
+        return types.void(*([types.intp] * 8)), _codegen(7)
+
+
+if numba is not None:
     @njit(inline="always", fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
     def _normalize(u, row, K):
         """u[row] /= its sum (at least TINY), entries kept >= TINY; returns the sum."""
@@ -182,8 +208,9 @@ if numba is not None:
                 s[row] = sc
 
     def _down_level_py(uk, rw, nmul, a_in_rw, scatter, flows, base, xs, repeat, miss, has_miss, zero_rows, nk, G, B,
-                       bs, has_next, ptr, kids, ne_next, m_next, u_next, r_next):
+                       bs, has_next, ptr, kids, ne_next, m_next, u_next, r_next, nn, tn, r, w, gout):
         K = uk.shape[1]
+        pu, prw, pr, pw, pg = uk.ctypes.data, rw.ctypes.data, r.ctypes.data, w.ctypes.data, gout.ctypes.data
         G0 = G // repeat
         nbb = (B + bs - 1) // bs
         for q in prange(nk * G * nbb):     # items: (node, group, block of bs examples)
@@ -198,6 +225,11 @@ if numba is not None:
                     for k in range(K):
                         flows[lb + c, k] = np.float32(0.0)
             q0, q1 = (ptr[j], ptr[j + 1]) if has_next else (0, 0)
+            if nn != 0 and j < nmul:       # the (node, group)'s products first, all B rows (bs == B):
+                off = 4 * jg * B * K       # its edge flows r^T u (u still the upward pass's), then r W
+                if tn != 0:
+                    _call7(tn, pr + off, pu + off, pg + 4 * jg * K * K, B, K, 0, K)
+                _call5(nn, pr + off, pw + 4 * jg * K * K, prw + off, B, K)
             into_rw = a_in_rw and j < nmul
             for b in range(b0, min(B, b0 + bs)):
                 row = jg * B + b
@@ -270,7 +302,8 @@ def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repea
 
 
 def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, zero_rows: int = 0,
-               children=None, ne_next: int = 0, m_next=None, u_next=None, r_next=None, a_in_rw: bool = False) -> None:
+               children=None, ne_next: int = 0, m_next=None, u_next=None, r_next=None, a_in_rw: bool = False,
+               products=None) -> None:
     """One level of the downward pass in place, uk [nk, G, B, K] the level's u (its edge nodes'
     first): uk[j] *= rw[j] for j < nmul (a = u * (r W)); with ``flows`` [rows, K] the dense leaf
     flows flows[base[j, g] + xs[j, g0, b]] += a[j, g, b] (missing values skipped; with
@@ -283,7 +316,14 @@ def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, z
     pairs own distinct leaf rows (``unique_rows``), serial otherwise.
 
     ``a_in_rw``: the edge nodes' flows go into rw (rw <- u * rw) and uk is only read (it keeps
-    the upward pass's u, which lvd.pc.treell uses for edge flows after the level loop)."""
+    the upward pass's u, which lvd.pc.treell uses for edge flows after the level loop).
+
+    ``products`` = (nn, tn, r, w, g) (only where the items take whole (node, group) pairs:
+    dense leaf flows with ``unique_rows``): each item first computes its pair's edge flows
+    g = r^T u (tn, an address of lvd.pc._gemm's ``lvd_tn``; 0: not wanted, g None) and then
+    rw = r w (nn: ``lvd_nn``) with the compiled kernels, so rw is an output and the level takes
+    one parallel region instead of three; r [nmul, G, B, K], w [nmul, G, K, K], g [nmul, G, K, K].
+    The values are those of the separate products."""
     _threads()
     nk, G, B, _ = uk.shape
     scatter = flows is not None
@@ -292,10 +332,17 @@ def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, z
     fn = _down_level_par if (not scatter or unique_rows) else _down_level_ser
     if a_in_rw and nmul and (rw is None or rw.shape[0] < nmul):
         raise ValueError("down_level: a_in_rw needs rw for every edge node")
-    fn(_rows(uk, None, True), _rows(rw, _F2, a_in_rw), int(nmul), bool(a_in_rw and nmul), scatter, _F2 if flows is None else _contig(flows, True),
+    nn = tn = 0
+    r = w = g = None
+    if products is not None and nmul:
+        nn, tn, r, w, g = products
+        if not (scatter and unique_rows) or rw is None or (tn != 0 and g is None):
+            raise ValueError("down_level: products need whole-pair items (dense unique leaf rows), rw and g")
+    fn(_rows(uk, None, True), _rows(rw, _F2, a_in_rw or nn != 0), int(nmul), bool(a_in_rw and nmul), scatter, _F2 if flows is None else _contig(flows, True),
        _I2 if base is None else _contig(base, False), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
        miss is not None, int(zero_rows), nk, G, B, B if scatter else BLOCK, has_next, ptr, kids, int(ne_next),
-       _rows(m_next, _F2), _rows(u_next, _F2, True), _rows(r_next, _F2, True))
+       _rows(m_next, _F2), _rows(u_next, _F2, True), _rows(r_next, _F2, True), int(nn), int(tn),
+       _rows(r, _F2), _rows(w, _F2), _rows(g, _F2, tn != 0))
 
 
 if numba is not None:

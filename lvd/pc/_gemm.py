@@ -165,29 +165,9 @@ def reason() -> str:
 
 
 if _fused.numba is not None:
-    from llvmlite import ir
-    from numba import njit, prange, types
-    from numba.extending import intrinsic
+    from numba import njit, prange
 
-    def _codegen(nargs: int):
-        def codegen(context, builder, signature, args):
-            i64 = ir.IntType(64)
-            fnty = ir.FunctionType(ir.VoidType(), [i64] * nargs)
-            builder.call(builder.inttoptr(args[0], fnty.as_pointer()), list(args[1:]))
-            return context.get_dummy_value()
-        return codegen
-
-    # call(fn, x1, .., xn): the C function at address fn with n 64-bit arguments (pointers as
-    # integers), returning nothing. The address is an argument, not a constant, so the jitted
-    # drivers cache across processes (a ctypes function passed as an argument instead costs
-    # numba about 0.3 ms of typing per call).
-    @intrinsic
-    def _call5(typingctx, fn, x1, x2, x3, x4, x5):
-        return types.void(*([types.intp] * 6)), _codegen(5)
-
-    @intrinsic
-    def _call7(typingctx, fn, x1, x2, x3, x4, x5, x6, x7):
-        return types.void(*([types.intp] * 8)), _codegen(7)
+    from lvd.pc._fused import _call5, _call7
 
     @njit(parallel=True, cache=True, nogil=True)
     def _rows_drive(fn, pa, pb, pc, P, rows, K, bs, sb):
@@ -236,6 +216,18 @@ def _run_rows(a, w, out, transposed: bool):
     _fused._threads()
     _rows_drive(_STATE["nn"], a.data_ptr(), w.data_ptr(), out.data_ptr(), P, rows, K, ROW_BLOCK, K * K)
     return out
+
+
+def serves(w: torch.Tensor) -> bool:
+    """The kernels serve products with the tables w [..., K, K] (contiguous CPU float32, K a
+    multiple of 16 up to MAX_K) and are available."""
+    return w.dim() >= 2 and w.shape[-1] == w.shape[-2] and _ok(w) and _serves(w.shape[-1])
+
+
+def address(name: str) -> int:
+    """The address of the loaded kernel lvd_<name> ("nn", "tn"), for numba kernels that call it."""
+    _load()
+    return _STATE[name]
 
 
 def transposed(w: torch.Tensor):

@@ -195,6 +195,17 @@ def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges,
     return None, g_edges, g_root, g_leaves, None, None, g_ev
 
 
+# The downward products inside lvd.pc._fused.down_level where they fit (one parallel region a
+# level instead of three). Measured on HCLT EM steps (784 x 256, batch 512, paired medians of
+# alternated steps in one process, 2026-12-04, the 2-vCPU AMD EPYC): K = 128 8% faster
+# (297.5 against 323.2 ms), K = 16 -0.34 ms, K = 32 +0.2 ms, K = 64 +1.3 ms: noise below 128,
+# so only K >= FUSE_MIN_K fuse. Levels of fewer than FUSE_MIN_PAIRS (node, group) pairs keep
+# the separate, row-split products (a pair's products in one item would run on one thread).
+FUSE_PRODUCTS = True
+FUSE_MIN_K = 128
+FUSE_MIN_PAIRS = 4
+
+
 def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves, keep_a=True):
     """The backward's level loop with the elementwise work fused (lvd.pc._fused.down_level):
     u[0] holds the root's flows; g_edges (if given) gets the sums of r^T u per edge row.
@@ -229,11 +240,19 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
         r = W.new_empty(max(max_edge_nodes(st), 1), G, B, K)  # one level's r = a_parent / M
     small = shared < 0 and not keep_a          # a into a one-level buffer; u keeps the upward pass's values
     rwbuf = W.new_empty(max(max_edge_nodes(st), 1), G, B, K) if small else None
+    # the products inside the level kernels (one parallel region a level, not three) where its
+    # items take whole (node, group) pairs; level d + 1's r is then written while level d's is
+    # read, so the levels alternate between two r buffers
+    fuse = (FUSE_PRODUCTS and K >= FUSE_MIN_K and shared < 0 and dense_leaves and unique and _gemm.serves(W)
+            and max_edge_nodes(st) * G >= FUSE_MIN_PAIRS)
+    r2 = W.new_empty(r.shape) if fuse else None
 
-    def r_of(c0, ne):
-        return r[c0:c0 + ne] if shared >= 0 else r[:ne]
+    def r_of(d, c0, ne):
+        if shared >= 0:
+            return r[c0:c0 + ne]
+        return (r2 if fuse and d % 2 else r)[:ne]
 
-    def level(d, rw, nmul):
+    def level(d, rw, nmul, products=None):
         """Level d's flows a = u * rw, its leaf flows, and level d + 1's r (and copies)."""
         a, b = st.levels[d]
         nxt = {}
@@ -241,24 +260,31 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
             c0, c1 = st.levels[d + 1]
             ne = st.num_edge_nodes[d + 1]
             nxt = dict(children=children[d], ne_next=ne, m_next=M[c0:c0 + ne] if ne else None, u_next=u[c0:c1],
-                       r_next=r_of(c0, ne) if ne else None)
+                       r_next=r_of(d + 1, c0, ne) if ne else None)
         _fused.down_level(u[a:b], rw, nmul, flows, None if base is None else base[a:b],
                           None if xs is None else xs[a:b], repeat, None if miss is None else miss[a:b], unique,
-                          zero, a_in_rw=shared >= 0 or small, **nxt)
+                          zero, a_in_rw=shared >= 0 or small, products=products, **nxt)
 
     level(0, None, 0)
     for d in range(1, st.depth):
         c0 = st.levels[d][0]
         ne = st.num_edge_nodes[d]
-        rw = None
+        rw = products = None
         if ne:
-            if g_edges is not None and shared < 0:
-                _edge_flows(st, idx, g_edges, r[:ne], u[c0:c0 + ne], d - 1, c0, ne, K, B)
-            Wl, out = edge_level(st, idx, W, d), rwbuf[:ne] if small else M[c0:c0 + ne]
-            rw = _gemm.mm(r_of(c0, ne), Wl, out)
-            if rw is None:
-                rw = _mm(r_of(c0, ne), Wl, out=out)
-        level(d, rw, ne)
+            Wl, out, rl = edge_level(st, idx, W, d), rwbuf[:ne] if small else M[c0:c0 + ne], r_of(d, c0, ne)
+            sl = st.edge_slices[d]
+            in_kernel = fuse and ne * G >= FUSE_MIN_PAIRS and (g_edges is None or (sl is not None and st.edge_rows_exact))
+            if g_edges is not None and shared < 0 and not in_kernel:
+                _edge_flows(st, idx, g_edges, rl, u[c0:c0 + ne], d - 1, c0, ne, K, B)
+            if in_kernel:
+                products = (_gemm.address("nn"), 0 if g_edges is None else _gemm.address("tn"), rl, Wl,
+                            None if g_edges is None else g_edges[sl[0]:sl[1]])
+                rw = out
+            else:
+                rw = _gemm.mm(rl, Wl, out)
+                if rw is None:
+                    rw = _mm(rl, Wl, out=out)
+        level(d, rw, ne, products)
     if shared < 0:
         return flows, None if small else u
     R, U = r[1:].view(-1, K).t(), u[1:].view(-1, K)          # all nodes and examples at once

@@ -218,3 +218,39 @@ def test_a_library_that_computes_wrong_products_is_refused(tmp_path):
     lib.lvd_nn.argtypes, lib.lvd_tn.argtypes = [v, v, v, i, i], [v, v, v, i, i, i, i]
     with pytest.raises(RuntimeError, match="lvd_nn disagrees with numpy"):
         _gemm._check(lib)
+
+
+@needs_kernels
+def test_the_downward_products_run_inside_the_level_kernel_where_they_fit(monkeypatch):
+    """HCLT EM step (dense leaf flows, distinct leaf rows per node; FUSE_MIN_K lowered to this
+    K): the levels of at least FUSE_MIN_PAIRS pairs take their products inside down_level (r alternating between two
+    buffers), the others the separate calls; the flows equal those of the separate products."""
+    treell = importlib.import_module("lvd.pc.treell")
+    seen = []
+    real = _fused.down_level
+
+    def spy(*a, products=None, **k):
+        seen.append(products is not None)
+        return real(*a, products=products, **k)
+
+    X = torch.from_numpy(np.random.default_rng(5).integers(0, 7, (64, 40)))
+
+    def make():
+        return pc.hclt(X, num_latents=32, num_cats=7, seed=0, leaf_latents=True)
+
+    monkeypatch.setattr(_fused, "down_level", spy)
+    monkeypatch.setattr(treell, "FUSE_MIN_K", 32)
+    f1, l1 = _engine_step(make(), X)
+    assert any(seen) and not all(seen)          # the root level has no products; wide levels fuse
+    seen.clear()
+    monkeypatch.setattr(treell, "FUSE_PRODUCTS", False)
+    f2, l2 = _engine_step(make(), X)
+    assert not any(seen)
+    seen.clear()
+    monkeypatch.setattr(treell, "FUSE_PRODUCTS", True)
+    monkeypatch.setattr(treell, "FUSE_MIN_K", 64)
+    _engine_step(make(), X)
+    assert not any(seen)                        # K below FUSE_MIN_K: separate products
+    torch.testing.assert_close(l1, l2, rtol=0, atol=0)
+    for k in f1:
+        torch.testing.assert_close(f1[k], f2[k], rtol=0, atol=0)   # the same sums, in the same order

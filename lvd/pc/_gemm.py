@@ -43,7 +43,7 @@ from lvd.pc import _fused
 
 SOURCE = Path(__file__).with_name("_gemm.c")
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-ffp-contract=fast", "-fPIC", "-shared"]
-MAX_K = 1024         # beyond it torch's GEMMs block for the cache better
+MAX_K = 256          # the largest K measured faster than torch here (HMM H = 256); torch above
 ROW_BLOCK = 64       # rows per work item of the row products
 
 _STATE: dict = {}
@@ -125,13 +125,13 @@ def _load():
     if "lib" in _STATE:
         return _STATE["lib"]
     lib = None
-    reason = ""
+    reason, tell = "", False
     if os.environ.get("LVD_NO_CGEMM"):
         reason = "switched off (LVD_NO_CGEMM)"
     elif not _fused.ENABLED:
         reason = "needs the fused path (numba present, LVD_NO_FUSED unset)"
     elif (cc := _compiler()) is None:
-        reason = "no C compiler (set CC, or install gcc or clang)"
+        reason, tell = "no C compiler (set CC, or install gcc or clang)", True
     else:
         try:
             lib = ctypes.CDLL(str(_build(cc)))
@@ -142,12 +142,12 @@ def _load():
             lib.lvd_rows.restype = i
             _check(lib)
         except Exception as e:   # a build or check failure: torch's matmuls instead
-            lib, reason = None, f"{type(e).__name__}: {e}"
+            lib, reason, tell = None, f"{type(e).__name__}: {e}", True
     _STATE["lib"], _STATE["reason"] = lib, reason
     if lib is not None:   # the addresses the drivers call, and the tile height
         _STATE.update(nn=ctypes.cast(lib.lvd_nn, ctypes.c_void_p).value,
                       tn=ctypes.cast(lib.lvd_tn, ctypes.c_void_p).value, tile=int(lib.lvd_rows()))
-    if lib is None and reason and not os.environ.get("LVD_NO_CGEMM"):
+    if tell:                # a machine that should have them, once per process
         print(f"lvd.pc._gemm: compiled kernels unavailable ({reason}); using torch's matmuls",
               file=sys.stderr)
     return lib

@@ -83,6 +83,8 @@ def test_calls_it_does_not_serve_return_none():
     assert _gemm.mm(a, torch.rand(1, 32, 32), out) is None                                     # no broadcasting
     assert _gemm.tmm(a, torch.rand(2, 11, 32), torch.empty(2, 32, 32)) is None
     assert _gemm.transposed(torch.rand(3, 8, 8)) is None
+    big = torch.rand(1, 4, _gemm.MAX_K + 16)                                                  # K > MAX_K
+    assert _gemm.mm(big, torch.rand(1, _gemm.MAX_K + 16, _gemm.MAX_K + 16), torch.empty_like(big)) is None
 
 
 @needs_kernels
@@ -202,6 +204,8 @@ def test_a_failing_compiler_leaves_torch_matmuls_with_a_reason(tmp_path):
     assert list(tmp_path.iterdir()) == []                                     # nothing half-written
     r = _fresh({"LVD_NO_CGEMM": "1"}, code)
     assert r.stdout.splitlines()[:2] == ["False", "switched off (LVD_NO_CGEMM)"] and "torch's matmuls" not in r.stderr
+    r = _fresh({"LVD_NO_FUSED": "1"}, code)              # the torch path: nothing to say
+    assert r.stdout.splitlines()[0] == "False" and "torch's matmuls" not in r.stderr
 
 
 @needs_cc

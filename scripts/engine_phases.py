@@ -24,7 +24,7 @@ import torch
 
 import lvd  # noqa: F401  (OpenMP settings before torch work)
 from lvd import pc
-from lvd.pc import _fused, _gemm, tree, treell
+from lvd.pc import _fused, _fused_update, _gemm, tree, treell
 
 em = importlib.import_module("lvd.pc.em")
 TIMES: dict = collections.defaultdict(float)
@@ -64,10 +64,10 @@ def main(argv=None) -> None:
         data = rng.integers(0, 33278, (n, 32))
         c = pc.hmm(32, args.num_latents, 33278, homogeneous=True, seed=0)
     for mod, name, label in [(_fused, "up_level", "kernel up_level"), (_fused, "down_level", "kernel down_level"),
-                             (_fused, "em_update", "kernel em_update (dense)"),
-                             (_fused, "sparse_step", "kernel sparse_step"),
+                             (_fused_update, "em_update", "kernel em_update (dense)"),
+                             (_fused_update, "sparse_step", "kernel sparse_step"),
                              (tree, "_mm", "matmul up (W u)"), (treell, "_mm", "matmul down (r W)"),
-                             (_gemm, "mm_t", "C kernel up (W u)"), (_gemm, "mm", "C kernel down (r W)"),
+                             (_gemm, "mm", "C kernel row products (u W^T, r W)"),
                              (_gemm, "tmm", "C kernel edge flows (r^T u)"),
                              (treell, "_edge_flows", "matmul edge flows (r^T u)"), (em, "update", "update (total)"),
                              (treell, "upward", "upward (total)"), (treell, "_down_fused", "downward fused (total)"),

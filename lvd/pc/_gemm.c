@@ -2,7 +2,7 @@
  * with the machine's C compiler, -O3 -march=native; loaded with ctypes, driven by numba).
  *
  * The passes multiply, per (node, group), a [B, K] row block of a level tensor by a K x K edge
- * table (K = 16 .. 512). torch's batched matmul runs these shapes at a fraction of the machine's
+ * table (K = 16 .. 256, lvd.pc._gemm.MAX_K). torch's batched matmul runs these shapes at a fraction of the machine's
  * speed (measured at K = 32, B = 512: 58-66 GFLOP/s on one core of the 2-vCPU AMD EPYC, against
  * 100-114 for the kernels below). Each output tile of ROWS rows x 32 columns (16 where K is an
  * odd multiple of 16) lives in registers while the inner loop runs over the shared dimension:
@@ -19,7 +19,7 @@
 #if defined(__AVX512F__)
 #define ROWS 8 /* 16 accumulators of 16 floats: half the 32 vector registers */
 #else
-#define ROWS 4 /* 16 registers (AVX2) hold 4 rows x 2 vectors of 8 floats x 2 */
+#define ROWS 4 /* 4 rows x 2 vectors of 16 floats: 16 AVX registers of 8 floats */
 #endif
 #define INL static inline __attribute__((always_inline))
 

@@ -201,23 +201,6 @@ def _serves(K: int) -> bool:
     return K % 16 == 0 and 16 <= K <= MAX_K and available()
 
 
-def _run_rows(a, w, out, transposed: bool):
-    K = a.shape[-1]
-    if (a.dim() < 2 or w.shape[:-2] != a.shape[:-2] or w.shape[-2:] != (K, K) or out.shape != a.shape
-            or not _serves(K) or not _ok(a, out) or w.dtype != a.dtype or w.device != a.device
-            or not (transposed or w.is_contiguous())):
-        return None
-    rows = a.shape[-2]
-    P = math.prod(a.shape[:-2])
-    if P * rows == 0:
-        return out
-    if transposed:          # one small copy of the level's tables: the kernel reads w's rows
-        w = w.transpose(-1, -2).contiguous()
-    _fused._threads()
-    _rows_drive(_STATE["nn"], a.data_ptr(), w.data_ptr(), out.data_ptr(), P, rows, K, ROW_BLOCK, K * K)
-    return out
-
-
 def serves(w: torch.Tensor) -> bool:
     """The kernels serve products with the tables w [..., K, K] (contiguous CPU float32, K a
     multiple of 16 up to MAX_K) and are available."""
@@ -232,21 +215,24 @@ def address(name: str) -> int:
 
 def transposed(w: torch.Tensor):
     """w^T [..., K, K] contiguous (one pass over w) where the kernels serve w, else None: the
-    upward pass's M = u W^T reads the rows of W^T."""
-    if w.dim() < 2 or w.shape[-1] != w.shape[-2] or not _ok(w) or not _serves(w.shape[-1]):
-        return None
-    return w.transpose(-1, -2).contiguous()
+    upward pass's M = u W^T is ``mm`` with the rows of W^T."""
+    return w.transpose(-1, -2).contiguous() if serves(w) else None
 
 
 def mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor):
     """out = a @ w per pair (a [..., rows, K], w [..., K, K], the same leading shape); None
     (nothing done) where the kernels do not serve the call."""
-    return _run_rows(a, w, out, False)
-
-
-def mm_t(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor):
-    """out = a @ w^T per pair (w given untransposed, [..., K, K]); None where not served."""
-    return _run_rows(a, w, out, True)
+    K = a.shape[-1]
+    if (a.dim() < 2 or w.shape[:-2] != a.shape[:-2] or w.shape[-2:] != (K, K) or out.shape != a.shape
+            or not serves(w) or not _ok(a, out)):
+        return None
+    rows = a.shape[-2]
+    P = math.prod(a.shape[:-2])
+    if P * rows == 0:
+        return out
+    _fused._threads()
+    _rows_drive(_STATE["nn"], a.data_ptr(), w.data_ptr(), out.data_ptr(), P, rows, K, ROW_BLOCK, K * K)
+    return out
 
 
 def tmm(r: torch.Tensor, u: torch.Tensor, out: torch.Tensor):

@@ -23,7 +23,7 @@ import torch
 
 from lvd.pc.queries import check_values, values_checked
 from lvd.pc.schedule import FULL_BATCH_STEP, Schedule
-from lvd.pc import _fused
+from lvd.pc import _fused_update
 from lvd.pc._cpu import index_add
 from lvd.pc.treell import log_handles, sparse_leaf_flows
 from lvd.progress import Progress
@@ -87,7 +87,7 @@ def em_step(p: torch.Tensor, F: torch.Tensor, dim: int, step_size, pseudocount: 
         if dim % p.dim() < F.sparse_dim():
             return _em_step_sparse(p, F, dim % p.dim(), step_size, pseudocount)
         F = F.to_dense()
-    if _fused.em_update(p, F, dim, step_size, pseudocount, MIN_DENOM):   # CPU float32: one kernel
+    if _fused_update.em_update(p, F, dim, step_size, pseudocount, MIN_DENOM):   # CPU float32: one kernel
         return
     n = F.shape[dim]
     denom = F.sum(dim, keepdim=True).add_(pseudocount)
@@ -122,7 +122,7 @@ def _em_step_sparse(p, F, dim: int, step_size, pseudocount: float) -> None:
     keep = torch.where(live, 1.0 - step_size, 1.0)
     add = w * (pseudocount / n)
     flat_p = p.view(-1, *dense)
-    if len(dense) == 1 and dim == S - 1 and _fused.sparse_step(      # CPU float32: one kernel
+    if len(dense) == 1 and dim == S - 1 and _fused_update.sparse_step(      # CPU float32: one kernel
             flat_p, n, *(t.expand(shape).reshape(nd, -1) for t in (keep, add, w)), row, vals, dist):
         return
     torch.addcmul(add, p, keep, out=p)                     # the update with zero flow

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lvd import pc
-from lvd.pc import _fused, varmap
+from lvd.pc import _fused, _fused_update, varmap
 from lvd.pc.em import MIN_DENOM
 from lvd.pc.structures import tree_structure
 from pc_bruteforce_lvd import make_lvd
@@ -132,17 +132,17 @@ def test_samples_equal_the_torch_path(monkeypatch):
 
 def test_the_fused_path_is_taken_on_cpu_float32_only(monkeypatch):
     calls = []
-    for name in ("up_level", "down_level", "em_update"):
-        orig = getattr(_fused, name)
-        monkeypatch.setattr(_fused, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    for mod, name in ((_fused, "up_level"), (_fused, "down_level"), (_fused_update, "em_update")):
+        orig = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
     _, c, X, _ = CASES[0]
     c = copy.deepcopy(c)
     f, _ = pc.flows(c, {"x": X})
     pc.update(c, f, 0.1, 0.1)
     assert {"up_level", "down_level", "em_update"} <= set(calls)
     h = pc.hmm(seq_len=4, num_latents=3, vocab_size=500, homogeneous=True, seed=0)   # sparse leaf flows
-    orig = _fused._sparse_step
-    monkeypatch.setattr(_fused, "_sparse_step", lambda *a: calls.append("_sparse_step") or orig(*a))
+    orig = _fused_update._sparse_step
+    monkeypatch.setattr(_fused_update, "_sparse_step", lambda *a: calls.append("_sparse_step") or orig(*a))
     f, _ = pc.flows(h, {"x": torch.randint(0, 500, (8, 4))}, sparse=True)
     assert f["leaves"].is_sparse
     pc.update(h, f, 0.1, 0.1)
@@ -151,7 +151,7 @@ def test_the_fused_path_is_taken_on_cpu_float32_only(monkeypatch):
     assert not _fused.usable(torch.zeros(2, dtype=torch.float64))       # float64: the torch path
     assert not _fused.usable(torch.zeros(2), torch.zeros(2, device="meta"))   # any table off the CPU
     p64 = torch.full((2, 3), 1 / 3, dtype=torch.float64)
-    assert not _fused.em_update(p64, torch.ones_like(p64), -1, 0.1, 0.1, MIN_DENOM)
+    assert not _fused_update.em_update(p64, torch.ones_like(p64), -1, 0.1, 0.1, MIN_DENOM)
     monkeypatch.setattr(_fused, "ENABLED", False)
     assert not _fused.usable(torch.zeros(2))
 
@@ -165,10 +165,10 @@ def test_em_update_matches_the_formula_by_hand():
         if F[r].sum() + a > 0:
             want[r] = (1 - s) * p[r] + s * (F[r] + a / 3) / (F[r].sum() + a)
     got = p.clone()
-    assert _fused.em_update(got, F, -1, s, a, MIN_DENOM)
+    assert _fused_update.em_update(got, F, -1, s, a, MIN_DENOM)
     assert torch.allclose(got, want, atol=1e-7)
     kept = p.clone()                                  # no flow, no pseudocount: the row keeps its values
-    assert _fused.em_update(kept, F, -1, s, 0.0, MIN_DENOM)
+    assert _fused_update.em_update(kept, F, -1, s, 0.0, MIN_DENOM)
     assert torch.equal(kept[1], p[1])
 
 
@@ -205,14 +205,14 @@ def test_sparse_step_with_duplicate_rows_by_hand():
     for e in range(6):
         want[rows[e]] += vals[e] * w[dist[e]]
     p = p0.clone()
-    assert _fused.sparse_step(p, n, keep, add, w, rows, vals, dist)
+    assert _fused_update.sparse_step(p, n, keep, add, w, rows, vals, dist)
     torch.testing.assert_close(p, want, rtol=1e-6, atol=1e-6)
     for nblk in (1, 2, 7):
         q = p0.clone()
-        _fused._sparse_step(q.numpy(), n, keep.numpy(), add.numpy(), rows.numpy(), vals.numpy(), w.numpy(),
+        _fused_update._sparse_step(q.numpy(), n, keep.numpy(), add.numpy(), rows.numpy(), vals.numpy(), w.numpy(),
                             dist.numpy(), nblk)
         assert torch.equal(q, p)
-    assert not _fused.sparse_step(p.double(), n, keep, add, w, rows, vals, dist)   # float64: torch's path
+    assert not _fused_update.sparse_step(p.double(), n, keep, add, w, rows, vals, dist)   # float64: torch's path
 
 
 def test_kernel_views_copy_inputs_and_refuse_strided_outputs():

@@ -89,3 +89,11 @@ def test_bf16_matmul_precision_measures_a_small_nonzero_change_and_restores_the_
     assert 0 < abs(out["bpd_change"]) < 0.01
     assert all(0 < v < 0.05 for v in out["flows_rel_l1"].values())
     assert "relative L1 difference" in capsys.readouterr().out
+
+
+def test_bench_regions_prints_positive_per_call_times(capsys):
+    res = load("bench_regions").main(["--calls", "20", "--repeats", "2"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res
+    assert res["torch_add_100k_us"] > 0 and res["threads"] >= 1
+    if "numba_region_us" in res:
+        assert 0 < res["numba_region_us_range"][0] <= res["numba_region_us"] <= res["numba_region_us_range"][1]

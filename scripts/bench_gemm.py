@@ -15,10 +15,11 @@ import argparse
 import json
 import time
 
+import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+
 import numpy as np
 import torch
 
-import lvd  # noqa: F401  (the project's OpenMP settings)
 from lvd.bench import matmul_peak
 from lvd.pc import _gemm
 

@@ -17,10 +17,11 @@ import json
 import os
 import time
 
+import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+
 import numpy as np
 import torch
 
-import lvd  # noqa: F401  (OpenMP settings before torch work)
 from lvd.pc import _fused
 
 

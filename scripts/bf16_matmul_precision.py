@@ -12,6 +12,8 @@ rounding alone, not the speed (the casts cost more than the bfloat16 matmul save
 import argparse
 import sys
 
+import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+
 import numpy as np
 import torch
 

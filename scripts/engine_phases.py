@@ -19,10 +19,11 @@ import collections
 import importlib
 import time
 
+import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+
 import numpy as np
 import torch
 
-import lvd  # noqa: F401  (OpenMP settings before torch work)
 from lvd import pc
 from lvd.pc import _fused, _fused_update, _gemm, tree, treell
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+
 import torch
 
 from lvd import metrics, pc

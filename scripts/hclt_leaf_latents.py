@@ -19,6 +19,8 @@ import argparse
 import json
 import time
 
+import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+
 import numpy as np
 import torch
 

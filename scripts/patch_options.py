@@ -17,6 +17,8 @@ import json
 import logging
 from pathlib import Path
 
+import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+
 import numpy as np
 import torch
 

@@ -7,7 +7,9 @@ elementwise work is one parallel loop over blocks of ``BLOCK`` rows (node, group
 flat [n * G * B, K] views: no per-row index arithmetic (the 4-D indexing with a division per
 row cost up_level half its time):
 
-- ``up_level``: a node's product of its leaf probability (1 where the value is missing; the
+- ``up_level``: (where the caller passes ``products``: first its edge children's messages
+  M = u W^T with the compiled kernel, one whole (node, group) pair an item) a node's product
+  of its leaf probability (1 where the value is missing; the
   node's leaf rows streamed into the cache first when they are few),
   exp(evidence - its max), its children's messages (edge children: ``M = W u`` from the level's
   matmul; copies: u itself), rescaled after every ``RESCALE_EVERY`` children and at the end.
@@ -152,25 +154,32 @@ if numba is not None:
 
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
     def _up(u, s, m, msg, uk, ptr, kids, ne, every, leaves, base, xs, repeat, miss, ev,
-            n, G, B, has_leaves, has_miss, has_ev, has_kids, C, touch):
+            n, G, B, has_leaves, has_miss, has_ev, has_kids, C, touch, bs, nn, pwt):
         K = u.shape[1]
         G0 = G // repeat
-        nbb = (B + BLOCK - 1) // BLOCK
+        nbb = (B + bs - 1) // bs
+        pk, pm = uk.ctypes.data, msg.ctypes.data
         for q in prange(n * G * nbb):      # blocks of rows in parallel (a chain's level is one node)
             ig = q // nbb
-            b0 = (q - ig * nbb) * BLOCK
+            b0 = (q - ig * nbb) * bs
             i = ig // G
             g = ig - i * G
             xrow = (i * G0 + g // repeat) * B
             lb = base[i, g] if has_leaves else 0
             q0, q1 = (ptr[i], ptr[i + 1]) if has_kids else (0, 0)
+            if nn != 0:                    # whole pairs (bs == B): the children's messages M = u W^T
+                for qq in range(q0, q1):   # first, each child's by its one parent's item
+                    j = kids[qq]
+                    if j < ne:
+                        jg = j * G + g
+                        _call5(nn, pk + 4 * jg * B * K, pwt + 4 * jg * K * K, pm + 4 * jg * B * K, B, K)
             if has_leaves and b0 == 0 and C > 0:   # the node's C leaf rows read in order first: a stream
                 tch = np.float32(0.0)              # the prefetcher follows, instead of a cache miss per
                 for lr in range(lb, lb + C):       # example at a random row (its later blocks hit)
                     for k in range(0, K, 16):
                         tch += leaves[lr, k]
                 touch[q] = tch
-            for b in range(b0, min(B, b0 + BLOCK)):
+            for b in range(b0, min(B, b0 + bs)):
                 row = ig * B + b
                 sc = np.float32(0.0)
                 if has_leaves and not (has_miss and miss[xrow + b]):
@@ -273,7 +282,8 @@ def _contig(t, out):
     return t.detach().numpy()
 
 
-def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repeat, miss, ev, C: int = 0) -> None:
+def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repeat, miss, ev, C: int = 0,
+             products=None) -> None:
     """One level of the upward pass in place: u [n, G, B, K] of the level's nodes, normalized
     to sum 1; s [n, G, B] the logs of the node's own intermediate sums and evidence maxima
     (usually 0), m [n, G, B] its final sum (log-scale of the node itself: s + log m; the
@@ -287,15 +297,29 @@ def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repea
     order, which the hardware prefetcher streams, so that its examples' reads at random rows hit
     the cache (HCLT K = 32, batch 512: up_level 23-24 -> 17 ms a step, measured in one process
     alternating both); results are the same either way. Worth it when C is not much more than
-    the batch (lvd.pc.tree.LEAF_STREAM)."""
+    the batch (lvd.pc.tree.LEAF_STREAM).
+
+    ``products`` = (nn, wt): the messages are computed here, msg = uk[:ne] wt per (child,
+    group) pair, wt [ne, G, K, K] the children's W^T (contiguous) and nn the address of
+    lvd.pc._gemm's ``lvd_nn``: each item then takes a whole (node, group) pair and first computes
+    its edge children's messages (every child has one parent, so no two items write one),
+    one parallel region a level instead of two. msg is an output then (it must be contiguous);
+    its values are those of ``_gemm.mm``'s separate products (the same kernel on the same rows)."""
     _threads()
     has_kids = uk is not None
     ptr, kids = children if has_kids else (_I2[0], _I2[0])
     n, G, B, _ = u.shape
-    _up(_rows(u, None, True), _flat(s, None, True), _flat(m, None, True), _rows(msg, _F2), _rows(uk, _F2), ptr, kids, int(ne),
-        int(every), _rows(leaves_flat, _F2), _I2 if base is None else _contig(base, False), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
-        _rows(ev, _F2), n, G, B, leaves_flat is not None, miss is not None, ev is not None, has_kids,
-        int(C), np.empty(n * G * ((B + BLOCK - 1) // BLOCK), np.float32))
+    nn, pwt, bs = 0, 0, BLOCK
+    if products is not None and ne:
+        nn, wt = products
+        if wt.shape != (ne, G, u.shape[-1], u.shape[-1]) or not wt.is_contiguous() or msg is None:
+            raise ValueError("up_level: products need msg and contiguous tables wt [ne, G, K, K]")
+        pwt, bs = wt.data_ptr(), max(B, 1)
+    nbb = (B + bs - 1) // bs
+    _up(_rows(u, None, True), _flat(s, None, True), _flat(m, None, True), _rows(msg, _F2, nn != 0), _rows(uk, _F2), ptr, kids,
+        int(ne), int(every), _rows(leaves_flat, _F2), _I2 if base is None else _contig(base, False), _flat(xs, _I1), int(repeat),
+        _flat(miss, _B1), _rows(ev, _F2), n, G, B, leaves_flat is not None, miss is not None, ev is not None, has_kids,
+        int(C), np.empty(n * G * nbb, np.float32), bs, int(nn), int(pwt))
 
 
 def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, zero_rows: int = 0,

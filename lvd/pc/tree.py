@@ -322,6 +322,20 @@ def max_edge_nodes(st: TreeStructure) -> int:
 LEAF_STREAM = 4
 
 
+# The messages M = u W^T inside lvd.pc._fused.up_level (one parallel region a level instead of
+# two: the parent's item computes its edge children's messages, then their product) where the
+# compiled kernels serve W, K <= FUSE_MAX_K and the level has at least FUSE_MIN_PAIRS
+# (node, group) pairs of parents (the items are whole pairs; fewer would leave threads idle).
+# Bit-identical to the separate products (the same kernel on the same rows). HCLT EM steps
+# (784 x 256, batch 512, medians of paired differences of alternated steps in one process,
+# 2026-12-05, the 2-vCPU AMD EPYC, passive OpenMP waiting): K = 16 -2.65 ms of 26.1, K = 32
+# -1.82 of 37.2, K = 64 +1.01 of 88.9 (quartiles -0.7 / +2.0), K = 128 +15.8 of 285.8: at large
+# K a whole pair's product on one thread loses more than a region's wake-up costs.
+FUSE_PRODUCTS = True
+FUSE_MAX_K = 32
+FUSE_MIN_PAIRS = 4
+
+
 def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
     """upward with each level's elementwise work in one fused CPU kernel (lvd.pc._fused.up_level)."""
     G, B, K = u.shape[1], u.shape[2], u.shape[3]
@@ -330,9 +344,10 @@ def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
     mx = W.new_empty(u.shape[:3])
     base = None if flat is None else st.leaf_base(W.device, G, C)
     Wt = _gemm.transposed(W)              # the compiled kernels' operand for M = u W^T, or None
+    fuse = FUSE_PRODUCTS and Wt is not None and K <= FUSE_MAX_K
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
-        msg = uk = kids = None
+        msg = uk = kids = products = None
         ne = 0
         if d + 1 < st.depth:
             c0, c1 = st.levels[d + 1]
@@ -340,13 +355,16 @@ def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
             if ne:
                 buf, off = (M, c0) if M is not None else (scratch, 0)
                 msg = buf[off:off + ne]
-                if Wt is None or _gemm.mm(u[c0:c0 + ne], edge_level(st, idx, Wt, d + 1), msg) is None:
+                if fuse and (b - a) * G >= FUSE_MIN_PAIRS:      # M inside up_level (see FUSE_PRODUCTS)
+                    wt = edge_level(st, idx, Wt, d + 1)
+                    products = (_gemm.address("nn"), wt if wt.is_contiguous() else wt.contiguous())
+                elif Wt is None or _gemm.mm(u[c0:c0 + ne], edge_level(st, idx, Wt, d + 1), msg) is None:
                     _mm(u[c0:c0 + ne], edge_level(st, idx, W, d + 1).transpose(-1, -2), out=msg)
             uk, kids = u[c0:c1], children[d]
         _fused.up_level(u[a:b], s[a:b], mx[a:b], msg, uk, kids, ne, RESCALE_EVERY, flat,
                         None if base is None else base[a:b], None if xs is None else xs[a:b], repeat,
                         None if miss is None else miss[a:b], None if ev is None else ev[a:b],
-                        0 if flat is None or C > LEAF_STREAM * B else C)
+                        0 if flat is None or C > LEAF_STREAM * B else C, products=products)
     s.add_(mx.log_())                     # every node's own log-scale, then the root's: their sum
     s[0] = s.sum(0)
 

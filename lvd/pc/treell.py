@@ -196,13 +196,18 @@ def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges,
 
 
 # The downward products inside lvd.pc._fused.down_level where they fit (one parallel region a
-# level instead of three). Measured on HCLT EM steps (784 x 256, batch 512, paired medians of
-# alternated steps in one process, 2026-12-04, the 2-vCPU AMD EPYC): K = 128 8% faster
-# (297.5 against 323.2 ms), K = 16 -0.34 ms, K = 32 +0.2 ms, K = 64 +1.3 ms: noise below 128,
-# so only K >= FUSE_MIN_K fuse. Levels of fewer than FUSE_MIN_PAIRS (node, group) pairs keep
-# the separate, row-split products (a pair's products in one item would run on one thread).
+# level instead of three). Every K the compiled kernels serve: under lvd's passive OpenMP
+# waiting each parallel region costs 40-55 us of thread wake-up here (an empty numba prange on
+# 2 threads, in the engine's process, 2026-12-05), as much as a K = 32 level's work. HCLT EM
+# steps (784 x 256, batch 512, medians of paired differences of 30 alternated steps in one
+# process, 2026-12-05, the 2-vCPU AMD EPYC): K = 16 -3.95 ms of 27.7, K = 32 -4.46 of 45.8,
+# K = 64 -1.70 of 88.1 (K = 128: 8% of a step, 2026-12-04). An earlier measurement that found
+# no gain below K = 128 ran in a script that loaded torch before lvd set the waiting policy,
+# so its threads spun and the regions cost ~2 us. Levels of fewer than FUSE_MIN_PAIRS
+# (node, group) pairs keep the separate, row-split products (a pair's products in one item run
+# on one thread; 1 against 4 pairs: -0.47 ms, quartiles -1.73 / +0.29, noise).
 FUSE_PRODUCTS = True
-FUSE_MIN_K = 128
+FUSE_MIN_K = 16
 FUSE_MIN_PAIRS = 4
 
 

@@ -257,3 +257,79 @@ def test_the_downward_products_run_inside_the_level_kernel_where_they_fit(monkey
     torch.testing.assert_close(l1, l2, rtol=0, atol=0)
     for k in f1:
         torch.testing.assert_close(f1[k], f2[k], rtol=0, atol=0)   # the same sums, in the same order
+
+
+@needs_kernels
+@pytest.mark.parametrize("with_leaves", [True, False])
+def test_up_level_with_products_by_hand(with_leaves):
+    """up_level computing its children's messages msg = uk[:ne] wt itself (``products``): msg is
+    written with the values of the separate ``_gemm.mm`` (bit for bit) and u, m are the node
+    products of those messages (edge children) and of uk (the copy), as by hand."""
+    n, G, B, K, C = 3, 2, 37, 16, 6
+    g = torch.Generator().manual_seed(2)
+    leaves = torch.rand(n * G * C, K, generator=g) + 0.1
+    base = (torch.arange(n)[:, None] * G + torch.arange(G)[None, :]) * C
+    xs = torch.randint(0, C, (n, G, B), generator=g)
+    miss = torch.rand(n, G, B, generator=g) < 0.3
+    par = torch.tensor([1, 0, 1, 2])                       # the next level: 3 edge nodes, then a copy
+    order = np.argsort(par.numpy(), kind="stable").astype(np.int64)
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(par.numpy(), minlength=n), out=ptr[1:])
+    uk = torch.rand(4, G, B, K, generator=g) + 0.1
+    wt = torch.rand(3, G, K, K, generator=g)
+    sep = torch.empty(3, G, B, K)
+    assert _gemm.mm(uk[:3], wt, sep) is not None
+    want = leaves[base[:, :, None] + xs] if with_leaves else torch.ones(n, G, B, K)
+    if with_leaves:
+        want[miss] = 1.0
+    for c in range(4):
+        want[par[c]] *= uk[c] @ wt[c] if c < 3 else uk[c]
+    want_m = want.sum(-1)
+    u, s, m, msg = torch.empty(n, G, B, K), torch.empty(n, G, B), torch.empty(n, G, B), torch.full((3, G, B, K), -1.0)
+    lv = (leaves, base, xs, 1, miss) if with_leaves else (None, None, None, 1, None)
+    _fused.up_level(u, s, m, msg, uk, (ptr, order), 3, 8, *lv, None, C if with_leaves else 0,
+                    products=(_gemm.address("nn"), wt))
+    assert torch.equal(msg, sep)
+    torch.testing.assert_close(m, want_m, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(u, want / want_m[..., None], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="contiguous tables"):
+        _fused.up_level(u, s, m, msg, uk, (ptr, order), 3, 8, *lv, None, 0,
+                        products=(_gemm.address("nn"), wt.transpose(-1, -2)))
+
+
+@needs_kernels
+def test_the_upward_messages_run_inside_the_level_kernel_where_they_fit(monkeypatch):
+    """HCLT flows: at K <= FUSE_MAX_K the levels of at least FUSE_MIN_PAIRS parent pairs compute
+    their children's messages inside up_level, the others with the separate products; above
+    FUSE_MAX_K none does; likelihoods and flows equal those of the separate products bit for bit
+    (missing values included)."""
+    tree = importlib.import_module("lvd.pc.tree")
+    seen = []
+    real = _fused.up_level
+
+    def spy(*a, products=None, **k):
+        seen.append(products is not None)
+        return real(*a, products=products, **k)
+
+    rng = np.random.default_rng(6)
+    X = torch.from_numpy(rng.integers(0, 7, (64, 40)))
+    miss = torch.from_numpy(rng.random((64, 40)) < 0.2)
+
+    def step(K):
+        c = pc.hclt(X, num_latents=K, num_cats=7, seed=0, leaf_latents=True)
+        return em.flows(c, {"x": X, "missing": miss}, sparse=False)
+
+    monkeypatch.setattr(_fused, "up_level", spy)
+    f1, l1 = step(32)
+    assert any(seen) and not all(seen)          # the deepest level has no children; wide levels fuse
+    seen.clear()
+    monkeypatch.setattr(tree, "FUSE_PRODUCTS", False)
+    f2, l2 = step(32)
+    assert not any(seen)
+    seen.clear()
+    monkeypatch.setattr(tree, "FUSE_PRODUCTS", True)
+    step(48)
+    assert seen and not any(seen)               # K above FUSE_MAX_K: separate products
+    assert torch.equal(l1, l2)
+    for k in f1:
+        assert torch.equal(f1[k], f2[k]), k

@@ -263,6 +263,43 @@ def test_down_level_by_hand(unique_rows):
     assert torch.isnan(u_next[:3]).all()                  # edge nodes' u is not touched
 
 
+_CACHE_PROBE = """
+import sys, numpy as np, torch
+from lvd.pc import _fused
+unique = sys.argv[1] == "par"
+nk, G, B, K, C = 2, 1, 4, 4, 3
+uk, rw = torch.rand(nk, G, B, K), torch.rand(1, G, B, K)
+xs = torch.zeros(nk, G, B, dtype=torch.int64)
+base = torch.arange(nk)[:, None] * C
+_fused.down_level(uk, rw, 1, torch.zeros(nk * C, K), base, xs, 1, None, unique, 0)
+fn = _fused._down_level_par if unique else _fused._down_level_ser
+print(sum(fn.stats.cache_hits.values()), sum(fn.stats.cache_misses.values()))
+"""
+
+
+def test_the_parallel_and_serial_down_kernels_keep_their_own_cache_entries(tmp_path):
+    """The serial variant compiled first into a fresh numba cache is not what a later process
+    loads as the parallel one (they once shared one entry: the parallel kernel then ran on one
+    thread), and each variant's entry is reused."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def run(variant):
+        r = subprocess.run([sys.executable, "-c", _CACHE_PROBE, variant], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return tuple(int(v) for v in r.stdout.split())
+
+    assert run("ser") == (0, 1)        # compiled and saved
+    assert run("par") == (0, 1)        # not served the serial code: compiled on its own
+    assert run("par") == (1, 0) and run("ser") == (1, 0)   # both reused
+    assert _fused._down_level_par._cache._cache_file._index_name != \
+        _fused._down_level_ser._cache._cache_file._index_name
+
+
 def test_the_kernels_leave_torchs_thread_count_alone():
     """Starting numba's OpenMP workers used to reset the process's OpenMP thread count, so a
     torch.set_num_threads(1) before the first fused kernel was lost."""

@@ -18,6 +18,7 @@ from lvd.pc import _fused, _fused_update, varmap
 from lvd.pc.em import MIN_DENOM
 from lvd.pc.structures import tree_structure
 from pc_bruteforce_lvd import make_lvd
+from level_cases import tiny_level
 
 pytestmark = pytest.mark.skipif(not _fused.ENABLED, reason="numba missing or LVD_NO_FUSED set")
 
@@ -319,15 +320,7 @@ def test_up_level_by_hand(stream):
     normalized to sum 1 with m its sum; the same with the node's leaf rows streamed first
     (C = 6) or not (C = 0)."""
     n, G, B, K, C = 3, 2, 37, 4, 6                         # B not a multiple of the block size
-    g = torch.Generator().manual_seed(1)
-    leaves = torch.rand(n * G * C, K, generator=g) + 0.1
-    base = (torch.arange(n)[:, None] * G + torch.arange(G)[None, :]) * C
-    xs = torch.randint(0, C, (n, G, B), generator=g)
-    miss = torch.rand(n, G, B, generator=g) < 0.3
-    par = torch.tensor([1, 0, 1, 2])                       # the next level: 3 edge nodes, then a copy
-    order = np.argsort(par.numpy(), kind="stable").astype(np.int64)
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(par.numpy(), minlength=n), out=ptr[1:])
+    g, leaves, base, xs, miss, par, order, ptr = tiny_level(n, G, B, K, C, seed=1)
     msg = torch.rand(3, G, B, K, generator=g) + 0.1
     uk = torch.rand(4, G, B, K, generator=g) + 0.1
     want = leaves[base[:, :, None] + xs]                   # [n, G, B, K]

@@ -17,6 +17,8 @@ import torch
 from lvd import pc
 from lvd.pc import _fused, _gemm
 
+from level_cases import tiny_level
+
 em = importlib.import_module("lvd.pc.em")
 
 needs_kernels = pytest.mark.skipif(not _gemm.available(), reason=f"compiled kernels unavailable: {_gemm.reason()}")
@@ -266,15 +268,7 @@ def test_up_level_with_products_by_hand(with_leaves):
     written with the values of the separate ``_gemm.mm`` (bit for bit) and u, m are the node
     products of those messages (edge children) and of uk (the copy), as by hand."""
     n, G, B, K, C = 3, 2, 37, 16, 6
-    g = torch.Generator().manual_seed(2)
-    leaves = torch.rand(n * G * C, K, generator=g) + 0.1
-    base = (torch.arange(n)[:, None] * G + torch.arange(G)[None, :]) * C
-    xs = torch.randint(0, C, (n, G, B), generator=g)
-    miss = torch.rand(n, G, B, generator=g) < 0.3
-    par = torch.tensor([1, 0, 1, 2])                       # the next level: 3 edge nodes, then a copy
-    order = np.argsort(par.numpy(), kind="stable").astype(np.int64)
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(par.numpy(), minlength=n), out=ptr[1:])
+    g, leaves, base, xs, miss, par, order, ptr = tiny_level(n, G, B, K, C, seed=2)
     uk = torch.rand(4, G, B, K, generator=g) + 0.1
     wt = torch.rand(3, G, K, K, generator=g)
     sep = torch.empty(3, G, B, K)

@@ -11,6 +11,14 @@ its job key matches (the teacher kind, the whole config including ``epochs`` and
 ``lvd.fingerprints.code_digest``); any difference starts afresh (logged, naming what
 differs). A finished job deletes its checkpoint, so a forced rerun (``--forcerun
 train_teacher``) trains from scratch.
+
+``select`` says which epoch's weights ``teacher.pt`` holds: ``last`` (the default, the one every
+figure in the README was measured with) or ``best``, the epoch with the lowest validation loss
+(``VALID_LOSS_KEYS``: nll for the language models, the bpd bound for the VQ-VAE, masked bpd for
+the MAE; scored on ``valid_max`` validation examples after each epoch). The best epoch's weights
+travel in the checkpoint, so a resumed job selects as an uninterrupted one would. Without a
+validation split ``best`` falls back to the last epoch, with a warning. ``teacher_metrics.json``
+records ``selected_epoch``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from lvd.progress import Progress
 from lvd.stages import common
 
 log = logging.getLogger("lvd.train_teacher")
+
+VALID_LOSS_KEYS = ("nll", "bpd", "masked_bpd")  # the first one a teacher's evaluate() reports is selected on
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class Config:
     ema_decay: float = 0.95     # vqvae: EMA codebook decay
     num_mix: int = 4            # vqvae, mae: logistic mixture components per variable
     mask_ratio: float | None = None  # mae (default 0.75) / mlm (default 0.15): fraction masked
+    select: str = "last"        # which epoch teacher.pt holds: last | best (lowest validation loss)
 
 
 def _lr(cfg: Config, step: int, total: int) -> float:
@@ -103,6 +114,8 @@ def check_config(cfg: Config) -> None:
     if bad:
         raise ValueError(f"train_teacher config: field(s) {bad} must be positive (epochs, layers, "
                          f"max_minutes: non-negative)")
+    if cfg.select not in ("last", "best"):
+        raise ValueError(f"train_teacher config: field 'select' is {cfg.select!r}, expected 'last' or 'best'")
     if cfg.mask_ratio is not None and not 0 < cfg.mask_ratio < 1:
         raise ValueError(f"train_teacher config: field 'mask_ratio' is {cfg.mask_ratio}, expected in (0, 1)")
 
@@ -133,12 +146,14 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
     job = job_key(kind, cfg, info_ckpt)
     state = _resume_state(ckpt_path, job)
     start, step, history, spent, stopped = 0, 0, [], 0.0, False
+    best = None  # {"epoch", "loss", "state_dict"} of the best validation epoch so far (select: best)
     if state is not None:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start, step, history, spent = state["epoch"], state["step"], list(state["history"]), state["seconds"]
         stopped = bool(state.get("stopped", False))
+        best = state.get("best")
         log.info("resumed from %s at epoch %d (%.1f s trained so far)", ckpt_path, start, spent)
     elif hasattr(model, "prepare"):
         model.prepare(train)
@@ -180,15 +195,29 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
             row.update({f"valid_{k}": v for k, v in valid.items()})
         row.update(seconds=time.perf_counter() - t0, partial=stopped)
         history.append(row)
+        loss_key = next((f"valid_{k}" for k in VALID_LOSS_KEYS if f"valid_{k}" in row), None)
+        if cfg.select == "best" and loss_key is not None and (best is None or row[loss_key] < best["loss"]):
+            best = {"epoch": epoch + 1, "loss": row[loss_key],
+                    "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
                  " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
         io.save_checkpoint(ckpt_path, {
             "kind": kind, "config": hp, "data_info": info_ckpt, "state_dict": model.state_dict(),
             "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1, "step": step,
-            "history": history, "seconds": time.perf_counter() - t0, "stopped": stopped, "job": job})
+            "history": history, "seconds": time.perf_counter() - t0, "stopped": stopped, "job": job,
+            "best": best})
         if stopped:
             break
     done = history[-1]["epoch"] if history else 0
+    selected = done
+    if cfg.select == "best":
+        if best is None:
+            log.warning("select=best but no validation loss was measured (no 'valid' split in %s, or "
+                        "valid_max scored nothing); teacher.pt holds the last epoch", data_path)
+        else:
+            model.load_state_dict(best["state_dict"])
+            selected = best["epoch"]
+            log.info("select=best: epoch %d of %d (validation loss %.4g)", selected, done, best["loss"])
 
     model.eval()
     log.info("scoring the test split (%d examples)", len(splits["test"]))
@@ -197,9 +226,10 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
         test = model.evaluate(_batches(splits["test"], 2 * bs, device), fit)
     seconds = time.perf_counter() - t0
     io.save_checkpoint(out_path, {
-        "kind": kind, "config": hp, "data_info": info, "state_dict": model.state_dict(), "epoch": done,
+        "kind": kind, "config": hp, "data_info": info, "state_dict": model.state_dict(), "epoch": selected,
         "num_positions": model.num_positions, "embedding_dim": model.embedding_dim, "test": test})
-    metrics = {"kind": kind, "test": test, "seconds": seconds, "epochs_done": done, "stopped_by_time": stopped,
+    metrics = {"kind": kind, "test": test, "seconds": seconds, "epochs_done": done, "selected_epoch": selected,
+               "stopped_by_time": stopped,
                "num_params": sum(p.numel() for p in model.parameters()), "history": history}
     if info["kind"] == "image":
         metrics["teacher_test_bpd"] = test.get("bpd")  # vqvae: bound (fitted prior); mae: None

@@ -144,6 +144,89 @@ def test_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch, kind):
         torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=0, atol=0)
 
 
+@pytest.fixture
+def scripted_valid_loss(monkeypatch):
+    """Replaces the validation nll of the next evaluate() calls by the values put in the list."""
+    losses, build = [], teachers.build
+
+    def scripted(*args, **kwargs):
+        model = build(*args, **kwargs)
+        real = model.evaluate
+
+        def evaluate(batches, fit_batches=None):
+            out = real(batches, fit_batches)
+            return {**out, "nll": losses.pop(0)} if losses else out
+        model.evaluate = evaluate
+        return model
+
+    monkeypatch.setattr(teachers, "build", scripted)
+    return losses
+
+
+def _recording_saves(monkeypatch):
+    """Every checkpoint's weights by epoch, as train_teacher saves them."""
+    seen, save = {}, io.save_checkpoint
+
+    def record(path, state):
+        if path.name == "last.pt":
+            seen[state["epoch"]] = {k: v.clone() for k, v in state["state_dict"].items()}
+        save(path, state)
+    monkeypatch.setattr(io, "save_checkpoint", record)
+    return seen
+
+
+def _same_weights(path, weights):
+    got = torch.load(path, weights_only=True)["state_dict"]
+    assert got.keys() == weights.keys()
+    return all(torch.equal(got[k], weights[k]) for k in got)
+
+
+@pytest.mark.parametrize("select, expected", [("best", 2), ("last", 3)])
+def test_select_keeps_the_epoch_of_lowest_validation_loss(tmp_path, text_data, monkeypatch, scripted_valid_loss,
+                                                          select, expected):
+    scripted_valid_loss[:] = [3.0, 1.0, 2.0]  # epoch 2 is the best on validation
+    seen = _recording_saves(monkeypatch)
+    m, out, _ = _train(tmp_path, text_data, kind="lm", epochs=3, select=select)
+    assert not scripted_valid_loss  # one validation a epoch, then the real test score
+    assert (m["epochs_done"], m["selected_epoch"]) == (3, expected)
+    assert torch.load(out, weights_only=True)["epoch"] == expected
+    assert _same_weights(out, seen[expected]) and not _same_weights(out, seen[5 - expected])
+    assert m["test"]["perplexity"] == pytest.approx(np.exp(m["test"]["nll"]))  # the selected model scored
+
+
+def test_a_resumed_job_selects_like_an_uninterrupted_one(tmp_path, text_data, monkeypatch, scripted_valid_loss):
+    scripted_valid_loss[:] = [3.0, 1.0, 2.0]
+    _, straight, _ = _train(tmp_path, text_data, name="a", kind="lm", epochs=3, select="best")
+    save, saves = io.save_checkpoint, []
+
+    def die_at_the_second(path, state):
+        save(path, state)
+        saves.append(state["epoch"])
+        if len(saves) == 2:
+            raise Killed
+    monkeypatch.setattr(io, "save_checkpoint", die_at_the_second)
+    scripted_valid_loss[:] = [3.0, 1.0]
+    with pytest.raises(Killed):
+        _train(tmp_path, text_data, name="b", kind="lm", epochs=3, select="best")
+    monkeypatch.setattr(io, "save_checkpoint", save)
+    scripted_valid_loss[:] = [2.0]  # epoch 3 is worse than the checkpoint's best, epoch 2
+    m, resumed, _ = _train(tmp_path, text_data, name="b", kind="lm", epochs=3, select="best")
+    assert m["selected_epoch"] == 2
+    assert _same_weights(resumed, torch.load(straight, weights_only=True)["state_dict"])
+
+
+def test_select_without_validation_keeps_the_last_epoch(tmp_path, text_data, caplog):
+    with h5py.File(text_data, "a") as f:
+        del f["valid"]
+    m, _, _ = _train(tmp_path, text_data, kind="lm", epochs=2, select="best")
+    assert m["selected_epoch"] == 2 and "no validation loss" in caplog.text
+
+
+def test_select_must_be_last_or_best(tmp_path, text_data):
+    with pytest.raises(ValueError, match="field 'select' is 'worst'"):
+        _train(tmp_path, text_data, kind="lm", epochs=1, select="worst")
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, image_data):
     ckpt = tmp_path / "t_ckpt" / "last.pt"
     ckpt.parent.mkdir()

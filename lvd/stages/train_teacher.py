@@ -195,9 +195,9 @@ def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") 
             row.update({f"valid_{k}": v for k, v in valid.items()})
         row.update(seconds=time.perf_counter() - t0, partial=stopped)
         history.append(row)
-        loss_key = next((f"valid_{k}" for k in VALID_LOSS_KEYS if f"valid_{k}" in row), None)
-        if cfg.select == "best" and loss_key is not None and (best is None or row[loss_key] < best["loss"]):
-            best = {"epoch": epoch + 1, "loss": row[loss_key],
+        loss = next((row[f"valid_{k}"] for k in VALID_LOSS_KEYS if f"valid_{k}" in row), None)
+        if cfg.select == "best" and loss is not None and (best is None or loss < best["loss"]):
+            best = {"epoch": epoch + 1, "loss": loss,
                     "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
                  " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))

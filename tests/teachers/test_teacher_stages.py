@@ -1,5 +1,6 @@
 """train_teacher and extract_embeddings on tiny data.h5 files."""
 
+import contextlib
 import json
 
 import h5py
@@ -51,18 +52,27 @@ class Killed(Exception):
     pass
 
 
-def _kill_after_first_checkpoint(tmp_path, data, monkeypatch, **kw):
-    """Train until the first per-epoch checkpoint is written, then die (a preempted job)."""
-    save = io.save_checkpoint
+@contextlib.contextmanager
+def _killed_after_saves(monkeypatch, n):
+    """The job dies (Killed) right after its n-th checkpoint is written, as a SIGKILL would leave it."""
+    save, saves = io.save_checkpoint, []
 
     def save_then_die(path, state):
         save(path, state)
-        raise Killed
-
+        saves.append(path)
+        if len(saves) == n:
+            raise Killed
     monkeypatch.setattr(io, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(io, "save_checkpoint", save)
+
+
+def _kill_after_first_checkpoint(tmp_path, data, monkeypatch, **kw):
+    """Train until the first per-epoch checkpoint is written, then die (a preempted job)."""
+    with _killed_after_saves(monkeypatch, 1), pytest.raises(Killed):
         _train(tmp_path, data, **kw)
-    monkeypatch.setattr(io, "save_checkpoint", save)
     assert torch.load(tmp_path / "t_ckpt" / "last.pt", weights_only=True)["epoch"] == 1
 
 
@@ -126,16 +136,8 @@ def test_the_code_digest_covers_the_package_sources():
 def test_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch, kind):
     data = write_image_data(tmp_path / "img.h5") if kind == "vqvae" else write_text_data(tmp_path / "txt.h5")
     _, straight, _ = _train(tmp_path, data, name="a", kind=kind, epochs=2)
-    save = io.save_checkpoint
-
-    def save_then_die(path, state):
-        save(path, state)
-        raise Killed
-
-    monkeypatch.setattr(io, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
+    with _killed_after_saves(monkeypatch, 1), pytest.raises(Killed):
         _train(tmp_path, data, name="b", kind=kind, epochs=2)
-    monkeypatch.setattr(io, "save_checkpoint", save)
     assert torch.load(tmp_path / "b_ckpt" / "last.pt", weights_only=True)["epoch"] == 1
     _, resumed, _ = _train(tmp_path, data, name="b", kind=kind, epochs=2)
     assert not (tmp_path / "b_ckpt" / "last.pt").exists()  # the finished job removed it
@@ -197,18 +199,9 @@ def test_select_keeps_the_epoch_of_lowest_validation_loss(tmp_path, text_data, m
 def test_a_resumed_job_selects_like_an_uninterrupted_one(tmp_path, text_data, monkeypatch, scripted_valid_loss):
     scripted_valid_loss[:] = [3.0, 1.0, 2.0]
     _, straight, _ = _train(tmp_path, text_data, name="a", kind="lm", epochs=3, select="best")
-    save, saves = io.save_checkpoint, []
-
-    def die_at_the_second(path, state):
-        save(path, state)
-        saves.append(state["epoch"])
-        if len(saves) == 2:
-            raise Killed
-    monkeypatch.setattr(io, "save_checkpoint", die_at_the_second)
     scripted_valid_loss[:] = [3.0, 1.0]
-    with pytest.raises(Killed):
+    with _killed_after_saves(monkeypatch, 2), pytest.raises(Killed):
         _train(tmp_path, text_data, name="b", kind="lm", epochs=3, select="best")
-    monkeypatch.setattr(io, "save_checkpoint", save)
     scripted_valid_loss[:] = [2.0]  # epoch 3 is worse than the checkpoint's best, epoch 2
     m, resumed, _ = _train(tmp_path, text_data, name="b", kind="lm", epochs=3, select="best")
     assert m["selected_epoch"] == 2

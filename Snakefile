@@ -8,6 +8,10 @@
 # JSON of one config section (params: cfg), so editing a section reruns that stage and
 # everything downstream. Edited Python code does not trigger reruns: use --forcerun <rule>.
 # Outputs: results/{run}/..., one k{K}/ directory per value of latents.num_states.
+#
+# Deployed (-s this/Snakefile -d project, or as a `module`): every file the workflow opens is
+# found from this Snakefile's directory; outputs, logs, benchmarks and a relative data.path
+# from the working directory. docs/workflow.md, "Deploying".
 
 from snakemake.utils import min_version, validate
 
@@ -15,15 +19,16 @@ from lvd.configcheck import reject_float_integers, reject_renamed_keys
 
 min_version("8.0")
 
+SCHEMA = workflow.source_path("workflow/schemas/config.schema.yaml")
 
-configfile: "config.yaml"
+
+# this workflow's config.yaml, then --configfile files over it (a module: its config only)
+configfile: workflow.source_path("config.yaml")
 
 
 reject_renamed_keys(config)  # a key of an older layout: named with its new place
-validate(config, "workflow/schemas/config.schema.yaml")
-reject_float_integers(
-    config, "workflow/schemas/config.schema.yaml"
-)  # 2.0 where an integer belongs
+validate(config, SCHEMA)  # fills in the schema's defaults
+reject_float_integers(config, SCHEMA)  # 2.0 where an integer belongs
 
 
 report: "workflow/report/workflow.rst"

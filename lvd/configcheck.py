@@ -21,6 +21,10 @@ from typing import Any
 import yaml
 
 
+# the workflow's schema, found from this file (not the working directory), as the Snakefile
+# finds it with workflow.source_path
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
 # keys of an older config layout -> where they are now ("section.key")
 RENAMED = {
     "latent_em.top_epochs": "latent_top_em.epochs",
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="config files (config.yaml, presets, --configfile files)")
-    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml", help="the config schema")
+    p.add_argument("--schema", default=str(SCHEMA), help="the config schema (default: this checkout's)")
     args = p.parse_args(argv)
     try:
         check_yaml_files(args.files)

@@ -98,3 +98,11 @@ def test_configcheck_command_names_a_moved_key(tmp_path, capsys):
     bad.write_text("latent_em:\n  top_batch_size: 128\n")
     assert configcheck.main([str(bad), "--schema", str(SCHEMA)]) == 1
     assert "'latent_em.top_batch_size' is now 'latent_top_em.batch_size'" in capsys.readouterr().err
+
+
+def test_the_default_schema_is_found_from_the_package_not_the_working_directory(tmp_path, monkeypatch, capsys):
+    floats = tmp_path / "floats.yaml"
+    floats.write_text("latents:\n  num_states: [4.0]\n")
+    monkeypatch.chdir(tmp_path)
+    assert configcheck.SCHEMA == SCHEMA and configcheck.main([str(floats)]) == 1
+    assert "expected an integer" in capsys.readouterr().err

@@ -31,7 +31,8 @@ def workdir(tmp_path_factory):
 def test_snakefile_is_a_table_of_contents():
     text = (REPO / "Snakefile").read_text()
     assert len(text.splitlines()) <= 60
-    for needle in ("min_version(", 'configfile: "config.yaml"', "validate(config,", "report:", "rule all:"):
+    for needle in ("min_version(", 'configfile: workflow.source_path("config.yaml")', "validate(config,", "report:",
+                   "rule all:"):
         assert needle in text, needle
     included = re.findall(r'^include: "workflow/rules/(\w+\.smk)"', text, flags=re.M)
     assert sorted(included) == sorted(p.name for p in RULE_FILES)

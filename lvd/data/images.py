@@ -1,15 +1,27 @@
-"""Image sources: scikit-learn's digits, idx files (MNIST, Fashion-MNIST) and the user's own arrays.
+"""Image sources: scikit-learn's digits, idx files (MNIST, Fashion-MNIST), the user's own arrays,
+and the colour benchmarks CIFAR-10 and downsampled ImageNet 32x32 / 64x64 (``lvd.data.photos``).
 
 ``prepare_images`` returns uint8 arrays [N, H, W, Ch] for the splits train / valid / test,
-checked against ``num_cats`` (values in [0, num_cats)) and ``patch_size`` (H and W divisible).
+checked against ``num_cats`` (values in [0, num_cats)) and ``patch_size`` (H and W divisible,
+or the crop's side).
 
 Splits (all seeded with one ``numpy.random.default_rng(seed)``, in this order):
   1. digits only: ``test_fraction`` of the 1,797 images becomes test (the rest is train);
   2. ``max_train`` > 0 subsamples train, *before* valid is carved, so a tiny preset gets a
      proportionally tiny valid split;
   3. valid = ``valid_fraction`` of train (skipped when an array file brings its own valid);
+     CIFAR-10 and ImageNet bring none: valid is held out of their training images, and their
+     test split is the distributed test set (CIFAR-10's test_batch, ImageNet's val_data);
   4. ``max_test`` > 0 subsamples test (and a valid split the array file brought).
 Subsampled and carved indices are kept in file order.
+
+Crops (``crop`` = S > 0), after the splits, from a second generator seeded with (seed, 1), so
+that the splits are the same images with and without crops: train gets ``crops_per_image``
+S x S crops per image (``crop_train`` random: offsets uniform over every position, image-major
+order; topleft: the region [0, S) x [0, S)), valid and test one crop per image
+(``crop_eval``: topleft, or one seeded random crop). Random crops are drawn once, here: the
+static data.h5 holds them, so "random per epoch" becomes ``crops_per_image`` fixed draws.
+``crop_origins`` records (image index in its split, row, column) of every crop.
 """
 
 from __future__ import annotations
@@ -27,7 +39,9 @@ log = logging.getLogger("lvd.data")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 MNIST_DIR = "data/mnist"
-DEFAULT_NUM_CATS = {"digits": 17, "fashion_mnist": 256, "mnist": 256, "array": 256}
+DEFAULT_NUM_CATS = {"digits": 17, "fashion_mnist": 256, "mnist": 256, "array": 256, "cifar10": 256,
+                    "imagenet32": 256, "imagenet64": 256}
+CROP_MODES = ("random", "topleft")
 
 # idx type byte -> big-endian dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT")
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -150,8 +164,10 @@ def read_array(path: str | Path) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- checks and splits
-def check_images(x: np.ndarray, where: str, num_cats: int, patch_size: int) -> np.ndarray:
-    """uint8 [N, H, W, Ch] from grey [N, H, W] or colour [N, H, W, Ch] integer images, or DataError."""
+def check_images(x: np.ndarray, where: str, num_cats: int, patch_size: int, crop: int = 0) -> np.ndarray:
+    """uint8 [N, H, W, Ch] from grey [N, H, W] or colour [N, H, W, Ch] integer images, or DataError.
+
+    crop > 0: the images must hold a crop x crop region (which patch_size divides) instead."""
     if x.dtype.kind not in "uib":
         raise DataError(f"{where}: dtype {x.dtype}, expected integer grey levels (e.g. uint8)")
     if x.ndim == 3:
@@ -163,7 +179,10 @@ def check_images(x: np.ndarray, where: str, num_cats: int, patch_size: int) -> n
         raise DataError(f"{where}: shape {x.shape} looks channels-first; expected [N, H, W, C]")
     if n == 0:
         raise DataError(f"{where}: empty split (0 images)")
-    if h % patch_size or w % patch_size:
+    if crop:
+        if crop > h or crop > w:
+            raise DataError(f"{where}: image size {h}x{w} is smaller than data.crop={crop}")
+    elif h % patch_size or w % patch_size:
         raise DataError(f"{where}: image size {h}x{w} is not divisible by data.patch_size={patch_size}")
     lo, hi = int(x.min()), int(x.max())
     if lo < 0 or hi >= num_cats:
@@ -180,6 +199,34 @@ def _take(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     return x[chosen], x[~chosen]
 
 
+def crop_images(x: np.ndarray, size: int, mode: str, per_image: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """size x size crops of uint8 [N, H, W, Ch] images: (uint8 [N * per_image, size, size, Ch],
+    int32 [N * per_image, 3] origins (image index, row, column)), image-major.
+
+    mode "topleft": the region [0, size) x [0, size) (per_image must be 1); "random": offsets
+    drawn uniformly from 0..H - size and 0..W - size, per_image of them per image.
+    """
+    n, h, w, _ = x.shape
+    if mode == "topleft":
+        if per_image != 1:
+            raise DataError(f"data.crops_per_image={per_image}: top-left crops are one per image")
+        origins = np.zeros((n, 3), np.int32)
+        origins[:, 0] = np.arange(n)
+        return np.ascontiguousarray(x[:, :size, :size]), origins
+    if mode != "random":
+        raise DataError(f"crop mode {mode!r}: expected one of {list(CROP_MODES)}")
+    index = np.repeat(np.arange(n), per_image)                    # [M]
+    rows = rng.integers(0, h - size + 1, size=len(index))         # [M]
+    cols = rng.integers(0, w - size + 1, size=len(index))         # [M]
+    span = np.arange(size)
+    out = np.empty((len(index), size, size, x.shape[3]), np.uint8)
+    for s in range(0, len(index), 65536):                         # bounded index arrays
+        i, r, c = index[s:s + 65536], rows[s:s + 65536], cols[s:s + 65536]
+        out[s:s + len(i)] = x[i[:, None, None], (r[:, None] + span)[:, :, None], (c[:, None] + span)[:, None, :]]
+    return out, np.stack([index, rows, cols], 1).astype(np.int32)
+
+
 def _cap(x: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
     return _take(x, cap, rng)[0] if 0 < cap < len(x) else x
 
@@ -191,11 +238,14 @@ def _carve(x: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np
 
 
 def prepare_images(dataset: str, path: str, *, patch_size: int, num_cats: int, valid_fraction: float,
-                   test_fraction: float, max_train: int, max_test: int,
-                   seed: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Read an image source and split it; returns ({split: uint8 [N, H, W, Ch]}, attrs).
+                   test_fraction: float, max_train: int, max_test: int, seed: int, crop: int = 0,
+                   crop_train: str = "random", crop_eval: str = "topleft",
+                   crops_per_image: int = 1) -> tuple[dict[str, np.ndarray], dict, dict[str, np.ndarray]]:
+    """Read an image source, split it and crop it.
 
-    ``path`` "" means the source's default; ``num_cats`` 0 means the source's default.
+    Returns ({split: uint8 [N, H, W, Ch]}, attrs, {split: int32 [N, 3] crop origins} (empty
+    without crops)). ``path`` "" means the source's default; ``num_cats`` 0 means the source's
+    default.
     """
     num_cats = num_cats or DEFAULT_NUM_CATS[dataset]
     if not 2 <= num_cats <= 256:
@@ -205,7 +255,7 @@ def prepare_images(dataset: str, path: str, *, patch_size: int, num_cats: int, v
         if path:
             raise DataError(f"data.path={path!r}: digits is bundled with scikit-learn; leave data.path empty")
         where = source = "sklearn.datasets.load_digits"
-        x = check_images(load_digits(), where, num_cats, patch_size)
+        x = check_images(load_digits(), where, num_cats, patch_size, crop)
         test, train = _carve(x, test_fraction, rng)
         raw, wheres = {"train": train, "test": test}, {"train": where, "test": where}
     elif dataset in ("fashion_mnist", "mnist"):
@@ -217,10 +267,18 @@ def prepare_images(dataset: str, path: str, *, patch_size: int, num_cats: int, v
         source = path
         raw = read_array(path)
         wheres = {s: f"{path}: {s!r}" for s in raw}
+    elif dataset in ("cifar10", "imagenet32", "imagenet64"):
+        from lvd.data import photos
+
+        if not path:
+            raise DataError(f"data.path is empty: {dataset} needs the directory of its files as distributed "
+                            f"(docs/data.md, 'The papers' benchmarks')")
+        source = path
+        raw, wheres = photos.read_cifar10(path) if dataset == "cifar10" else photos.read_imagenet(path, dataset)
     else:
         raise DataError(f"data.dataset={dataset!r}: expected one of {sorted(DEFAULT_NUM_CATS)} or wikitext2")
 
-    x = {s: check_images(raw[s], wheres[s], num_cats, patch_size) for s in raw}
+    x = {s: check_images(raw.pop(s), wheres[s], num_cats, patch_size, crop) for s in list(raw)}
     for s in x:
         log.info("read %s %s: %d images %s, values %d..%d", dataset, s, len(x[s]), x[s].shape[1:],
                  x[s].min(), x[s].max())
@@ -239,5 +297,13 @@ def prepare_images(dataset: str, path: str, *, patch_size: int, num_cats: int, v
 
     h, w, ch = x["train"].shape[1:]
     attrs = {"height": h, "width": w, "channels": ch, "num_cats": num_cats, "patch_size": patch_size,
-             "dataset": dataset, "source": str(source)}
-    return {s: x[s] for s in ("train", "valid", "test")}, attrs
+             "dataset": dataset, "source": str(source), "image_height": h, "image_width": w}
+    origins = {}
+    if crop:
+        crop_rng = np.random.default_rng([seed, 1])
+        for s in ("train", "valid", "test"):
+            mode, per = (crop_train, crops_per_image) if s == "train" else (crop_eval, 1)
+            x[s], origins[s] = crop_images(x[s], crop, mode, per, crop_rng)
+            log.info("%s: %d %s %dx%d crop(s) of %dx%d images", s, len(x[s]), mode, crop, crop, h, w)
+        attrs.update(height=crop, width=crop)
+    return {s: x[s] for s in ("train", "valid", "test")}, attrs, origins

@@ -1,10 +1,15 @@
 """prepare_data: read the dataset named in the config and write data.h5 (format lvd.data).
 
 Image sources (attr kind = "image"): digits (scikit-learn's bundled 8x8 digits, 17 grey
-levels, no download), fashion_mnist and mnist (idx files), array (the user's .npz / .h5).
-Writes train, valid, test as uint8 [N, H, W, Ch]; attr ``color`` ("rgb", or "ycbcr": with
-``color: ycbcr`` a 3-channel array dataset is converted to lossy 8-bit BT.709 YCbCr,
-lvd.data.color, and every likelihood downstream is in that space).
+levels, no download), fashion_mnist and mnist (idx files), array (the user's .npz / .h5),
+cifar10, imagenet32 and imagenet64 (the files as distributed, lvd.data.photos).
+Writes train, valid, test as uint8 [N, H, W, Ch] and, with ``crop`` > 0, ``crop_origins/<split>``
+(int32 [N, 3]: image index in its split, row, column of every crop; lvd.data.images).
+The protocol is stamped in root attributes: ``color`` (rgb | ycbcr | ycocg_r, lvd.data.color:
+every likelihood downstream is in that space), ``lossless`` (whether that space is a bijection
+of the RGB values, so that bpd compares with RGB's), ``crop``, ``crop_train``, ``crop_eval``,
+``crops_per_image``, ``image_height`` / ``image_width`` (before cropping) and ``protocol``
+(one sentence saying all of it, for reports).
 
 Text source (attr kind = "text"): wikitext2 (a directory holding train/valid/test files).
 Writes the int32 token streams train_tokens, valid_tokens, test_tokens, the int32 windows
@@ -31,14 +36,15 @@ from lvd.stages import common
 
 log = logging.getLogger("lvd.prepare_data")
 
-IMAGE_SOURCES = ("digits", "fashion_mnist", "mnist", "array")
+IMAGE_SOURCES = ("digits", "fashion_mnist", "mnist", "array", "cifar10", "imagenet32", "imagenet64")
+COLOUR_SOURCES = ("array", "cifar10", "imagenet32", "imagenet64")   # 3-channel RGB (array: when it has 3)
 TEXT_SOURCES = ("wikitext2",)
 WRITER = "lvd.stages.prepare_data"  # not __name__, which is "__main__" under python -m
 
 
 @dataclass(frozen=True)
 class Config:
-    dataset: str = "digits"       # digits | fashion_mnist | mnist | array | wikitext2
+    dataset: str = "digits"       # digits | fashion_mnist | mnist | array | cifar10 | imagenet32 | imagenet64 | wikitext2
     path: str = ""                # directory or file; "" = the source's default (see notes/data.md)
     patch_size: int = 4           # images: H and W must be divisible by it
     num_cats: int = 0             # images: grey levels; 0 = source default (digits 17, others 256)
@@ -50,7 +56,11 @@ class Config:
     stride: int = 1               # text: step between window starts (1 = every window)
     max_tokens: int = 0           # text: cut every split's stream to this many tokens; 0 = all
     seed: int = 0                 # splits and subsampling
-    color: str = "rgb"            # images, dataset array with 3 channels: "ycbcr" = lossy 8-bit BT.709 YCbCr
+    color: str = "rgb"            # images with 3 channels: rgb | ycbcr (lossy) | ycocg_r (lossless)
+    crop: int = 0                 # images: 0 = whole images; S = S x S crops (patch_size divides S)
+    crop_train: str = "random"    # crops of train: random (seeded, drawn here) | topleft
+    crop_eval: str = "topleft"    # crops of valid and test: topleft | random (one seeded crop per image)
+    crops_per_image: int = 1      # random train crops per training image (each one example)
 
 
 def check_config(cfg: Config) -> None:
@@ -61,7 +71,7 @@ def check_config(cfg: Config) -> None:
     if cfg.dataset not in IMAGE_SOURCES + TEXT_SOURCES:
         bad("dataset", f"one of {list(IMAGE_SOURCES + TEXT_SOURCES)}")
     minimum = {"patch_size": 1, "num_cats": 0, "max_train": 0, "max_test": 0, "seq_len": 1, "stride": 1,
-               "max_tokens": 0, "seed": 0}
+               "max_tokens": 0, "seed": 0, "crop": 0, "crops_per_image": 1}
     for field, lo in minimum.items():
         value = getattr(cfg, field)
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
@@ -72,10 +82,19 @@ def check_config(cfg: Config) -> None:
             bad(field, "a number strictly between 0 and 1")
     if cfg.color not in color.COLORS:
         bad("color", f"one of {list(color.COLORS)}")
-    if cfg.color != "rgb" and cfg.dataset != "array":
-        bad("color", "'rgb' unless dataset is 'array' (colour images of your own)")
+    if cfg.color != "rgb" and cfg.dataset not in COLOUR_SOURCES:
+        bad("color", f"'rgb' unless dataset is one of {list(COLOUR_SOURCES)} (RGB images)")
     if cfg.dataset in TEXT_SOURCES and cfg.num_cats:
         bad("num_cats", "0 for text (the vocabulary size sets num_cats)")
+    for field in ("crop_train", "crop_eval"):
+        if getattr(cfg, field) not in image_data.CROP_MODES:
+            bad(field, f"one of {list(image_data.CROP_MODES)}")
+    if cfg.crop and cfg.dataset in TEXT_SOURCES:
+        bad("crop", "0 for text")
+    if cfg.crop and cfg.crop % cfg.patch_size:
+        bad("crop", f"a multiple of data.patch_size={cfg.patch_size} (the crop is cut into patches)")
+    if cfg.crops_per_image > 1 and not (cfg.crop and cfg.crop_train == "random"):
+        bad("crops_per_image", "1 unless data.crop > 0 and data.crop_train is 'random'")
 
 
 def run(cfg: Config, out: str | Path, device: str = "cpu") -> dict:
@@ -91,28 +110,46 @@ def run(cfg: Config, out: str | Path, device: str = "cpu") -> dict:
     return summary
 
 
+def protocol(attrs: dict, cfg: Config) -> str:
+    """One sentence naming the data protocol: dataset, crops of train and of evaluation, colour."""
+    h, w = attrs["image_height"], attrs["image_width"]
+    if cfg.crop:
+        per = f"{cfg.crops_per_image} " if cfg.crop_train == "random" else ""
+        train = f"{per}{cfg.crop_train} {cfg.crop}x{cfg.crop} crop(s) per image"
+        ev = f"{'the top-left' if cfg.crop_eval == 'topleft' else 'one seeded random'} {cfg.crop}x{cfg.crop} crop"
+        shape = f"train: {train}; valid and test: {ev} of the {h}x{w} images"
+    else:
+        shape = f"whole {h}x{w} images"
+    return f"{cfg.dataset}, {shape}, {color.DESCRIPTIONS[cfg.color]}"
+
+
 def _run_images(cfg: Config, out: Path, start: float) -> dict:
-    splits, attrs = image_data.prepare_images(
+    splits, attrs, origins = image_data.prepare_images(
         cfg.dataset, cfg.path, patch_size=cfg.patch_size, num_cats=cfg.num_cats,
         valid_fraction=cfg.valid_fraction, test_fraction=cfg.test_fraction,
-        max_train=cfg.max_train, max_test=cfg.max_test, seed=cfg.seed)
-    if cfg.color == "ycbcr":   # lossy: every split, so the test bpd is in YCbCr space (recorded)
+        max_train=cfg.max_train, max_test=cfg.max_test, seed=cfg.seed, crop=cfg.crop,
+        crop_train=cfg.crop_train, crop_eval=cfg.crop_eval, crops_per_image=cfg.crops_per_image)
+    if cfg.color != "rgb":   # every split, so the test bpd is in that space (recorded)
         if attrs["channels"] != 3 or attrs["num_cats"] != 256:
-            raise DataError(f"data.color=ycbcr needs 3 channels of 256 levels, {cfg.path} has "
+            raise DataError(f"data.color={cfg.color} needs 3 channels of 256 levels, {cfg.path} has "
                             f"{attrs['channels']} channel(s) of {attrs['num_cats']} levels")
-        splits = {s: color.rgb_to_ycbcr(x) for s, x in splits.items()}
-        log.info("colour: RGB -> YCbCr (BT.709, rounded to 8 bits; lossy)")
-    attrs["color"] = cfg.color
+        splits = {s: color.from_rgb(x, cfg.color) for s, x in splits.items()}
+        log.info("colour: RGB -> %s", color.DESCRIPTIONS[cfg.color])
+    attrs.update(color=cfg.color, lossless=color.LOSSLESS[cfg.color], crop=cfg.crop, crop_train=cfg.crop_train,
+                 crop_eval=cfg.crop_eval, crops_per_image=cfg.crops_per_image, protocol=protocol(attrs, cfg))
+    log.info("protocol: %s", attrs["protocol"])
     with io.create(out, "lvd.data", WRITER, common.config_dict(cfg), kind="image", **attrs) as f:
         for s in SPLITS:
             x = splits[s]  # uint8 [N, H, W, Ch]
             f.create_dataset(s, data=x, chunks=(min(len(x), 1024), *x.shape[1:]))
             log.info("%s: %d images %s, values %d..%d", s, len(x), x.shape[1:], x.min(), x.max())
+        for s, o in origins.items():
+            f.create_dataset(f"crop_origins/{s}", data=o)   # int32 [N, 3]: image, row, column
         seconds = time.perf_counter() - start
         f.attrs["seconds"] = seconds
     return {"kind": "image", "dataset": cfg.dataset, "sizes": {s: len(splits[s]) for s in SPLITS},
             "num_cats": attrs["num_cats"], "shape": [attrs["height"], attrs["width"], attrs["channels"]],
-            "seconds": seconds}
+            "protocol": attrs["protocol"], "seconds": seconds}
 
 
 def _run_text(cfg: Config, out: Path, start: float) -> dict:

@@ -1,6 +1,7 @@
 """Text reader: tokens, vocabulary, <unk> mapping, windows, bad inputs, and the real WikiText-2."""
 
 import gzip
+import os
 from pathlib import Path
 
 import h5py
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 
 from lvd.data import DataError, data_info, load_split
-from lvd.data.text import count_windows, read_corpus, read_tokens, write_windows
+from lvd.data.text import count_windows, read_corpus, read_tokens, split_file, write_windows
 from lvd.stages.prepare_data import Config, run
 
-WIKITEXT2 = Path("/work/shared/data/wikitext-2")
+# the real WikiText-2 (docs/data.md): $LVD_WIKITEXT2, else data/wikitext-2 in this checkout
+WIKITEXT2 = Path(os.environ.get("LVD_WIKITEXT2", Path(__file__).resolve().parents[2] / "data" / "wikitext-2"))
 
 TRAIN = " = Senjō = \n \n the cat sat <unk> \n the dog \n"
 VALID = " the bird sat \n"            # "bird" is not in train -> <unk>
@@ -137,7 +139,16 @@ def test_text_bad_inputs(tmp_path):
     assert not (tmp_path / "o.h5").exists()
 
 
-@pytest.mark.skipif(not (WIKITEXT2 / "train.txt.gz").exists(), reason="WikiText-2 not present")
+def have_wikitext2() -> bool:
+    try:
+        return all(split_file(WIKITEXT2, s).is_file() for s in ("train", "valid", "test"))
+    except DataError:
+        return False
+
+
+@pytest.mark.skipif(not have_wikitext2(),
+                    reason=f"needs the real WikiText-2: no train/valid/test files in {WIKITEXT2} "
+                           "(set LVD_WIKITEXT2 to its directory; docs/data.md says where to get it)")
 def test_real_wikitext2(tmp_path):
     c = read_corpus(WIKITEXT2)
     assert len(c.vocab) == 33278 and c.vocab[0] == "<eos>"

@@ -1,7 +1,8 @@
 """The whole DAG, for real, on the tiny presets (images: tiny, text: tiny_text).
 
 Each preset runs once per module in a private copy of the workflow (about a minute on 2
-cores); the tests then read what it wrote, rerun one stage and build the report.
+cores); the tests then read what it wrote, rerun one stage and build the report. tiny_text
+reads a small corpus the tests write in WikiText-2's layout (text_sample.py), not WikiText-2.
 """
 
 import json
@@ -9,6 +10,8 @@ import math
 import os
 
 import pytest
+import yaml
+from text_sample import write_text_sample
 from workflow_helpers import copy_workflow, expected_jobs, job_stats, merged_config, preset_args, snakemake
 
 IMAGE_KEYS = {"test_bpd", "baseline_test_bpd", "teacher_test_bpd", "num_params", "seconds"}
@@ -18,12 +21,15 @@ GUARD_SECONDS = 480  # the tiny presets take about a minute; this catches a pres
 
 
 class Run:
-    def __init__(self, tmp_path_factory, preset):
+    def __init__(self, tmp_path_factory, preset, data_path=None):
         self.preset = preset
         self.config = merged_config(preset)
         self.text = self.config["data"]["dataset"] == "wikitext2"
         self.workdir = copy_workflow(tmp_path_factory.mktemp(preset))
         self.args = ["--cores", "2", *preset_args(self.workdir, preset)]
+        if data_path is not None:  # after the preset: its data.path replaced
+            (self.workdir / "data_path.yaml").write_text(yaml.safe_dump({"data": {"path": str(data_path)}}))
+            self.args.append("data_path.yaml")
         self.proc, self.seconds = snakemake(self.workdir, *self.args)
         self.results = self.workdir / "results" / self.config["run"]
         print(f"{preset}: whole DAG in {self.seconds:.1f} s")
@@ -39,7 +45,8 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory):
-    return Run(tmp_path_factory, "tiny_text")
+    sample = write_text_sample(tmp_path_factory.mktemp("text_sample"))
+    return Run(tmp_path_factory, "tiny_text", data_path=sample)
 
 
 def check_finished_run(run: Run, keys: set[str]):

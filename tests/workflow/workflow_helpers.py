@@ -53,7 +53,7 @@ def copy_workflow(dest: Path) -> Path:
 def preset_args(workdir: Path, preset: str | None) -> list[str]:
     """--configfile arguments for a preset, with a relative data.path made absolute.
 
-    Presets name data relative to the repository root (e.g. ../shared/data/wikitext-2); the
+    Presets name data relative to the working directory (e.g. data/wikitext-2); the
     copy lives elsewhere, so an extra config file points at the same place.
     """
     if preset is None:

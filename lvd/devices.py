@@ -15,8 +15,8 @@
    itself. Every device index i has a lock file ``gpu<i>.lock`` in the lock directory
    (``$LVD_DEVICE_LOCK_DIR``, default ``/tmp/lvd-devices-$USER``); the first index whose
    file can be ``flock``-ed exclusively is this process's device. The lock is held until
-   the process exits, and the kernel drops it when the process dies, however it dies, so a
-   crashed job never leaves a stale claim.
+   the process exits (there is no release: one process is one job), and the kernel drops
+   it when the process dies, however it dies, so a crashed job never leaves a stale claim.
 3. When all N devices are claimed, the job WAITS: it polls every
    ``$LVD_DEVICE_POLL_SECONDS`` (default 2) and logs who holds the devices, for at most
    ``$LVD_DEVICE_WAIT_SECONDS`` (default 3600), then fails with an error. Waiting (not a
@@ -151,15 +151,6 @@ def claim(num: int | None = None, wait_seconds: float | None = None) -> int:
                      _holders(num), wait - waited)
             next_log = time.monotonic() + 60
         time.sleep(min(poll, max(wait - waited, 0.01)))
-
-
-def release() -> None:
-    """Give back this process's claim (it is also released when the process exits)."""
-    global _claim, _selected, _label
-    if _claim is not None:
-        os.close(_claim[1])  # closing the only descriptor drops the flock
-        _claim = None
-    _selected = _label = None
 
 
 def _in_slurm() -> bool:

@@ -38,7 +38,6 @@ FORMAT_VERSIONS = {
     "lvd.latents": 1,
     "lvd.pc": 1,
     "lvd.pc_shard": 1,
-    "lvd.loglik": 1,
 }
 
 
@@ -134,11 +133,6 @@ def require(f: h5py.File, name: str, ndim: int | None = None, dtype_kind: str | 
     if dtype_kind is not None and d.dtype.kind not in dtype_kind:
         raise ArtifactError(f"{f.filename}: field {name!r} has dtype {d.dtype}, expected kind {dtype_kind!r}")
     return d
-
-
-def read_config(f: h5py.File) -> dict:
-    """The stage config stored in an artifact's root attributes."""
-    return json.loads(f.attrs.get("config", "{}"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

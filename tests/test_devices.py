@@ -28,7 +28,7 @@ SELECT_CHILD = CHILD.replace("print(f'fake-gpu:{devices.claim()}', flush=True)",
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, fresh_devices):
     """A private lock directory, 4 fake GPUs, fast polling, no SLURM."""
     values = {"LVD_DEVICE_LOCK_DIR": str(tmp_path / "locks"), "LVD_FAKE_GPUS": "4",
               "LVD_DEVICE_POLL_SECONDS": "0.05", "LVD_DEVICE_WAIT_SECONDS": "60"}
@@ -36,9 +36,7 @@ def env(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     for k in ("SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(k, raising=False)
-    devices.release()
     yield dict(os.environ)
-    devices.release()
 
 
 class Child:
@@ -136,8 +134,6 @@ def test_in_process_claim_holds_the_lock_file(env, tmp_path):
     lock = tmp_path / "locks" / "gpu0.lock"
     assert _held(lock)
     assert lock.read_text().split()[0] == str(os.getpid())
-    devices.release()
-    assert not _held(lock)
 
 
 def test_cpu_claims_nothing(env, tmp_path):

@@ -176,16 +176,6 @@ def problems(var_map: np.ndarray, parents: np.ndarray, edge_index: np.ndarray, l
     return None
 
 
-def group_parents(parents: np.ndarray, var_map: np.ndarray, g: int) -> np.ndarray:
-    """Group g's own tree as a parents array over the variables (root -1)."""
-    vm = np.asarray(var_map[g])
-    real = np.flatnonzero(vm >= 0)
-    out = np.full(len(real), -1, dtype=np.int64)
-    par = np.asarray(parents)[real]
-    out[vm[real]] = np.where(par < 0, -1, vm[np.maximum(par, 0)])
-    return out
-
-
 def num_inputs(var_map: np.ndarray) -> int:
     return int((var_map[0] >= 0).sum())
 

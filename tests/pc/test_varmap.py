@@ -29,6 +29,17 @@ def random_tree(P, rng):
     return reroot(relabeled, int(rng.integers(0, P)))
 
 
+def group_parents(parents: np.ndarray, var_map: np.ndarray, g: int) -> np.ndarray:
+    """Group g's own tree as a parents array over the variables (root -1): what the super-tree
+    embedded for it, read back from the slots (``var_map`` [G, V_S] of lvd.pc.varmap)."""
+    vm = np.asarray(var_map[g])
+    real = np.flatnonzero(vm >= 0)
+    out = np.full(len(real), -1, dtype=np.int64)
+    par = np.asarray(parents)[real]
+    out[vm[real]] = np.where(par < 0, -1, vm[np.maximum(par, 0)])
+    return out
+
+
 def undirected(parents):
     return {frozenset((v, int(p))) for v, p in enumerate(parents) if p >= 0}
 
@@ -42,7 +53,7 @@ def grouped(trees, K=2, C=3, H=2, seed=0, device="cpu"):
 def standalone(tc, g, trees):
     """Group g of ``tc`` as a circuit of its own tree (G = 1, rooted where the super-tree
     rooted it), tables copied from its slots."""
-    own = varmap.group_parents(tc.structure.parents, tc.var_map.cpu().numpy(), g)
+    own = group_parents(tc.structure.parents, tc.var_map.cpu().numpy(), g)
     assert undirected(own) == undirected(trees[g])
     st = tree_structure(own)
     vm = tc.var_map[g].cpu().numpy()
@@ -67,13 +78,13 @@ def test_super_tree_embeds_every_tree():
         real = np.flatnonzero(vm[g] >= 0)
         assert sorted(vm[g, real]) == list(range(7))
         # the same undirected tree (super_tree may root it elsewhere), parent-child onto parent-child
-        assert undirected(varmap.group_parents(parents, vm, g)) == undirected(t)
+        assert undirected(group_parents(parents, vm, g)) == undirected(t)
         for s in real:
             if parents[s] >= 0:
                 assert frozenset((vm[g, s], vm[g, parents[s]])) in undirected(t)
     fixed_p, fixed_vm = varmap.super_tree(trees, reroot=False)
     for g, t in enumerate(trees):
-        np.testing.assert_array_equal(varmap.group_parents(fixed_p, fixed_vm, g), t)
+        np.testing.assert_array_equal(group_parents(fixed_p, fixed_vm, g), t)
     assert len(parents) <= len(fixed_p)
     # identical trees share every slot; one tree is its own super-tree
     p1, vm1 = varmap.super_tree([trees[0]] * 3)

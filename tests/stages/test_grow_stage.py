@@ -230,8 +230,6 @@ def test_without_growing_one_round_keeps_the_kmeans_heads(pg_dir, tmp_path):
 def test_every_cluster_gets_its_own_chow_liu_tree(pg_dir):
     """pc.patch_tree auto = group for clusters: cluster g's patch tree is the Chow-Liu tree of its
     members (every position's patches in cluster g), all run inside one super-tree."""
-    from lvd.pc import varmap
-
     c = pc.load(pg_dir / "pc_init.h5")
     assert c.patch.var_map is not None and pc.load_attrs(pg_dir / "pc_init.h5")["patch_tree"] == "group"
     from lvd.stages import inputs
@@ -244,7 +242,7 @@ def test_every_cluster_gets_its_own_chow_liu_tree(pg_dir):
     for g in range(3):
         rows, pos = np.nonzero(z // H == g)
         want = pc.chow_liu_tree(x[rows[:, None], idx[pos]], 17, seed=g)
-        got = varmap.group_parents(c.patch.structure.parents, c.patch.var_map.numpy(), g)
+        got = fx.group_parents(c.patch.structure.parents, c.patch.var_map.numpy(), g)
         want = want if len(rows) >= pc.patchtrees.MIN_TREE_MEMBERS else pooled
         assert undirected(got) == undirected(want)          # (the super-tree may root it elsewhere)
     pooled_cfg = materialize_pc.Config(num_latents=2, patch_tree="pooled")

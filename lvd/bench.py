@@ -23,9 +23,22 @@ GB/s of summing a 64 MiB float32 tensor, measured with each peak measurement) an
 steps, from /proc/stat; None where there is none). On a host whose cache and memory other
 tenants share, the steps can slow down by half with the steal near zero and the peak unchanged:
 the memory probe moves with them.
+
+Which implementation ran: the JSON names the CPU (``cpu_model``) and its widest vector
+instruction set (``vector_isa``), the kernel mode (``kernels``: auto, torch, numba or
+compiled; ``LVD_KERNELS``), the compiled products' vector width (``gemm_vector_width``, 0
+where they are unavailable) and every choice lvd.pc.kernels made in the run (``choices``:
+pass or product, shape, the chosen path and each candidate's median seconds).
+``--reference`` also times the torch reference path in the same process, in blocks of steps
+alternating with the default's (``reference_seconds_per_batch``, ``speedup`` = reference over
+default): the default path must never be the slower one.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":            # an entry point: configure the process before torch loads
+    from lvd.runtime import configure_process
+    configure_process()
 
 import argparse
 import json
@@ -49,7 +62,17 @@ def _loadavg() -> float | None:
         return None
 
 
-_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "LVD_NO_FUSED")   # settings that change the figures
+_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "LVD_KERNELS", "LVD_NO_FUSED", "LVD_NO_CGEMM")   # settings that change the figures
+
+
+def engine_info() -> dict:
+    """The CPU, its vector ISA, the kernel mode and the choices made so far (lvd.pc.kernels)."""
+    from lvd.pc import _gemm, kernels
+
+    return {"cpu_model": kernels.cpu_model(), "vector_isa": kernels.vector_isa(), "kernels": kernels.mode(),
+            "gemm_vector_width": _gemm.vector_width() if kernels.mode() in ("auto", "compiled") else 0,
+            "choices": {k: {"chosen": v["chosen"], "seconds": v.get("seconds", {})}
+                        for k, v in kernels.choices().items()}}
 
 
 def _fused_on(device) -> bool:
@@ -134,13 +157,33 @@ def _time_steps(circuit, x, batch_size, steps, device, warmup: int = 2) -> tuple
     return np.array(wall), np.array(cpu)
 
 
-def measure(circuit, x, batch_size: int, steps: int, flop_per_step: float, device, peak_repeats: int) -> dict:
+def _time_both(circuit, x, batch_size, steps, device, blocks: int = 4):
+    """The default path's and the torch reference's steps, in ``blocks`` alternating blocks."""
+    from lvd.pc import kernels
+
+    per = max(1, steps // blocks)
+    wall, cpu, rwall = [], [], []
+    for _ in range(blocks):
+        w, c = _time_steps(circuit, x, batch_size, per, device)
+        wall.append(w)
+        cpu.append(c)
+        with kernels.forced("torch"):
+            rwall.append(_time_steps(circuit, x, batch_size, per, device)[0])
+    return np.concatenate(wall), np.concatenate(cpu), np.concatenate(rwall)
+
+
+def measure(circuit, x, batch_size: int, steps: int, flop_per_step: float, device, peak_repeats: int,
+            reference: bool = False) -> dict:
     """Steps and peaks, with medians and spreads (see the module docstring)."""
     load0 = _loadavg()
     peaks = matmul_peaks(repeats=peak_repeats, device=device)
     mem = memory_reads(repeats=peak_repeats, device=device)
     t0 = _cpu_times()
-    wall, cpu = _time_steps(circuit, x, batch_size, steps, device)
+    ref = None
+    if reference:
+        wall, cpu, ref = _time_both(circuit, x, batch_size, steps, device)
+    else:
+        wall, cpu = _time_steps(circuit, x, batch_size, steps, device)
     t1 = _cpu_times()
     peaks += matmul_peaks(repeats=peak_repeats, device=device)
     mem += memory_reads(repeats=peak_repeats, device=device)
@@ -157,7 +200,10 @@ def measure(circuit, x, batch_size: int, steps: int, flop_per_step: float, devic
             "memory_read_gbps": float(np.median(mem)), "memory_read_gbps_range": [float(min(mem)), float(max(mem))],
             "steal_fraction": steal_fraction(t0, t1),
             "loadavg": [load0, _loadavg()], "threads": torch.get_num_threads(), "device": str(device),
-            "fused": _fused_on(device), **{k.lower(): os.environ[k] for k in _ENV if k in os.environ}}
+            "fused": _fused_on(device), **{k.lower(): os.environ[k] for k in _ENV if k in os.environ},
+            **({} if ref is None else {"reference_seconds_per_batch": float(np.median(ref)),
+                                       "speedup": float(np.median(ref)) / step}),
+            **engine_info()}
 
 
 def bench_em(args) -> dict:
@@ -175,7 +221,7 @@ def bench_em(args) -> dict:
     print(f"built HCLT: {args.num_vars} vars, {E} edges, depth {c.structure.depth}, {build:.1f} s",
           file=sys.stderr)
     r = measure(c, torch.from_numpy(data), args.batch_size, args.steps, 6 * E * K * K * args.batch_size,
-                device, args.peak_repeats)
+                device, args.peak_repeats, args.reference)
     return {"bench": "em", "num_vars": args.num_vars, "num_cats": args.num_cats, "num_latents": K,
             "leaf_latents": args.leaf_latents == "yes", "num_edges": E, "batch_size": args.batch_size,
             "seconds_per_epoch_60k": r["seconds_per_batch"] * 60000 / args.batch_size, **r}
@@ -189,7 +235,8 @@ def bench_hmm(args) -> dict:
     h = pc.hmm(args.seq_len, args.num_latents, args.vocab_size, homogeneous=True, seed=0, device=device)
     x = torch.from_numpy(rng.integers(0, args.vocab_size, size=(args.batch_size * (args.steps + 2), args.seq_len)))
     E, H = args.seq_len - 1, args.num_latents
-    r = measure(h, x, args.batch_size, args.steps, 6 * E * H * H * args.batch_size, device, args.peak_repeats)
+    r = measure(h, x, args.batch_size, args.steps, 6 * E * H * H * args.batch_size, device, args.peak_repeats,
+                args.reference)
     return {"bench": "hmm", "seq_len": args.seq_len, "vocab_size": args.vocab_size, "num_latents": H,
             "batch_size": args.batch_size,
             "tokens_per_second": args.batch_size * args.seq_len / r["seconds_per_batch"], **r}
@@ -221,6 +268,8 @@ def main(argv=None) -> None:
                        help="matmul peak measurements before and as many after the steps")
         q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         q.add_argument("--threads", type=int, default=None)
+        q.add_argument("--reference", action="store_true",
+                       help="also time the torch reference path, alternating blocks of steps in this process")
     k = sub.add_parser("peak", help="float32 matmul GFLOP/s")
     k.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)

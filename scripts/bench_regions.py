@@ -17,7 +17,9 @@ import json
 import os
 import time
 
-import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+from lvd.runtime import configure_process  # noqa: I001  (first: before torch loads libgomp)
+
+configure_process()
 
 import numpy as np
 import torch

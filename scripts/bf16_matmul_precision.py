@@ -12,7 +12,9 @@ rounding alone, not the speed (the casts cost more than the bfloat16 matmul save
 import argparse
 import sys
 
-import lvd  # noqa: F401,I001  (first: it sets OpenMP's waiting policy, read when torch loads libgomp)
+from lvd.runtime import configure_process  # noqa: I001  (first: before torch loads libgomp)
+
+configure_process()
 
 import numpy as np
 import torch

@@ -3,7 +3,7 @@
 On the CPU the passes were bound by separate elementwise, gather and scatter sweeps over the
 [n, G, B, K] level tensors, not by the matmuls (torch's ``index_add_``, the leaf-flow scatter,
 took a fifth of a K = 32 HCLT step at about 70 ns per K-float row). Here each level's
-elementwise work is one parallel loop over blocks of ``BLOCK`` rows (node, group, examples) of
+elementwise work is one parallel loop over blocks of ``kernels.BLOCK`` rows (node, group, examples) of
 flat [n * G * B, K] views: no per-row index arithmetic (the 4-D indexing with a division per
 row cost up_level half its time):
 
@@ -12,7 +12,7 @@ row cost up_level half its time):
   of its leaf probability (1 where the value is missing; the
   node's leaf rows streamed into the cache first when they are few),
   exp(evidence - its max), its children's messages (edge children: ``M = W u`` from the level's
-  matmul; copies: u itself), rescaled after every ``RESCALE_EVERY`` children and at the end.
+  matmul; copies: u itself), rescaled after every ``kernels.RESCALE_EVERY`` children and at the end.
   The normalizer is the row's *sum* (the torch path divides by the max): a vectorized sum costs
   a third of a serial max over K floats, and it bounds the row as well (max <= sum <= K max), so
   the product cannot underflow either. Each node's log-scale is kept on its own and summed once
@@ -25,7 +25,8 @@ row cost up_level half its time):
 The K x K products run in lvd.pc._gemm's compiled kernels where those serve (torch's matmuls
 otherwise). The torch path
 (lvd.pc.tree, lvd.pc.treell, lvd.pc.em) is the reference and what runs on CUDA, in float64,
-without numba, or with ``LVD_NO_FUSED=1``; every test in tests/pc runs on both paths and
+without numba, or with ``LVD_KERNELS=torch``; which path runs on the CPU is measured
+(lvd.pc.kernels); every test in tests/pc runs on both paths and
 tests/pc/test_fused.py compares them directly. Per row the arithmetic is fixed, so results do
 not depend on the thread count. Kernels are compiled once per machine (numba's cache beside
 this file, or numba's user cache where that is read-only): about 10 s the first time.
@@ -37,11 +38,12 @@ Kernels index arrays element by element (no views inside the loops).
 from __future__ import annotations
 
 import math
-import os
 import types as types_
 
 import numpy as np
 import torch
+
+from lvd.pc import kernels
 
 try:  # numba is a dependency; a missing or broken install falls back to the torch path
     import numba
@@ -53,19 +55,18 @@ TINY = np.float32(np.finfo(np.float32).tiny)   # float32 constants keep the kern
 _ONE = np.float32(1.0)
 _LOW = np.float32(-1e30)
 _FLAGS = {"reassoc", "contract", "nsz", "arcp"}   # no nnan / ninf: -inf evidence stays meaningful
-ENABLED = numba is not None and not os.environ.get("LVD_NO_FUSED")
+ENABLED = numba is not None                    # the kernels can run (lvd.pc.kernels decides whether they do)
 
 _I2 = np.zeros((1, 1), np.int64)               # stand-ins for absent arrays (fixed types)
 _F2 = np.zeros((1, 1), np.float32)
 _I1 = np.zeros(1, np.int64)
 _B1 = np.zeros(1, np.bool_)
-BLOCK = 32                                      # rows (examples) per parallel work item
 
 
 def usable(*tables) -> bool:
     """The fused path serves float32 tables (and evidence) on the CPU, when numba is there
-    and not switched off (``ENABLED``; ``LVD_NO_FUSED=1``)."""
-    return ENABLED and all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tables)
+    (``ENABLED``) and the kernel mode is not ``torch`` (lvd.pc.kernels: ``LVD_KERNELS=torch``)."""
+    return ENABLED and kernels.mode() != "torch" and all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tables)
 
 
 def _threads() -> None:
@@ -311,7 +312,7 @@ def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repea
     order, which the hardware prefetcher streams, so that its examples' reads at random rows hit
     the cache (HCLT K = 32, batch 512: up_level 23-24 -> 17 ms a step, measured in one process
     alternating both); results are the same either way. Worth it when C is not much more than
-    the batch (lvd.pc.tree.LEAF_STREAM).
+    the batch (lvd.pc.kernels.LEAF_STREAM).
 
     ``products`` = (nn, wt): the messages are computed here, msg = uk[:ne] wt per (child,
     group) pair, wt [ne, G, K, K] the children's W^T (contiguous) and nn the address of
@@ -323,7 +324,7 @@ def up_level(u, s, m, msg, uk, children, ne, every, leaves_flat, base, xs, repea
     has_kids = uk is not None
     ptr, kids = children if has_kids else (_I2[0], _I2[0])
     n, G, B, _ = u.shape
-    nn, pwt, bs = 0, 0, BLOCK
+    nn, pwt, bs = 0, 0, kernels.BLOCK
     if products is not None and ne:
         nn, wt = products
         if wt.shape != (ne, G, u.shape[-1], u.shape[-1]) or not wt.is_contiguous() or msg is None:
@@ -375,6 +376,6 @@ def down_level(uk, rw, nmul, flows, base, xs, repeat, miss, unique_rows: bool, z
             raise ValueError("down_level: products need whole-pair items (dense unique leaf rows), rw and g")
     fn(_rows(uk, None, True), _rows(rw, _F2, a_in_rw or nn != 0), int(nmul), bool(a_in_rw and nmul), scatter, _F2 if flows is None else _contig(flows, True),
        _I2 if base is None else _contig(base, False), _flat(xs, _I1), int(repeat), _flat(miss, _B1),
-       miss is not None, int(zero_rows), nk, G, B, B if scatter else BLOCK, has_next, ptr, kids, int(ne_next),
+       miss is not None, int(zero_rows), nk, G, B, B if scatter else kernels.BLOCK, has_next, ptr, kids, int(ne_next),
        _rows(m_next, _F2), _rows(u_next, _F2, True), _rows(r_next, _F2, True), int(nn), int(tn),
        _rows(r, _F2), _rows(w, _F2), _rows(g, _F2, tn != 0))

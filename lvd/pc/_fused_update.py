@@ -1,5 +1,5 @@
 """Fused CPU kernels (numba) for the EM update, the companions of lvd.pc._fused's pass kernels
-(the same conditions: CPU float32 tables, numba present, ``LVD_NO_FUSED`` unset; the same
+(the same conditions: CPU float32 tables, numba present, kernel mode not ``torch``; the same
 thread count):
 
 - ``em_update``: the dense update of lvd.pc.em.em_step, one pass for the sums and one for

@@ -2,13 +2,21 @@
  * with the machine's C compiler, -O3 -march=native; loaded with ctypes, driven by numba).
  *
  * The passes multiply, per (node, group), a [B, K] row block of a level tensor by a K x K edge
- * table (K = 16 .. 256, lvd.pc._gemm.MAX_K). torch's batched matmul runs these shapes at a fraction of the machine's
- * speed (measured at K = 32, B = 512: 58-66 GFLOP/s on one core of the 2-vCPU AMD EPYC, against
- * 100-114 for the kernels below). Each output tile of ROWS rows x 32 columns (16 where K is an
- * odd multiple of 16) lives in registers while the inner loop runs over the shared dimension:
- * per step one row of the right-hand operand (two 16-float vectors) is loaded and multiplied by
- * ROWS broadcast scalars. GCC's vector extensions keep the code portable: a 16-float vector is
- * one AVX-512 register, two AVX registers or four SSE/NEON ones.
+ * table (K a multiple of 16, at most lvd.pc.kernels.MAX_K). Each output tile of ROWS rows x
+ * 2 VW columns lives in registers while the inner loop runs over the shared dimension: per
+ * step one row of the right-hand operand (two vectors of VW floats) is loaded and multiplied
+ * by ROWS broadcast scalars.
+ *
+ * The vector width and the tile height follow the instruction set the compiler targets, so
+ * that the 2 ROWS accumulators, the two operand vectors and the broadcast fit the register
+ * file:
+ *   AVX-512 (32 registers of 16 floats): VW = 16, ROWS = 8 (16 accumulators);
+ *   AVX/AVX2 (16 registers of 8 floats):  VW = 8,  ROWS = 6 (12 accumulators);
+ *   otherwise (SSE, NEON: 4 floats):      VW = 4,  ROWS = 4 (8 accumulators).
+ * A tile wider than the register file spills its accumulators to the stack on every step
+ * (16-float vectors on AVX2 did: 537 of 828 instructions of lvd_nn touched the stack, and the
+ * kernel ran at 1-3.5 GFLOP/s against torch's 20-63). Whether the kernels are used at all is
+ * decided by measurement against torch on the machine (lvd.pc.kernels).
  *
  * Every output entry is one sum over the shared dimension in its order, so results do not
  * depend on how callers split rows between threads.
@@ -17,25 +25,31 @@
 #include <string.h>
 
 #if defined(__AVX512F__)
-#define ROWS 8 /* 16 accumulators of 16 floats: half the 32 vector registers */
+#define VW 16
+#define ROWS 8
+#elif defined(__AVX__)
+#define VW 8
+#define ROWS 6
 #else
-#define ROWS 4 /* 4 rows x 2 vectors of 16 floats: 16 AVX registers of 8 floats */
+#define VW 4
+#define ROWS 4
 #endif
+#define TW (2 * VW) /* tile width in floats */
 #define INL static inline __attribute__((always_inline))
 
-typedef float vec __attribute__((vector_size(64)));
+typedef float vec __attribute__((vector_size(4 * VW)));
 
 INL vec ld(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
 INL void st(float *p, vec v) { memcpy(p, &v, sizeof v); }
 
-/* C[r, 0:W] = sum_k A[r * lda + k * sa] * Bm[k * ldb + 0:W] for r < R (W = 16 * NV). */
+/* C[r, 0:W] = sum_k A[r * lda + k * sa] * Bm[k * ldb + 0:W] for r < R (W = VW * NV). */
 INL void tile(const float *A, long lda, long sa, const float *Bm, long ldb, float *C, long ldc, long K,
               const int R, const int NV) {
     vec acc[ROWS][2];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = (vec){0};
     for (long k = 0; k < K; k++) {
-        vec b0 = ld(Bm + k * ldb), b1 = NV > 1 ? ld(Bm + k * ldb + 16) : b0;
+        vec b0 = ld(Bm + k * ldb), b1 = NV > 1 ? ld(Bm + k * ldb + VW) : b0;
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             float a = A[r * lda + k * sa];
@@ -44,7 +58,7 @@ INL void tile(const float *A, long lda, long sa, const float *Bm, long ldb, floa
         }
     }
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < NV; v++) st(C + r * ldc + 16 * v, acc[r][v]);
+        for (int v = 0; v < NV; v++) st(C + r * ldc + VW * v, acc[r][v]);
 }
 
 /* C[0:rows, j0:j0 + W] = A[0:rows, :] Bm[:, j0:j0 + W] (A's rows lda apart, Bm's rows ldb apart). */
@@ -55,17 +69,17 @@ INL void panel(const float *A, long lda, const float *Bm, long ldb, float *C, lo
     for (; r < rows; r++) tile(A + r * lda, lda, 1, Bm, ldb, C + r * ldc, ldc, K, 1, NV);
 }
 
-/* C[rows, K] = A[rows, K] B[K, K] (row-major, contiguous). */
+/* C[rows, K] = A[rows, K] B[K, K] (row-major, contiguous; K a multiple of 16, hence of VW). */
 void lvd_nn(const float *A, const float *Bm, float *C, long rows, long K) {
     long j = 0;
-    for (; j + 32 <= K; j += 32) panel(A, K, Bm + j, K, C + j, K, rows, K, 2);
-    if (j < K) panel(A, K, Bm + j, K, C + j, K, rows, K, 1);
+    for (; j + TW <= K; j += TW) panel(A, K, Bm + j, K, C + j, K, rows, K, 2);
+    for (; j < K; j += VW) panel(A, K, Bm + j, K, C + j, K, rows, K, 1);
 }
 
 /* G[i, :] = sum_b R[b, i] U[b, :] for i0 <= i < i1 (R, U [rows, K]; G [K, K]). */
 void lvd_tn(const float *R, const float *U, float *G, long rows, long K, long i0, long i1) {
-    for (long j = 0; j < K; j += 32) {
-        int two = K - j >= 32;
+    for (long j = 0; j < K;) {
+        int two = K - j >= TW;
         long i = i0;
         for (; i + ROWS <= i1; i += ROWS) {
             if (two) tile(R + i, 1, K, U + j, K, G + i * K + j, K, rows, ROWS, 2);
@@ -75,8 +89,12 @@ void lvd_tn(const float *R, const float *U, float *G, long rows, long K, long i0
             if (two) tile(R + i, 1, K, U + j, K, G + i * K + j, K, rows, 1, 2);
             else tile(R + i, 1, K, U + j, K, G + i * K + j, K, rows, 1, 1);
         }
+        j += two ? TW : VW;
     }
 }
 
 /* The tile height compiled in (the drivers split tn's rows of G in multiples of it). */
 long lvd_rows(void) { return ROWS; }
+
+/* The vector width compiled in, in floats (16: AVX-512, 8: AVX/AVX2, 4: otherwise). */
+long lvd_vector_width(void) { return VW; }

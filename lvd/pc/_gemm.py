@@ -4,22 +4,23 @@ The fused CPU path (lvd.pc._fused) spends half of an HCLT step at K = 32 in thre
 matmuls per level: the messages M = u W^T (upward), r W (downward) and the edge flows r^T u,
 each [B, K] by [K, K] per (node, group). torch runs those shapes well below its own 2048^2
 peak; the kernels of ``_gemm.c`` keep a tile of the product in registers and run them near the
-core's FMA rate (see ``scripts/bench_gemm.py`` for the comparison on a machine, and the README's
-"Engine speed" for what it does to a step).
+core's FMA rate on the CPUs where they win. Whether they do is measured on the machine that
+runs them (lvd.pc.kernels); ``scripts/bench_gemm.py`` prints the comparison.
 
 Built on first use: the machine's C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) with
-``-O3 -march=native`` into ``$LVD_CACHE_DIR`` (default ``$XDG_CACHE_HOME/lvd`` or
+``-O3 -march=native`` (the vector width follows the CPU's instruction set: 16 floats with
+AVX-512, 8 with AVX/AVX2, 4 otherwise) into ``$LVD_CACHE_DIR`` (default ``$XDG_CACHE_HOME/lvd`` or
 ``~/.cache/lvd``), named by a hash of the source, the flags, the compiler and the CPU (its
 /proc/cpuinfo flags), so machines of different CPUs that share a home directory each build
 their own; written under a temporary name and renamed. After loading, each kernel is checked
 once against numpy on small random operands; a library that fails the check, a missing
 compiler or a failed build leaves the engine on torch's matmuls (``available()`` is False; the
-reason is in ``reason()``). ``LVD_NO_CGEMM=1`` switches the kernels off. They serve contiguous
-CPU float32 operands with K a multiple of 16 and at most ``MAX_K``; other calls return None and
-the caller uses torch.
+reason is in ``reason()`` and in one line on stderr). They serve contiguous CPU float32
+operands with K a multiple of 16 and at most ``kernels.MAX_K`` where lvd.pc.kernels lets them
+(``kernels.products_on``); other calls return None and the caller uses torch.
 
 Threads: numba's (its thread count is set to torch's by lvd.pc._fused), over (pair, block of
-``ROW_BLOCK`` rows) for the row products and (pair, rows of the output) for r^T u. Every output
+``kernels.ROW_BLOCK`` rows) for the row products and (pair, rows of the output) for r^T u. Every output
 entry is one sum in a fixed order, so results do not depend on the thread count.
 """
 
@@ -39,26 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvd.pc import _fused
+from lvd.pc import _fused, kernels
 
 SOURCE = Path(__file__).with_name("_gemm.c")
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-ffp-contract=fast", "-fPIC", "-shared"]
-MAX_K = 256          # the largest K measured faster than torch here (HMM H = 256); torch above
-ROW_BLOCK = 64       # rows per work item of the row products
 
 _STATE: dict = {}
-
-
-def _cpu_id() -> str:
-    """The CPU's identity for the cache name: -march=native code runs only on CPUs like it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _compiler() -> str | None:
@@ -81,7 +68,7 @@ def _build(cc: str) -> Path:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), _cpu_id().encode(),
+    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), kernels.cpu_flags().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     out = cache_dir() / f"gemm-{key}.so"
     if out.exists():
@@ -121,16 +108,24 @@ def _check(lib) -> None:
                                    f"{np.abs(g - w).max():.3g})")
 
 
+def _off() -> str:
+    """Why the kernels are off in this process now ('' when they may run). Not cached: the
+    kernel mode can change within a process (lvd.pc.kernels.forced)."""
+    if kernels.mode() in ("torch", "numba"):
+        return f"switched off (kernel mode {kernels.mode()})"
+    if not _fused.ENABLED:
+        return "needs numba (the fused path drives the kernels)"
+    return ""
+
+
 def _load():
+    if _off():
+        return None
     if "lib" in _STATE:
         return _STATE["lib"]
     lib = None
     reason, tell = "", False
-    if os.environ.get("LVD_NO_CGEMM"):
-        reason = "switched off (LVD_NO_CGEMM)"
-    elif not _fused.ENABLED:
-        reason = "needs the fused path (numba present, LVD_NO_FUSED unset)"
-    elif (cc := _compiler()) is None:
+    if (cc := _compiler()) is None:
         reason, tell = "no C compiler (set CC, or install gcc or clang)", True
     else:
         try:
@@ -140,13 +135,15 @@ def _load():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, None
             lib.lvd_rows.restype = i
+            lib.lvd_vector_width.restype = i
             _check(lib)
         except Exception as e:   # a build or check failure: torch's matmuls instead
             lib, reason, tell = None, f"{type(e).__name__}: {e}", True
     _STATE["lib"], _STATE["reason"] = lib, reason
     if lib is not None:   # the addresses the drivers call, and the tile height
         _STATE.update(nn=ctypes.cast(lib.lvd_nn, ctypes.c_void_p).value,
-                      tn=ctypes.cast(lib.lvd_tn, ctypes.c_void_p).value, tile=int(lib.lvd_rows()))
+                      tn=ctypes.cast(lib.lvd_tn, ctypes.c_void_p).value, tile=int(lib.lvd_rows()),
+                      width=int(lib.lvd_vector_width()))
     if tell:                # a machine that should have them, once per process
         print(f"lvd.pc._gemm: compiled kernels unavailable ({reason}); using torch's matmuls",
               file=sys.stderr)
@@ -158,10 +155,15 @@ def available() -> bool:
     return _load() is not None
 
 
+def vector_width() -> int:
+    """Floats per vector the kernels were compiled for (0 where they are unavailable)."""
+    return _STATE.get("width", 0) if available() else 0
+
+
 def reason() -> str:
     """Why the kernels are unavailable ('' when they are)."""
     _load()
-    return _STATE["reason"]
+    return _off() or _STATE["reason"]
 
 
 if _fused.numba is not None:
@@ -198,18 +200,19 @@ def _ok(*ts) -> bool:
 
 
 def _serves(K: int) -> bool:
-    return K % 16 == 0 and 16 <= K <= MAX_K and available()
+    return K % 16 == 0 and 16 <= K <= kernels.MAX_K and available() and kernels.products_on(K)
 
 
 def serves(w: torch.Tensor) -> bool:
     """The kernels serve products with the tables w [..., K, K] (contiguous CPU float32, K a
-    multiple of 16 up to MAX_K) and are available."""
+    multiple of 16 up to kernels.MAX_K), are available, and lvd.pc.kernels lets them serve K."""
     return w.dim() >= 2 and w.shape[-1] == w.shape[-2] and _ok(w) and _serves(w.shape[-1])
 
 
 def address(name: str) -> int:
     """The address of the loaded kernel lvd_<name> ("nn", "tn"), for numba kernels that call it."""
-    _load()
+    if _load() is None:
+        raise RuntimeError(f"the compiled kernels are unavailable: {reason()}")
     return _STATE[name]
 
 
@@ -231,7 +234,7 @@ def mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor):
     if P * rows == 0:
         return out
     _fused._threads()
-    _rows_drive(_STATE["nn"], a.data_ptr(), w.data_ptr(), out.data_ptr(), P, rows, K, ROW_BLOCK, K * K)
+    _rows_drive(_STATE["nn"], a.data_ptr(), w.data_ptr(), out.data_ptr(), P, rows, K, kernels.ROW_BLOCK, K * K)
     return out
 
 
@@ -250,7 +253,7 @@ def tmm(r: torch.Tensor, u: torch.Tensor, out: torch.Tensor):
     _fused._threads()
     tile = _STATE["tile"]
     split = max(1, min(K // tile, (4 * _fused.numba.get_num_threads()) // P))
-    while K % (split * tile):
+    while split > 1 and (K % split or (K // split) % tile):   # parts of whole tiles (lvd_tn does any)
         split -= 1
     _tn_drive(_STATE["tn"], r.data_ptr(), u.data_ptr(), out.data_ptr(), P, rows, K, split)
     return out

@@ -42,12 +42,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lvd.pc import _fused, _gemm
-from lvd.pc._cpu import index_add, index_copy, index_reduce, index_select, tune_malloc
+from lvd.pc import _fused, _gemm, kernels
+from lvd.pc._cpu import index_add, index_copy, index_reduce, index_select
 
-tune_malloc()
 TINY = torch.finfo(torch.float32).tiny
-RESCALE_EVERY = 2            # child messages multiplied into a node's product between rescales
 warnings.filterwarnings("ignore", message=r"index_reduce\(\) is in beta")
 
 
@@ -123,14 +121,14 @@ class TreeStructure:
             self.parent_local.append(torch.from_numpy(self.position[parents[nodes]] - p0))
             rank = np.array([children[parents[n]].index(n) for n in nodes])
             groups, big = [], []
-            for g0 in range(0, int(rank.max()) + 1, RESCALE_EVERY):
+            for g0 in range(0, int(rank.max()) + 1, kernels.RESCALE_EVERY):
                 ranges = []
                 for lo, hi in ((0, ne), (ne, b - a)):        # ranks ascend within each part
-                    sel = lo + np.flatnonzero((rank[lo:hi] >= g0) & (rank[lo:hi] < g0 + RESCALE_EVERY))
+                    sel = lo + np.flatnonzero((rank[lo:hi] >= g0) & (rank[lo:hi] < g0 + kernels.RESCALE_EVERY))
                     if len(sel):
                         ranges.append((int(sel[0]), int(sel[-1]) + 1))
                 groups.append(ranges)
-                sel = np.flatnonzero((rank >= g0) & (rank < g0 + RESCALE_EVERY))
+                sel = np.flatnonzero((rank >= g0) & (rank < g0 + kernels.RESCALE_EVERY))
                 big.append(None if g0 == 0 else torch.from_numpy(np.unique(self.position[parents[nodes[sel]]] - p0)))
             self.rank_groups.append(groups)
             self.rescale_rows.append(big)
@@ -286,8 +284,25 @@ def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, r
         C = leaves.shape[2]
         flat = leaves.reshape(-1, K)
     if _fused.usable(W, leaves, ev):
-        _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat)
-        return u, s, M
+        def run(path):                        # a candidate for the measurement, on its own buffers
+            bu, bs_, bm = torch.empty_like(u), torch.empty_like(s), None if M is None else torch.empty_like(M)
+            if path == "torch":
+                return lambda: _upward_torch(st, idx, W, flat, C, G, xs, miss, ev, bu, bs_, bm, repeat)
+            return lambda: _upward_fused(st, idx, W, flat, C, xs, miss, ev, bu, bs_, bm, repeat)
+
+        key = kernels.pass_key(st, G, B, K, C or 0, miss is not None, ev is not None, M is not None, repeat)
+        path = kernels.pass_path("up", key, K, run)
+        if path != "torch":
+            with kernels.running(path):
+                _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat)
+            return u, s, M
+    with kernels.running("torch"):
+        _upward_torch(st, idx, W, flat, C, G, xs, miss, ev, u, s, M, repeat)
+    return u, s, M
+
+
+def _upward_torch(st, idx, W, flat, C, G, xs, miss, ev, u, s, M, repeat) -> None:
+    """The reference upward pass into u, s and M (lvd.pc.tree's contract)."""
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
         ul, sl = u[a:b], s[a:b]
@@ -308,32 +323,11 @@ def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, r
                     index_reduce(ul, par[lo:hi], src, "prod")
             index_add(sl, par, s[c0:c1])
         _rescale(ul, sl)
-    return u, s, M
 
 
 def max_edge_nodes(st: TreeStructure) -> int:
     """The most edge nodes of any level (the size of the passes' per-level scratch buffers)."""
     return max(st.num_edge_nodes)
-
-
-# the fused upward pass streams a node's C leaf rows before its examples read them when C is at
-# most this many times the batch (HCLT: C = 256 against 512 examples; an HMM's 33,278-word
-# table is read at random instead)
-LEAF_STREAM = 4
-
-
-# The messages M = u W^T inside lvd.pc._fused.up_level (one parallel region a level instead of
-# two: the parent's item computes its edge children's messages, then their product) where the
-# compiled kernels serve W, K <= FUSE_MAX_K and the level has at least FUSE_MIN_PAIRS
-# (node, group) pairs of parents (the items are whole pairs; fewer would leave threads idle).
-# Bit-identical to the separate products (the same kernel on the same rows). HCLT EM steps
-# (784 x 256, batch 512, medians of paired differences of alternated steps in one process,
-# 2026-12-05, the 2-vCPU AMD EPYC, passive OpenMP waiting): K = 16 -2.65 ms of 26.1, K = 32
-# -1.82 of 37.2, K = 64 +1.01 of 88.9 (quartiles -0.7 / +2.0), K = 128 +15.8 of 285.8: at large
-# K a whole pair's product on one thread loses more than a region's wake-up costs.
-FUSE_PRODUCTS = True
-FUSE_MAX_K = 32
-FUSE_MIN_PAIRS = 4
 
 
 def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
@@ -344,7 +338,9 @@ def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
     mx = W.new_empty(u.shape[:3])
     base = None if flat is None else st.leaf_base(W.device, G, C)
     Wt = _gemm.transposed(W)              # the compiled kernels' operand for M = u W^T, or None
-    fuse = FUSE_PRODUCTS and Wt is not None and K <= FUSE_MAX_K
+    # M = u W^T inside up_level (one parallel region a level instead of two) up to
+    # kernels.FUSE_UP_MAX_K, on levels of at least kernels.FUSE_MIN_PAIRS parent pairs
+    fuse = Wt is not None and K <= kernels.FUSE_UP_MAX_K
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
         msg = uk = kids = products = None
@@ -355,16 +351,16 @@ def _upward_fused(st, idx, W, flat, C, xs, miss, ev, u, s, M, repeat) -> None:
             if ne:
                 buf, off = (M, c0) if M is not None else (scratch, 0)
                 msg = buf[off:off + ne]
-                if fuse and (b - a) * G >= FUSE_MIN_PAIRS:      # M inside up_level (see FUSE_PRODUCTS)
+                if fuse and (b - a) * G >= kernels.FUSE_MIN_PAIRS:      # M inside up_level
                     wt = edge_level(st, idx, Wt, d + 1)
                     products = (_gemm.address("nn"), wt if wt.is_contiguous() else wt.contiguous())
                 elif Wt is None or _gemm.mm(u[c0:c0 + ne], edge_level(st, idx, Wt, d + 1), msg) is None:
                     _mm(u[c0:c0 + ne], edge_level(st, idx, W, d + 1).transpose(-1, -2), out=msg)
             uk, kids = u[c0:c1], children[d]
-        _fused.up_level(u[a:b], s[a:b], mx[a:b], msg, uk, kids, ne, RESCALE_EVERY, flat,
+        _fused.up_level(u[a:b], s[a:b], mx[a:b], msg, uk, kids, ne, kernels.RESCALE_EVERY, flat,
                         None if base is None else base[a:b], None if xs is None else xs[a:b], repeat,
                         None if miss is None else miss[a:b], None if ev is None else ev[a:b],
-                        0 if flat is None or C > LEAF_STREAM * B else C, products=products)
+                        0 if flat is None or C > kernels.LEAF_STREAM * B else C, products=products)
     s.add_(mx.log_())                     # every node's own log-scale, then the root's: their sum
     s[0] = s.sum(0)
 

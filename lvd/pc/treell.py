@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from lvd.pc import _fused, _gemm
+from lvd.pc import _fused, _gemm, kernels
 from lvd.pc._cpu import index_add, index_select
 from lvd.pc.tree import TINY, NodeMajor, _mm, _prepare, _repeat, edge_level, leaf_rows, max_edge_nodes, upward
 
@@ -128,47 +128,70 @@ class TreeLL(torch.autograd.Function):
             g_edges = torch.empty_like(W) if _edge_rows_written(st, W) else torch.zeros_like(W)
         u[0].mul_(torch.matmul(rq, root))                                # u[0] <- flows a of the root
         dense_leaves = want_leaves and not ctx.sparse
+        keep_a = want_ev or (want_leaves and not dense_leaves)   # what _finish reads of every node's a
+        path = "torch"
         if _fused.usable(W, u):
-            keep_a = want_ev or (want_leaves and not dense_leaves)   # what _finish reads of every node's a
-            g_leaves, a = _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves, keep_a)
-            return _finish(ctx, st, idx, W, a, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves,
-                           dense_leaves, want_ev, g_root, (L_t, G, C, K))
-        if dense_leaves:   # scattered level by level, while the level's flows are in cache
-            sink = L_t * G * C
-            g_leaves = W.new_zeros(sink + 1, K)                          # last row: missing values
+            def run(p):                       # a candidate for the measurement, on copies
+                cu, cm = u.clone(), M.clone()
+                cg = None if g_edges is None else g_edges.clone()
+                if p == "torch":
+                    return lambda: _down_torch(st, idx, W, cu, cm, xs, miss, repeat, cg, C, L_t, dense_leaves)
+                return lambda: _down_fused(st, idx, W, cu, cm, xs, miss, repeat, cg, C, L_t, dense_leaves, keep_a)
 
-            def scatter(a0, a1):
-                rows = leaf_rows(st, a0, a1, G, C, xs, repeat)           # [n, G, B]
-                if miss is not None:
-                    rows = rows.masked_fill(_repeat(miss, a0, a1, repeat), sink)
-                index_add(g_leaves, rows.reshape(-1), u[a0:a1].view(-1, K))
+            key = kernels.pass_key(st, G, B, K, C or 0, miss is not None, want_edges, want_leaves, dense_leaves,
+                                   keep_a, repeat)
+            path = kernels.pass_path("down", key, K, run)
+        if path != "torch":
+            with kernels.running(path):
+                g_leaves, a = _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves, keep_a)
+        else:
+            with kernels.running("torch"):
+                g_leaves, a = _down_torch(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves)
+        return _finish(ctx, st, idx, W, a, xs, miss, repeat, g_edges, g_leaves, want_edges, want_leaves,
+                       dense_leaves, want_ev, g_root, (L_t, G, C, K))
 
-            scatter(0, 1)
-        # level by level: r = a_parent / M_child; edge flows W * (r^T u_child); a_child = u_child * (r W)
-        for d in range(st.depth - 1):
-            a, b = st.levels[d]
-            c0, c1 = st.levels[d + 1]
-            ne = st.num_edge_nodes[d + 1]
-            par = idx["parent_local"][d + 1]
-            if ne < c1 - c0:                                             # copies: a_c = a_parent
-                index_select(u[a:b], par[ne:], out=u[c0 + ne:c1])
-            if not ne:
-                if dense_leaves:
-                    scatter(c0, c1)
-                continue
-            r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
-            r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
-            Wl = edge_level(st, idx, W, d + 1)
-            uc = u[c0:c0 + ne]
-            if want_edges:                                               # r^T u now, times W once at the end
-                _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B)
-            uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
+
+def _down_torch(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves):
+    """The reference backward's level loop: u[0] holds the root's flows; u gets every node's
+    flows a (overwritten level by level), g_edges (if given) the sums of r^T u per edge row.
+    Returns (the dense leaf flows [L_t * G * C, K] or None, u)."""
+    G, B, K = u.shape[1], u.shape[2], u.shape[3]
+    g_leaves = None
+    if dense_leaves:   # scattered level by level, while the level's flows are in cache
+        sink = L_t * G * C
+        g_leaves = W.new_zeros(sink + 1, K)                          # last row: missing values
+
+        def scatter(a0, a1):
+            rows = leaf_rows(st, a0, a1, G, C, xs, repeat)           # [n, G, B]
+            if miss is not None:
+                rows = rows.masked_fill(_repeat(miss, a0, a1, repeat), sink)
+            index_add(g_leaves, rows.reshape(-1), u[a0:a1].view(-1, K))
+
+        scatter(0, 1)
+    # level by level: r = a_parent / M_child; edge flows W * (r^T u_child); a_child = u_child * (r W)
+    for d in range(st.depth - 1):
+        a, b = st.levels[d]
+        c0, c1 = st.levels[d + 1]
+        ne = st.num_edge_nodes[d + 1]
+        par = idx["parent_local"][d + 1]
+        if ne < c1 - c0:                                             # copies: a_c = a_parent
+            index_select(u[a:b], par[ne:], out=u[c0 + ne:c1])
+        if not ne:
             if dense_leaves:
                 scatter(c0, c1)
+            continue
+        r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
+        r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
+        Wl = edge_level(st, idx, W, d + 1)
+        uc = u[c0:c0 + ne]
+        if g_edges is not None:                                      # r^T u now, times W once at the end
+            _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B)
+        uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
         if dense_leaves:
-            g_leaves = g_leaves[:-1]
-        return _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves if dense_leaves else None,
-                       want_edges, want_leaves, dense_leaves, want_ev, g_root, (L_t, G, C, K))
+            scatter(c0, c1)
+    if dense_leaves:
+        g_leaves = g_leaves[:-1]
+    return g_leaves, u
 
 
 def _edge_rows_written(st, table) -> bool:
@@ -193,22 +216,6 @@ def _finish(ctx, st, idx, W, u, xs, miss, repeat, g_edges, g_leaves, want_edges,
     else:
         g_leaves = None
     return None, g_edges, g_root, g_leaves, None, None, g_ev
-
-
-# The downward products inside lvd.pc._fused.down_level where they fit (one parallel region a
-# level instead of three). Every K the compiled kernels serve: under lvd's passive OpenMP
-# waiting each parallel region costs 40-55 us of thread wake-up here (an empty numba prange on
-# 2 threads, in the engine's process, 2026-12-05), as much as a K = 32 level's work. HCLT EM
-# steps (784 x 256, batch 512, medians of paired differences of 30 alternated steps in one
-# process, 2026-12-05, the 2-vCPU AMD EPYC): K = 16 -3.95 ms of 27.7, K = 32 -4.46 of 45.8,
-# K = 64 -1.70 of 88.1 (K = 128: 8% of a step, 2026-12-04). An earlier measurement that found
-# no gain below K = 128 ran in a script that loaded torch before lvd set the waiting policy,
-# so its threads spun and the regions cost ~2 us. Levels of fewer than FUSE_MIN_PAIRS
-# (node, group) pairs keep the separate, row-split products (a pair's products in one item run
-# on one thread; 1 against 4 pairs: -0.47 ms, quartiles -1.73 / +0.29, noise).
-FUSE_PRODUCTS = True
-FUSE_MIN_K = 16
-FUSE_MIN_PAIRS = 4
 
 
 def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves, keep_a=True):
@@ -248,8 +255,8 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
     # the products inside the level kernels (one parallel region a level, not three) where its
     # items take whole (node, group) pairs; level d + 1's r is then written while level d's is
     # read, so the levels alternate between two r buffers
-    fuse = (FUSE_PRODUCTS and K >= FUSE_MIN_K and shared < 0 and dense_leaves and unique and _gemm.serves(W)
-            and max_edge_nodes(st) * G >= FUSE_MIN_PAIRS)
+    fuse = (K >= kernels.FUSE_DOWN_MIN_K and shared < 0 and dense_leaves and unique and _gemm.serves(W)
+            and max_edge_nodes(st) * G >= kernels.FUSE_MIN_PAIRS)
     r2 = W.new_empty(r.shape) if fuse else None
 
     def r_of(d, c0, ne):
@@ -278,7 +285,7 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
         if ne:
             Wl, out, rl = edge_level(st, idx, W, d), rwbuf[:ne] if small else M[c0:c0 + ne], r_of(d, c0, ne)
             sl = st.edge_slices[d]
-            in_kernel = fuse and ne * G >= FUSE_MIN_PAIRS and (g_edges is None or (sl is not None and st.edge_rows_exact))
+            in_kernel = fuse and ne * G >= kernels.FUSE_MIN_PAIRS and (g_edges is None or (sl is not None and st.edge_rows_exact))
             if g_edges is not None and shared < 0 and not in_kernel:
                 _edge_flows(st, idx, g_edges, rl, u[c0:c0 + ne], d - 1, c0, ne, K, B)
             if in_kernel:

@@ -5,4 +5,12 @@ tests call directly, and ``main(argv)`` that parses arguments, sets up logging, 
 the device (see :mod:`lvd.stages.common`). Three modules are not stages: ``common`` (what
 every ``main`` shares), ``inputs`` (checked readers of the stage artifacts) and ``emstage``
 (what the EM stages on x alone share: finetune, train_baseline, train_hclt).
+
+The stages are command-line entry points: this package configures the process it starts in
+(``lvd.runtime.configure_process``: OpenMP's passive waiting, glibc's malloc thresholds)
+before any stage imports torch. The library outside lvd.stages changes nothing on import.
 """
+
+from lvd.runtime import configure_process as _configure
+
+_configure()

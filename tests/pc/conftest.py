@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvd.pc import _fused
+from lvd.pc import _fused, kernels
 from pc_bruteforce import tree_circuit
 
 
@@ -46,12 +46,19 @@ def device(request):
 def engine_path(request, monkeypatch):
     """Every engine test runs twice on the CPU: with the fused CPU kernels (lvd.pc._fused, the
     default there) and on the torch path (what CUDA, float64 and installs without numba run).
-    CUDA tests run once (the kernels are CPU-only)."""
+    CUDA tests run once (the kernels are CPU-only). The fused variant forces the kernel mode
+    ``compiled`` (fused kernels, and the compiled products wherever they serve the call), so
+    the fast paths are tested whatever lvd.pc.kernels would measure here; the torch variant
+    forces ``torch``."""
     if request.param == "torch":
         spec = getattr(request.node, "callspec", None)
         if spec is not None and str(spec.params.get("device", "cpu")).startswith("cuda"):
             pytest.skip("CUDA runs the torch path in the 'fused' variant already")
         monkeypatch.setattr(_fused, "ENABLED", False)
+        mode = "torch"
     elif not _fused.ENABLED:
-        pytest.skip("the fused CPU kernels are off (numba missing or LVD_NO_FUSED set)")
-    yield request.param
+        pytest.skip("the fused CPU kernels are off (numba missing)")
+    else:
+        mode = "compiled"
+    with kernels.forced(mode):
+        yield request.param

@@ -14,25 +14,26 @@ import pytest
 import torch
 
 from lvd import pc
-from lvd.pc import _fused, _fused_update, varmap
+from lvd.pc import _fused, _fused_update, kernels, varmap
 from lvd.pc.em import MIN_DENOM
 from lvd.pc.structures import tree_structure
 from pc_bruteforce_lvd import make_lvd
 from level_cases import tiny_level
 
-pytestmark = pytest.mark.skipif(not _fused.ENABLED, reason="numba missing or LVD_NO_FUSED set")
+pytestmark = pytest.mark.skipif(not _fused.ENABLED, reason="numba missing")
 
 
 @pytest.fixture(autouse=True)
 def engine_path():
-    """(Overrides conftest's: these tests switch the paths themselves.)"""
-    yield
+    """(Overrides conftest's: these tests compare the paths themselves; the fast one in kernel
+    mode ``compiled``, whatever lvd.pc.kernels would measure here.)"""
+    with kernels.forced("compiled"):
+        yield
 
 
 def _both(monkeypatch, fn):
     out = fn()
-    with monkeypatch.context() as m:
-        m.setattr(_fused, "ENABLED", False)
+    with kernels.forced("torch"):
         ref = fn()
     return out, ref
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lvd import pc
-from lvd.pc import _fused, _gemm
+from lvd.pc import _fused, _gemm, kernels
 
 from level_cases import tiny_level
 
@@ -27,8 +27,10 @@ needs_cc = pytest.mark.skipif(_gemm._compiler() is None or not _fused.ENABLED, r
 
 @pytest.fixture(autouse=True)
 def engine_path():
-    """(Overrides conftest's: these tests choose the paths themselves.)"""
-    yield
+    """(Overrides conftest's: these tests call the kernels themselves, in kernel mode
+    ``compiled``, so that they serve whatever lvd.pc.kernels would measure here.)"""
+    with kernels.forced("compiled"):
+        yield
 
 
 def _f64(t):
@@ -84,8 +86,8 @@ def test_calls_it_does_not_serve_return_none():
     assert _gemm.mm(a, torch.rand(1, 32, 32), out) is None                                     # no broadcasting
     assert _gemm.tmm(a, torch.rand(2, 11, 32), torch.empty(2, 32, 32)) is None
     assert _gemm.transposed(torch.rand(3, 8, 8)) is None
-    big = torch.rand(1, 4, _gemm.MAX_K + 16)                                                  # K > MAX_K
-    assert _gemm.mm(big, torch.rand(1, _gemm.MAX_K + 16, _gemm.MAX_K + 16), torch.empty_like(big)) is None
+    big = torch.rand(1, 4, kernels.MAX_K + 16)                                                  # K > MAX_K
+    assert _gemm.mm(big, torch.rand(1, kernels.MAX_K + 16, kernels.MAX_K + 16), torch.empty_like(big)) is None
 
 
 @needs_kernels
@@ -107,7 +109,7 @@ def test_results_do_not_depend_on_threads_or_blocking(monkeypatch):
         one = run()
     finally:
         torch.set_num_threads(n)
-    monkeypatch.setattr(_gemm, "ROW_BLOCK", 17)
+    monkeypatch.setattr(kernels, "ROW_BLOCK", 17)
     blocked = run()
     for x in (one, blocked):
         assert torch.equal(x[0], ref[0]) and torch.equal(x[1], ref[1])
@@ -187,7 +189,7 @@ def test_build_writes_one_library_per_cpu_and_reuses_it(tmp_path, monkeypatch):
     assert a.parent == tmp_path and a.name.startswith("gemm-") and a.suffix == ".so"
     mtime = a.stat().st_mtime_ns
     assert _gemm._build(cc) == a and a.stat().st_mtime_ns == mtime          # reused, not rebuilt
-    monkeypatch.setattr(_gemm, "_cpu_id", lambda: "some other cpu")
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: "some other cpu")
     b = _gemm._build(cc)
     assert b != a and b.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])   # no temporaries left
@@ -203,10 +205,11 @@ def test_a_failing_compiler_leaves_torch_matmuls_with_a_reason(tmp_path):
     assert lines[0] == "False" and "failed" in lines[1] and lines[2] == "None"
     assert "using torch's matmuls" in r.stderr
     assert list(tmp_path.iterdir()) == []                                     # nothing half-written
-    r = _fresh({"LVD_NO_CGEMM": "1"}, code)
-    assert r.stdout.splitlines()[:2] == ["False", "switched off (LVD_NO_CGEMM)"] and "torch's matmuls" not in r.stderr
-    r = _fresh({"LVD_NO_FUSED": "1"}, code)              # the torch path: nothing to say
-    assert r.stdout.splitlines()[0] == "False" and "torch's matmuls" not in r.stderr
+    for env, mode in (({"LVD_KERNELS": "numba"}, "numba"), ({"LVD_NO_CGEMM": "1"}, "numba"),
+                      ({"LVD_KERNELS": "torch"}, "torch"), ({"LVD_NO_FUSED": "1"}, "torch")):
+        r = _fresh(env, code)                            # switched off: nothing to say
+        assert r.stdout.splitlines()[:2] == ["False", f"switched off (kernel mode {mode})"], env
+        assert "torch's matmuls" not in r.stderr
 
 
 @needs_cc
@@ -227,10 +230,9 @@ def test_a_library_that_computes_wrong_products_is_refused(tmp_path):
 
 @needs_kernels
 def test_the_downward_products_run_inside_the_level_kernel_where_they_fit(monkeypatch):
-    """HCLT EM step (dense leaf flows, distinct leaf rows per node; FUSE_MIN_K lowered to this
-    K): the levels of at least FUSE_MIN_PAIRS pairs take their products inside down_level (r alternating between two
+    """HCLT EM step (dense leaf flows, distinct leaf rows per node; kernels.FUSE_DOWN_MIN_K
+    lowered to this K): the levels of at least kernels.FUSE_MIN_PAIRS pairs take their products inside down_level (r alternating between two
     buffers), the others the separate calls; the flows equal those of the separate products."""
-    treell = importlib.import_module("lvd.pc.treell")
     seen = []
     real = _fused.down_level
 
@@ -244,18 +246,13 @@ def test_the_downward_products_run_inside_the_level_kernel_where_they_fit(monkey
         return pc.hclt(X, num_latents=32, num_cats=7, seed=0, leaf_latents=True)
 
     monkeypatch.setattr(_fused, "down_level", spy)
-    monkeypatch.setattr(treell, "FUSE_MIN_K", 32)
+    monkeypatch.setattr(kernels, "FUSE_DOWN_MIN_K", 32)
     f1, l1 = _engine_step(make(), X)
     assert any(seen) and not all(seen)          # the root level has no products; wide levels fuse
     seen.clear()
-    monkeypatch.setattr(treell, "FUSE_PRODUCTS", False)
+    monkeypatch.setattr(kernels, "FUSE_DOWN_MIN_K", 64)
     f2, l2 = _engine_step(make(), X)
-    assert not any(seen)
-    seen.clear()
-    monkeypatch.setattr(treell, "FUSE_PRODUCTS", True)
-    monkeypatch.setattr(treell, "FUSE_MIN_K", 64)
-    _engine_step(make(), X)
-    assert not any(seen)                        # K below FUSE_MIN_K: separate products
+    assert not any(seen)                        # K below FUSE_DOWN_MIN_K: separate products
     torch.testing.assert_close(l1, l2, rtol=0, atol=0)
     for k in f1:
         torch.testing.assert_close(f1[k], f2[k], rtol=0, atol=0)   # the same sums, in the same order
@@ -293,11 +290,10 @@ def test_up_level_with_products_by_hand(with_leaves):
 
 @needs_kernels
 def test_the_upward_messages_run_inside_the_level_kernel_where_they_fit(monkeypatch):
-    """HCLT flows: at K <= FUSE_MAX_K the levels of at least FUSE_MIN_PAIRS parent pairs compute
-    their children's messages inside up_level, the others with the separate products; above
-    FUSE_MAX_K none does; likelihoods and flows equal those of the separate products bit for bit
+    """HCLT flows: at K <= kernels.FUSE_UP_MAX_K the levels of at least kernels.FUSE_MIN_PAIRS
+    parent pairs compute their children's messages inside up_level, the others with the
+    separate products; above FUSE_UP_MAX_K none does; likelihoods and flows equal those of the separate products bit for bit
     (missing values included)."""
-    tree = importlib.import_module("lvd.pc.tree")
     seen = []
     real = _fused.up_level
 
@@ -317,13 +313,9 @@ def test_the_upward_messages_run_inside_the_level_kernel_where_they_fit(monkeypa
     f1, l1 = step(32)
     assert any(seen) and not all(seen)          # the deepest level has no children; wide levels fuse
     seen.clear()
-    monkeypatch.setattr(tree, "FUSE_PRODUCTS", False)
+    monkeypatch.setattr(kernels, "FUSE_UP_MAX_K", 16)
     f2, l2 = step(32)
-    assert not any(seen)
-    seen.clear()
-    monkeypatch.setattr(tree, "FUSE_PRODUCTS", True)
-    step(48)
-    assert seen and not any(seen)               # K above FUSE_MAX_K: separate products
+    assert seen and not any(seen)               # K above FUSE_UP_MAX_K: separate products
     assert torch.equal(l1, l2)
     for k in f1:
         assert torch.equal(f1[k], f2[k]), k

@@ -15,8 +15,10 @@ candidates are timed against each other on the shapes at hand, and the fastest i
 reference wins ties, so the default path is never measured slower than the torch path.
 
 - **products** (per K and thread count): the compiled kernels (``lvd_nn`` and ``lvd_tn``)
-  against torch's batched matmuls on PROBE_PAIRS pairs of [PROBE_ROWS, K] blocks. Where they
-  lose, the ``compiled`` candidate of the passes is not tried at that K.
+  against torch's batched matmuls on PROBE_PAIRS pairs of [PROBE_ROWS, K] blocks. Outside the
+  passes they serve where they win; the passes try them (the ``compiled`` candidate) where they
+  take at most VIABLE times torch's time, since inside a level kernel they also save a
+  parallel region.
 - **passes** (per pass kind and shape: nodes, depth, groups, batch size rounded up to a power
   of two, K, values, evidence, missing values, threads): the upward pass (``up``) and the
   backward pass (``down``), each with every candidate that serves the call. A candidate runs
@@ -277,13 +279,28 @@ def choose(kind: str, key: tuple, candidates: dict, reference: str = "torch", cl
 def products_win(K: int) -> bool:
     """The compiled K x K products beat torch's batched matmuls at K on this CPU and thread
     count (measured once: ``choose("products", ...)``)."""
+    return _products(K)["chosen"] == "compiled"
+
+
+def products_viable(K: int) -> bool:
+    """The compiled products are worth trying inside the passes at K: at most VIABLE times
+    torch's time in the probe (inside a level kernel they also save a parallel region, so a
+    near tie in the probe can still win the pass; a pass never takes them untimed)."""
+    sec = _products(K).get("seconds", {})
+    return "compiled" in sec and sec["compiled"] <= VIABLE * sec["torch"]
+
+
+VIABLE = 1.5
+
+
+def _products(K: int) -> dict:
     from lvd.pc import _gemm
 
     key = (K, torch.get_num_threads())
     name = "|".join(["products", *map(str, key)])
     rec = _STATE["memo"].get(name)
     if rec is not None:
-        return rec["chosen"] == "compiled"
+        return rec
     g = torch.Generator().manual_seed(0)
     a = torch.rand(PROBE_PAIRS, PROBE_ROWS, K, generator=g)
     u = torch.rand(PROBE_PAIRS, PROBE_ROWS, K, generator=g)
@@ -303,8 +320,7 @@ def products_win(K: int) -> bool:
         chosen = choose("products", key, {"torch": lambda: torch_products, "compiled": lambda: compiled_products})
     except RuntimeError:
         chosen = "torch"
-        _STATE["memo"][name] = {"chosen": chosen, "seconds": {}}
-    return chosen == "compiled"
+    return _STATE["memo"].setdefault(name, {"chosen": chosen, "seconds": {}})
 
 
 def _pow2(n: int) -> int:
@@ -319,7 +335,7 @@ def pass_key(st, G: int, B: int, K: int, *extra) -> tuple:
 
 def pass_path(kind: str, key: tuple, K: int, run) -> str:
     """The path the pass ``kind`` takes for ``key``: ``mode()`` where it is not ``auto``, else
-    the fastest of torch, numba and (where the products won their probe at K) compiled, timed
+    the fastest of torch, numba and (where the products are viable at K) compiled, timed
     with ``run(path)`` (which returns the callable to time). The chosen path must then be run
     under ``running(path)``. Callers only ask when the fused kernels serve the call."""
     from lvd.pc import _gemm
@@ -338,7 +354,7 @@ def pass_path(kind: str, key: tuple, K: int, run) -> str:
         return factory
 
     paths = ["torch", "numba"]
-    if K % 16 == 0 and 16 <= K <= MAX_K and _gemm.available() and products_win(K):
+    if K % 16 == 0 and 16 <= K <= MAX_K and _gemm.available() and products_viable(K):
         paths.append("compiled")
     return choose(kind, key, {p: candidate(p) for p in paths})
 

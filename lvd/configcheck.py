@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from lvd import sections
+
 
 # the workflow's schema, found from this file (not the working directory), as the Snakefile
 # finds it with workflow.source_path
@@ -48,7 +50,9 @@ def reject_renamed_keys(config: dict) -> None:
             moved.update(moved_keys(section, value))
     if moved:
         where = "; ".join(f"config key {old!r} is now {new!r}" for old, new in moved.items())
-        raise ValueError(f"{where} (latent_top_em has its own config section; move the key there)")
+        readers = sorted({new.split(".")[0] for new in moved.values()})
+        readers = "; ".join(f"section {s!r} is read by stage {', '.join(sections.stages_of(s))}" for s in readers)
+        raise ValueError(f"{where} ({readers}; move the key there)")
 
 
 def _types(schema: dict) -> set[str]:

@@ -38,28 +38,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lvd import configcheck
+from lvd import configcheck, sections
 
 log = logging.getLogger("lvd")
 C = TypeVar("C")
 
-# stage -> its section of the workflow config (None: a stage without settings)
-SECTIONS = {
-    "prepare_data": "data",
-    "train_teacher": "teacher",
-    "extract_embeddings": "embeddings",
-    "assign_latents": "latents",
-    "materialize_pc": "pc",
-    "latent_em": "latent_em",
-    "latent_top_em": "latent_top_em",
-    "grow_patch_pcs": "grow",
-    "finetune": "finetune",
-    "train_baseline": "baseline",
-    "train_hclt": "hclt",
-    "random_latents": None,
-    "evaluate": "evaluate",
-    "summarize": None,
-}
 OUTPUT_FILE_ARGS = ("out", "metrics", "plot")  # argument names of a stage's output files
 OUTPUT_DIR_ARGS = ("ckpt_dir", "figdir")        # ... and of folders only this stage writes
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|lls)-(?P<pid>\d+)(?:\.h5)?$")
@@ -124,9 +107,7 @@ def stage_name(module: str | None = None) -> str:
 
 def describe(cls: type) -> str:
     """"config section 'latents' (stage assign_latents)" for a stage's Config class."""
-    stage = stage_name(cls.__module__)
-    section = SECTIONS.get(stage)
-    return f"config section {section!r} (stage {stage})" if section else f"the settings of stage {stage}"
+    return sections.describe(stage_name(cls.__module__))
 
 
 def _int_fields(cls: type) -> set[str]:
@@ -159,7 +140,7 @@ def load_config(cls: type[C], text: str | dict | None, where: str = "--config") 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        moved = configcheck.moved_keys(SECTIONS.get(stage_name(cls.__module__)), unknown)
+        moved = configcheck.moved_keys(sections.SECTIONS.get(stage_name(cls.__module__)), unknown)
         hint = "".join(f"; {old!r} is now {new!r}" for old, new in moved.items())
         raise SystemExit(f"{where}: unknown key(s) {unknown} in {describe(cls)}; known: {sorted(fields)}{hint}")
     for name in sorted(_int_fields(cls) & set(data)):

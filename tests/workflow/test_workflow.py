@@ -50,9 +50,8 @@ def test_every_rule_calls_its_own_stage_with_its_own_section():
         assert stages == [name], f"rule {name} calls {stages}"
         for flag in ("--threads {threads}", "--log {log}"):
             assert flag in body, f"rule {name}: no {flag}"
-        section = STAGE_SECTIONS[name]
-        if section is not None:
-            assert re.search(rf'cfg=(stage|seeded)_config\("{section}"', body), f"rule {name}: not section {section}"
+        if STAGE_SECTIONS[name] is not None:  # the rule names its stage; lvd.sections its section
+            assert re.search(rf'cfg=(stage|seeded)_config\("{name}"', body), f"rule {name}: not its own settings"
             assert "--config {params.cfg:q}" in body, f"rule {name}: settings not passed"
     for name in ("train_teacher", "extract_embeddings", "latent_em", "latent_top_em", "finetune",
                  "train_baseline", "train_hclt", "evaluate"):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lvd.stages.common import SECTIONS
+from lvd.sections import SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs")

@@ -14,6 +14,8 @@ import json
 import os
 import re
 
+from lvd import sections
+
 RUN = config["run"]
 NUM_STATES = config["latents"]["num_states"]
 SHARDS = list(range(config["latent_em"]["num_shards"]))
@@ -32,13 +34,14 @@ wildcard_constraints:
     arm="lvd|random",
 
 
-def stage_config(section, drop=()):
-    """The JSON of one config section (minus `drop`): a stage's only settings.
+def stage_config(stage, drop=()):
+    """The JSON of stage `stage`'s config section (minus `drop`): the stage's only settings.
 
-    Passed as params, so editing the section reruns that stage and what follows it.
-    `epochs: auto` and `full_batch_epochs: auto` (baseline, hclt) are resolved to LVD's
-    budget (lvd_budget).
+    The section is the one lvd.sections.SECTIONS names for the stage. Passed as params, so
+    editing the section reruns that stage and what follows it. `epochs: auto` and
+    `full_batch_epochs: auto` (baseline, hclt) are resolved to LVD's budget (lvd_budget).
     """
+    section = sections.section_of(stage)
     settings = {key: value for key, value in config[section].items() if key not in drop}
     for key, value in lvd_budget().items():
         if key in settings and settings[key] == "auto":
@@ -71,11 +74,11 @@ def lvd_budget():
     }
 
 
-def seeded_config(section):
-    """params function: the section's JSON with `seed` raised by the {seed} wildcard."""
+def seeded_config(stage):
+    """params function: the stage's section as JSON with `seed` raised by the {seed} wildcard."""
 
     def seeded(wildcards):
-        settings = json.loads(stage_config(section))
+        settings = json.loads(stage_config(stage))
         settings["seed"] = settings["seed"] + int(wildcards.seed)
         return json.dumps(settings, sort_keys=True)
 

@@ -14,7 +14,7 @@ rule prepare_data:
         mem_mb=4000,
         runtime=30,
     params:
-        cfg=stage_config("data"),
+        cfg=stage_config("prepare_data"),
     shell:
         "python -m lvd.stages.prepare_data --config {params.cfg:q}"
         " --out {output} --device cpu --threads {threads} --log {log}"

@@ -20,7 +20,7 @@ rule assign_latents:
         runtime=60,
         gpu=latents_gpus(),
     params:
-        cfg=stage_config("latents", drop=["num_states"]),
+        cfg=stage_config("assign_latents", drop=["num_states"]),
     shell:
         "python -m lvd.stages.assign_latents --config {params.cfg:q}"
         " --embeddings {input.embeddings} --num-states {wildcards.K} --out {output}"
@@ -64,7 +64,7 @@ rule materialize_pc:
         mem_mb=8000,
         runtime=60,
     params:
-        cfg=seeded_config("pc"),
+        cfg=seeded_config("materialize_pc"),
     shell:
         "python -m lvd.stages.materialize_pc --config {params.cfg:q}"
         " --data {input.data} --latents {input.latents} --out {output}"

@@ -106,7 +106,7 @@ rule train_baseline:
         runtime=240,
         gpu=1,
     params:
-        cfg=seeded_config("baseline"),
+        cfg=seeded_config("train_baseline"),
         ckpt_dir="results/{run}/k{K}/baseline/s{seed}_ckpt",
     shell:
         "python -m lvd.stages.train_baseline --config {params.cfg:q}"
@@ -132,7 +132,7 @@ rule train_hclt:
         runtime=240,
         gpu=1,
     params:
-        cfg=seeded_config("hclt"),
+        cfg=seeded_config("train_hclt"),
         ckpt_dir="results/{run}/k{K}/hclt/s{seed}_ckpt",
     shell:
         "python -m lvd.stages.train_hclt --config {params.cfg:q}"

@@ -24,7 +24,7 @@ rule grow_patch_pcs:
         runtime=240,
         gpu=1,
     params:
-        cfg=seeded_config("grow"),
+        cfg=seeded_config("grow_patch_pcs"),
         num_shards=len(GROW_SHARDS),
     shell:
         "python -m lvd.stages.grow_patch_pcs --config {params.cfg:q}"

@@ -21,7 +21,7 @@ rule train_teacher:
         runtime=240,
         gpu=1,
     params:
-        cfg=stage_config("teacher"),
+        cfg=stage_config("train_teacher"),
         ckpt_dir="results/{run}/teacher_ckpt",
     shell:
         "python -m lvd.stages.train_teacher --config {params.cfg:q}"
@@ -47,7 +47,7 @@ rule extract_embeddings:
         runtime=60,
         gpu=1,
     params:
-        cfg=stage_config("embeddings"),
+        cfg=stage_config("extract_embeddings"),
     shell:
         "python -m lvd.stages.extract_embeddings --config {params.cfg:q}"
         " --data {input.data} --teacher {input.teacher} --out {output}"

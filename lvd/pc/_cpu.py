@@ -5,7 +5,7 @@
    and trim thresholds (mallopt) to 1 GiB once at import. Set LVD_NO_MALLOPT=1 to skip it.
    mallopt takes C ints: its argtypes are declared, so a value that does not fit is an
    error here instead of arriving truncated (1 << 34 used to arrive as 0).
-2. ``index_add_`` and ``index_select`` (and ``index_reduce_``, ``index_copy_``) along dim 0 with several intra-op threads take a slow
+2. ``index_add_`` and ``index_select`` along dim 0 with several intra-op threads take a slow
    parallel path on CPU (measured: 50-480 ms per call, against 0.02-2 ms on one thread, for
    the [n, G, B, K] level tensors and the leaf tables here), so ``index_add`` and
    ``index_select`` run them on one thread there. CUDA is untouched. Measured again with
@@ -57,17 +57,6 @@ def _one_thread(fn, t: torch.Tensor, *args, **kwargs):
 def index_add(target: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """target.index_add_(0, index, src), on one thread when on the CPU."""
     return _one_thread(target.index_add_, target, 0, index, src)
-
-
-def index_reduce(target: torch.Tensor, index: torch.Tensor, src: torch.Tensor, how: str) -> torch.Tensor:
-    """target.index_reduce_(0, index, src, how) (``how`` = "prod": multiply rows in), on one
-    thread when on the CPU."""
-    return _one_thread(target.index_reduce_, target, 0, index, src, how)
-
-
-def index_copy(target: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """target.index_copy_(0, index, src), on one thread when on the CPU."""
-    return _one_thread(target.index_copy_, target, 0, index, src)
 
 
 def index_select(src: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,17 +36,15 @@ holds the structure, the upward pass (shared with sampling and MAP) and the inpu
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from lvd.pc import _fused, _gemm, kernels
-from lvd.pc._cpu import index_add, index_copy, index_reduce, index_select
+from lvd.pc._cpu import index_add, index_select
 
 TINY = torch.finfo(torch.float32).tiny
-warnings.filterwarnings("ignore", message=r"index_reduce\(\) is in beta")
 
 
 @dataclass
@@ -110,8 +108,6 @@ class TreeStructure:
         edge_rows = np.maximum(self.edge_index[self.order], 0)
         self.parent_local = [None]       # per level > 0: parent positions in the previous level
         self.num_edge_nodes = [0]        # per level: its nodes with an edge (the first ones)
-        self.rank_groups = [None]        # per level > 0: per group, [lo, hi) child ranges multiplied together
-        self.rescale_rows = [None]       # per level > 0, per group > 0: parents rescaled before it
         self.edge_slices = [None]        # per level > 0: (r0, r1) when its edge rows are r0..r1-1
         for d in range(1, len(self.levels)):
             (p0, _), (a, b) = self.levels[d - 1], self.levels[d]
@@ -119,19 +115,6 @@ class TreeStructure:
             ne = int((~copy[nodes]).sum())
             self.num_edge_nodes.append(ne)
             self.parent_local.append(torch.from_numpy(self.position[parents[nodes]] - p0))
-            rank = np.array([children[parents[n]].index(n) for n in nodes])
-            groups, big = [], []
-            for g0 in range(0, int(rank.max()) + 1, kernels.RESCALE_EVERY):
-                ranges = []
-                for lo, hi in ((0, ne), (ne, b - a)):        # ranks ascend within each part
-                    sel = lo + np.flatnonzero((rank[lo:hi] >= g0) & (rank[lo:hi] < g0 + kernels.RESCALE_EVERY))
-                    if len(sel):
-                        ranges.append((int(sel[0]), int(sel[-1]) + 1))
-                groups.append(ranges)
-                sel = np.flatnonzero((rank >= g0) & (rank < g0 + kernels.RESCALE_EVERY))
-                big.append(None if g0 == 0 else torch.from_numpy(np.unique(self.position[parents[nodes[sel]]] - p0)))
-            self.rank_groups.append(groups)
-            self.rescale_rows.append(big)
             rows = edge_rows[a:a + ne]
             contiguous = ne > 0 and bool(np.all(rows == np.arange(rows[0], rows[0] + ne)))
             self.edge_slices.append((int(rows[0]), int(rows[0]) + ne) if contiguous else None)
@@ -158,8 +141,6 @@ class TreeStructure:
         if key not in self._device_cache:
             self._device_cache[key] = {
                 "parent_local": [None] + [p.to(device) for p in self.parent_local[1:]],
-                "rescale_rows": [None] + [[None if r is None else r.to(device) for r in big]
-                                          for big in self.rescale_rows[1:]],
                 "edge_rows": self.edge_rows.to(device),
                 "leaf_rows": self.leaf_rows.to(device),
                 "order": torch.from_numpy(self.order).to(device),
@@ -225,44 +206,6 @@ def _repeat(miss, a, b, repeat: int):
     return m[:, :, None].expand(n, G0, repeat, B).reshape(n, G0 * repeat, B)
 
 
-def _rescale(ul, sl, rows=None):
-    """ul <- max(ul / max_K ul, TINY) for the products ul [n, G, B, K], log max added to sl [n, G, B]
-    (all nodes, or the nodes ``rows``). The floor TINY (1e-38 against a max of 1) keeps every
-    message W u > 0, so the backward divides by messages without clamping them, and a
-    product that underflowed everywhere stays finite."""
-    if rows is None:
-        mx = ul.amax(-1, keepdim=True).clamp_min_(TINY)
-        ul.div_(mx).clamp_min_(TINY)     # (addcdiv with a 0-d TINY: 8x slower on the CPU)
-        sl.add_(mx[..., 0].log())
-        return
-    sub = index_select(ul, rows)
-    mx = sub.amax(-1, keepdim=True).clamp_min_(TINY)
-    index_copy(ul, rows, sub.div_(mx).clamp_min_(TINY))
-    index_add(sl, rows, mx[..., 0].log())
-
-
-def _node_factors(st, a, b, ul, sl, leaves_flat, C, G, xs, miss, ev, repeat):
-    """u[a:b] = leaf probability * exp(evidence - its max) (or 1); s[a:b] = that max."""
-    K = ul.shape[-1]
-    if leaves_flat is not None:
-        rows = leaf_rows(st, a, b, G, C, xs, repeat)                                 # [n, G, B]
-        index_select(leaves_flat, rows.reshape(-1), out=ul.view(-1, K))
-        if miss is not None:
-            ul.masked_fill_(_repeat(miss, a, b, repeat)[:, :, :, None], 1.0)
-    if ev is not None:
-        e = ev[a:b]
-        top = e.amax(-1, keepdim=True).clamp_min_(-1e30)   # all -inf (impossible): factor 0
-        sl.copy_(top[..., 0])
-        if leaves_flat is not None:
-            ul.mul_(torch.sub(e, top).exp_())
-        else:
-            torch.sub(e, top, out=ul).exp_()
-    else:
-        sl.zero_()
-        if leaves_flat is None:
-            ul.fill_(1.0)
-
-
 def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, repeat=1):
     """Bottom-up pass. Returns (u [V,G,B,K] scaled, s [V,G,B] log-scales, M or None).
 
@@ -302,27 +245,52 @@ def upward(st: TreeStructure, W, leaves, xs, miss, ev, B, keep_messages=False, r
 
 
 def _upward_torch(st, idx, W, flat, C, G, xs, miss, ev, u, s, M, repeat) -> None:
-    """The reference upward pass into u, s and M (lvd.pc.tree's contract)."""
+    """The reference upward pass into u, s and M (the contract above), with few device
+    operations a level (what a GPU launches): a node's product of factors is summed in the log
+    domain, so all its children enter with one scatter whatever their number, and nothing
+    underflows in between.
+
+    Every node's own factors first, for the whole tree at once: L = log max(leaf, TINY) (0 where
+    the value is missing) + evidence. Then per level, bottom-up: the children's messages
+    M = u W^T (one batched matmul), L[parent] += log M (one scatter; copies add their own
+    normalized L: they send u itself), s = max_k L (floored at -1e30 with evidence: a row of
+    impossible states has every factor -inf), u = max(exp(L - s), TINY). s holds each node's own log-scale; the root's
+    offset, s[0], is their sum."""
+    V, B, K = u.shape[0], u.shape[2], u.shape[3]
+    L = W.new_empty(V, G, B, K)
+    if flat is not None:                                     # [V, G, B] rows of the leaf table
+        rows = leaf_rows(st, 0, V, G, C, xs, repeat).reshape(-1)
+        if flat.shape[0] <= rows.shape[0]:                   # the log of the smaller of table and gather
+            index_select(flat.clamp_min(TINY).log_(), rows, out=L.view(-1, K))
+        else:
+            index_select(flat, rows, out=L.view(-1, K)).clamp_min_(TINY).log_()
+        if miss is not None:
+            L.masked_fill_(_repeat(miss, 0, V, repeat)[..., None], 0.0)
+        if ev is not None:
+            L.add_(ev)
+    elif ev is not None:
+        L.copy_(ev)
+    else:
+        L.zero_()
     for d in range(st.depth - 1, -1, -1):
         a, b = st.levels[d]
-        ul, sl = u[a:b], s[a:b]
-        _node_factors(st, a, b, ul, sl, flat, C, G, xs, miss, ev, repeat)
+        La = L[a:b]
         if d + 1 < st.depth:
             c0, c1 = st.levels[d + 1]
             ne = st.num_edge_nodes[d + 1]
-            msg = None
+            par = idx["parent_local"][d + 1]
             if ne:
                 Wl = edge_level(st, idx, W, d + 1)                                # [ne, G, K, K]
                 msg = _mm(u[c0:c0 + ne], Wl.transpose(-1, -2), out=None if M is None else M[c0:c0 + ne])
-            par = idx["parent_local"][d + 1]
-            for g, ranges in enumerate(st.rank_groups[d + 1]):
-                if g:
-                    _rescale(ul, sl, idx["rescale_rows"][d + 1][g])
-                for lo, hi in ranges:                       # copies send u itself (identity edge)
-                    src = msg[lo:hi] if hi <= ne else u[c0 + lo:c0 + hi]
-                    index_reduce(ul, par[lo:hi], src, "prod")
-            index_add(sl, par, s[c0:c1])
-        _rescale(ul, sl)
+                index_add(La, par[:ne] if ne < c1 - c0 else par, msg.log())
+            if ne < c1 - c0:                                 # copies send u: their normalized L
+                index_add(La, par[ne:], L[c0 + ne:c1])
+        sa = s[a:b]
+        torch.amax(La, -1, out=sa)
+        if ev is not None:                                   # (without evidence every L is finite)
+            sa.clamp_min_(-1e30)
+        torch.exp(La.sub_(sa[..., None]), out=u[a:b]).clamp_min_(TINY)
+    s[0] = s.sum(0)
 
 
 def max_edge_nodes(st: TreeStructure) -> int:

@@ -154,20 +154,9 @@ class TreeLL(torch.autograd.Function):
 def _down_torch(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leaves):
     """The reference backward's level loop: u[0] holds the root's flows; u gets every node's
     flows a (overwritten level by level), g_edges (if given) the sums of r^T u per edge row.
-    Returns (the dense leaf flows [L_t * G * C, K] or None, u)."""
+    Returns (the dense leaf flows [L_t * G * C, K] or None, u). Few device operations a level
+    (what a GPU launches): the dense leaf flows are one scatter of every node's a after the loop."""
     G, B, K = u.shape[1], u.shape[2], u.shape[3]
-    g_leaves = None
-    if dense_leaves:   # scattered level by level, while the level's flows are in cache
-        sink = L_t * G * C
-        g_leaves = W.new_zeros(sink + 1, K)                          # last row: missing values
-
-        def scatter(a0, a1):
-            rows = leaf_rows(st, a0, a1, G, C, xs, repeat)           # [n, G, B]
-            if miss is not None:
-                rows = rows.masked_fill(_repeat(miss, a0, a1, repeat), sink)
-            index_add(g_leaves, rows.reshape(-1), u[a0:a1].view(-1, K))
-
-        scatter(0, 1)
     # level by level: r = a_parent / M_child; edge flows W * (r^T u_child); a_child = u_child * (r W)
     for d in range(st.depth - 1):
         a, b = st.levels[d]
@@ -177,19 +166,22 @@ def _down_torch(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
         if ne < c1 - c0:                                             # copies: a_c = a_parent
             index_select(u[a:b], par[ne:], out=u[c0 + ne:c1])
         if not ne:
-            if dense_leaves:
-                scatter(c0, c1)
             continue
         r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
-        r.div_(M[c0:c0 + ne])                                        # M >= TINY (_rescale)
+        r.div_(M[c0:c0 + ne])                                        # M >= TINY (the upward floor)
         Wl = edge_level(st, idx, W, d + 1)
         uc = u[c0:c0 + ne]
         if g_edges is not None:                                      # r^T u now, times W once at the end
             _edge_flows(st, idx, g_edges, r, uc, d, c0, ne, K, B)
-        uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                         # u[c] <- flows a of c
-        if dense_leaves:
-            scatter(c0, c1)
-    if dense_leaves:
+        uc.mul_(_mm(r, Wl, out=M[c0:c0 + ne]))                       # u[c] <- flows a of c
+    g_leaves = None
+    if dense_leaves:                                                 # a at the observed values, summed
+        sink = L_t * G * C
+        g_leaves = W.new_zeros(sink + 1, K)                          # last row: missing values
+        rows = leaf_rows(st, 0, st.num_nodes, G, C, xs, repeat)     # [V, G, B]
+        if miss is not None:
+            rows = rows.masked_fill(_repeat(miss, 0, st.num_nodes, repeat), sink)
+        index_add(g_leaves, rows.reshape(-1), u.view(-1, K))
         g_leaves = g_leaves[:-1]
     return g_leaves, u
 

@@ -25,7 +25,8 @@ tenants share, the steps can slow down by half with the steal near zero and the 
 the memory probe moves with them.
 
 Which implementation ran: the JSON names the CPU (``cpu_model``) and its widest vector
-instruction set (``vector_isa``), the kernel mode (``kernels``: auto, torch, numba or
+instruction set (``vector_isa``; ``emulation``: the settings that made it run as an older CPU,
+lvd.pc.kernels.EMULATION), the kernel mode (``kernels``: auto, torch, numba or
 compiled; ``LVD_KERNELS``), the compiled products' vector width (``gemm_vector_width``, 0
 where they are unavailable) and every choice lvd.pc.kernels made in the run (``choices``:
 pass or product, shape, the chosen path and each candidate's median seconds).
@@ -69,7 +70,8 @@ def engine_info() -> dict:
     """The CPU, its vector ISA, the kernel mode and the choices made so far (lvd.pc.kernels)."""
     from lvd.pc import _gemm, kernels
 
-    return {"cpu_model": kernels.cpu_model(), "vector_isa": kernels.vector_isa(), "kernels": kernels.mode(),
+    return {"cpu_model": kernels.cpu_model(), "vector_isa": kernels.vector_isa(), "emulation": kernels.emulation(),
+            "kernels": kernels.mode(),
             "gemm_vector_width": _gemm.vector_width() if kernels.mode() in ("auto", "compiled") else 0,
             "choices": {k: {"chosen": v["chosen"], "seconds": v.get("seconds", {})}
                         for k, v in kernels.choices().items()}}

@@ -45,6 +45,14 @@ from lvd.pc import _fused, kernels
 SOURCE = Path(__file__).with_name("_gemm.c")
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-ffp-contract=fast", "-fPIC", "-shared"]
 
+
+def flags() -> list[str]:
+    """FLAGS, with ``-march=$LVD_GEMM_MARCH`` where that is set (to build for an older CPU than
+    the one at hand, e.g. ``haswell`` for AVX2: how the AVX2 figures of docs/results.md were
+    measured on an AVX-512 CPU; see EMULATION in lvd.pc.kernels)."""
+    march = os.environ.get("LVD_GEMM_MARCH")
+    return [f"-march={march}" if f == "-march=native" and march else f for f in FLAGS]
+
 _STATE: dict = {}
 
 
@@ -68,7 +76,7 @@ def _build(cc: str) -> Path:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), kernels.cpu_flags().encode(),
+    key = hashlib.sha256(b"\0".join([src, " ".join(flags()).encode(), version.encode(), kernels.cpu_flags().encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     out = cache_dir() / f"gemm-{key}.so"
     if out.exists():
@@ -77,7 +85,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        res = subprocess.run([cc, *flags(), str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SOURCE}: {res.stderr.strip()[-2000:]}")
         os.replace(tmp, out)          # atomic: concurrent builders leave one complete file

@@ -173,6 +173,17 @@ def vector_isa() -> str:
     return platform.machine()
 
 
+# Settings that make this CPU behave as an older one (for measuring another ISA's speed here):
+# the compiled products' -march, numba's target CPU, torch's kernel dispatch and oneDNN's and
+# MKL's instruction sets. They are part of the cache's identity.
+EMULATION = ("LVD_GEMM_MARCH", "NUMBA_CPU_NAME", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def emulation() -> dict:
+    """The EMULATION settings in force ({} on a plain run)."""
+    return {k: os.environ[k] for k in EMULATION if os.environ.get(k)}
+
+
 def _identity() -> dict:
     here = Path(__file__).parent
     src = hashlib.sha256()
@@ -186,7 +197,7 @@ def _identity() -> dict:
         nv = ""
     return {"cpu_model": cpu_model(), "cpu_flags": hashlib.sha256(cpu_flags().encode()).hexdigest()[:16],
             "machine": platform.machine(), "torch": torch.__version__, "numba": nv,
-            "sources": src.hexdigest()[:16]}
+            "sources": src.hexdigest()[:16], "emulation": emulation()}
 
 
 def cache_file() -> Path:

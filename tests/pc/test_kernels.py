@@ -265,7 +265,7 @@ def test_the_products_compile_for_each_vector_width(tmp_path, march, width):
     them: each reports its width and tile height and passes the check against numpy at K = 16,
     32 and 48 (tiles of two vectors and the one-vector tail)."""
     so = tmp_path / "g.so"
-    flags = [f if f != "-march=native" else march for f in _gemm.FLAGS]
+    flags = [f if f != "-march=native" else march for f in _gemm.FLAGS]   # (LVD_GEMM_MARCH: _gemm.flags())
     res = subprocess.run([_gemm._compiler(), *flags, str(_gemm.SOURCE), "-o", str(so)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     lib = ctypes.CDLL(str(so))
@@ -302,3 +302,17 @@ def test_runtime_configuration_is_explicit(monkeypatch):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["None", "PASSIVE"]
+
+
+def test_emulating_an_older_cpu_keys_its_own_cache_and_build(monkeypatch):
+    """The EMULATION settings (e.g. an AVX2 run on an AVX-512 CPU) get their own file of
+    choices, and LVD_GEMM_MARCH replaces -march=native in the products' build."""
+    for k in kernels.EMULATION:
+        monkeypatch.delenv(k, raising=False)
+    plain = kernels.cache_file()
+    assert kernels.emulation() == {} and "-march=native" in _gemm.flags()
+    monkeypatch.setenv("LVD_GEMM_MARCH", "haswell")
+    monkeypatch.setenv("NUMBA_CPU_NAME", "haswell")
+    assert kernels.emulation() == {"LVD_GEMM_MARCH": "haswell", "NUMBA_CPU_NAME": "haswell"}
+    assert kernels.cache_file() != plain
+    assert "-march=haswell" in _gemm.flags() and "-march=native" not in _gemm.flags()

@@ -41,14 +41,12 @@ import numpy as np
 from lvd import fingerprints, io, metrics, pc, training
 from lvd.pc import grow, validate
 from lvd.stages import common, inputs
-from lvd.stages.latent_em import group_seed, shard_groups
+from lvd.stages.shards import EXTRA_CHECKSUMS, EXTRA_FIELDS, group_seed, shard_groups
 
 log = logging.getLogger("lvd.grow_patch_pcs")
 WRITER = "lvd.stages.grow_patch_pcs"
 PASS_BYTES = 256 * 2**20   # working memory of one batch of the likelihood / flow passes
 GATHER_FIELDS = ("groups", "num_examples", "history")   # + params/<name>: what latent_top_em checks
-EXTRA_FIELDS = ("heads", "num_heads", "pruned", "masks/edges", "masks/root", "masks/active")
-EXTRA_CHECKSUMS = "pg_checksums"
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ import numpy as np
 
 from lvd import fingerprints, io, pc, training
 from lvd.pc import validate
-from lvd.pc.schedule import derived_seed
 from lvd.stages import common, inputs
+from lvd.stages.shards import group_seed, shard_groups
 
 log = logging.getLogger("lvd.latent_em")
 WRITER = "lvd.stages.latent_em"
@@ -62,10 +62,6 @@ class Config:
             raise ValueError(f"latent_em.num_shards is {self.num_shards!r}, expected an integer >= 1")
 
 
-def shard_groups(num_groups: int, shard: int, num_shards: int) -> list[int]:
-    return list(range(shard, num_groups, num_shards))
-
-
 def group_members(c: pc.LVDCircuit, x: np.ndarray, z: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
     """(patches int64 [n, P], observed heads int64 [n]) of parameter group g."""
     idx = c.index.numpy()                                              # [m, P]
@@ -77,11 +73,6 @@ def group_members(c: pc.LVDCircuit, x: np.ndarray, z: np.ndarray, g: int) -> tup
         return x[rows][:, idx[pos]], z[rows, pos] % H
     rows, pos = np.nonzero(z // H == g)                                # [n] each
     return x[rows[:, None], idx[pos]], z[rows, pos] % H
-
-
-def group_seed(seed: int, g: int) -> int:
-    """Group g's shuffling seed: derived from (seed, g) alone, whatever the sharding."""
-    return derived_seed(seed, g)
 
 
 def train_groups(c: pc.LVDCircuit, x, z, groups: list[int], cfg: Config):

@@ -36,9 +36,8 @@ import torch
 
 from lvd import fingerprints, io, metrics, pc, training
 from lvd.pc import validate
-from lvd.stages import common, inputs, materialize_pc
-from lvd.stages.grow_patch_pcs import EXTRA_CHECKSUMS, EXTRA_FIELDS
-from lvd.stages.latent_em import shard_groups
+from lvd.stages import common, inputs, topinit
+from lvd.stages.shards import EXTRA_CHECKSUMS, EXTRA_FIELDS, shard_groups
 
 log = logging.getLogger("lvd.latent_top_em")
 WRITER = "lvd.stages.latent_top_em"
@@ -203,15 +202,8 @@ class PGGather:
 
 def reinit_top(c: pc.LVDCircuit, z: np.ndarray, pc_path: str) -> None:
     """Count-initialize the top again from the grown assignment ``z``, as materialize_pc did
-    from the teacher's (its settings read from pc_init.h5's config)."""
-    stored = pc.load_attrs(pc_path).get("config", {})
-    fields = {k: v for k, v in (stored if isinstance(stored, dict) else {}).items()
-              if k in materialize_pc.Config.__dataclass_fields__}
-    mcfg = materialize_pc.Config(**fields)
-    if c.top_kind == "hclt":
-        materialize_pc.init_hclt_top(c.top, z, mcfg)
-    else:
-        materialize_pc.chunked_count_init(c.top, z, pseudocount=mcfg.pseudocount)
+    from the teacher's (its settings read from pc_init.h5's config; lvd.stages.topinit)."""
+    topinit.init_top(c, z, pc_path)
 
 
 def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:

@@ -28,10 +28,10 @@ import torch
 
 from lvd import io, pc
 from lvd.stages import common, inputs
+from lvd.stages.topinit import chunked_count_init, init_hclt_top
 
 log = logging.getLogger("lvd.materialize_pc")
 WRITER = "lvd.stages.materialize_pc"
-COUNT_CHUNK = 65536  # rows of z counted at a time (text: millions of windows)
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,6 @@ class Config:
             raise ValueError(f"pc.pseudocount is {self.pseudocount!r}, expected a number >= 0")
 
 
-def chunked_count_init(tc, z, x=None, pseudocount: float = 0.1, chunk: int = COUNT_CHUNK) -> None:
-    """pc.count_init in chunks of rows (the same result: counts add up)."""
-    total = None
-    for i in range(0, len(z), chunk):
-        c = pc.counts(tc, z[i:i + chunk], None if x is None else x[i:i + chunk])
-        total = c if total is None else {k: total[k] + c[k] for k in total}
-    pc.update(tc, {k: v.to(tc.device) for k, v in total.items()}, 1.0, pseudocount)
-
-
 def pg_layout(latents: str, num_latents: int) -> tuple[int, int, int]:
     """(num_clusters, heads_per_cluster, allocated hidden states) of clusters-mode latents: the
     patch circuit allocates num_latents + (heads_per_cluster - initial_heads) states per node,
@@ -91,42 +82,6 @@ def pg_layout(latents: str, num_latents: int) -> tuple[int, int, int]:
 def _latent_attrs(path) -> dict:
     with io.open_artifact(path, "lvd.latents") as f:
         return dict(f.attrs)
-
-
-HCLT_TOP_LEAF_SMOOTHING = 0.01  # p(Z_i = k | H_i = k) = 1 - 0.01 + 0.01 / K at the start
-
-
-def init_hclt_top(top, z, cfg: Config) -> None:
-    """Fit the HCLT top on the teacher's z as observed data (its leaf variables).
-
-    With as many hidden states as Z states (top_num_latents 0 or K) the top starts as the tree
-    top: root and edges counted from z (H_i = z_i), leaves p(Z_i | H_i) the identity smoothed by
-    HCLT_TOP_LEAF_SMOOTHING, so it starts next to the tree top (digits, K = 16, measured
-    2026-12-02 by this stage's log: the counted tree's train ll on z -29.02 nats, the HCLT top
-    from it -29.16 with smoothing 0.02, -29.10 after the EM epochs below; from a random start the
-    same epochs reached only -40.39, and that LVD run ended at 2.235 test bpd against the tree
-    top's 2.062). With fewer hidden states it starts random. Then ``top_init_epochs`` mini-batch EM epochs on z
-    (batch 512, step 0.1 -> 0.01) and one full-batch epoch; latent_top_em then trains it on the
-    patch likelihoods (soft evidence on its leaves)."""
-    zt = torch.as_tensor(z)
-    K = top.num_cats
-    if top.num_latents == K:
-        tree = pc.TreeCircuit(top.structure, K, 0, kind="top", device=top.device)
-        chunked_count_init(tree, z, pseudocount=cfg.pseudocount)
-        eps = HCLT_TOP_LEAF_SMOOTHING
-        eye = (1 - eps) * torch.eye(K, device=top.device) + eps / K          # [C = K, M = K]
-        top.params.update(edges=tree.params["edges"].clone(), root=tree.params["root"].clone(),
-                          leaves=eye.expand_as(top.params["leaves"]).contiguous())
-        with torch.no_grad():
-            log.info("HCLT top from the counted tree: train ll on z %.4f (the tree's %.4f)",
-                     float(top.log_likelihood(x=zt).mean()), float(tree.log_likelihood(z=zt).mean()))
-    if cfg.top_init_epochs:
-        hist = pc.em(top, zt, epochs=cfg.top_init_epochs, batch_size=512, step_size=0.1,
-                     step_size_end=0.01, pseudocount=cfg.pseudocount, seed=cfg.seed)
-        log.info("HCLT top on z: %d mini-batch epochs, train ll %s", cfg.top_init_epochs,
-                 ", ".join(f"{h:.4f}" for h in hist))
-    hist = pc.em(top, zt, epochs=1, full_batch=True, step_size=1.0, pseudocount=cfg.pseudocount)
-    log.info("HCLT top on z: full-batch epoch, train ll %.4f", hist[0])
 
 
 def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
@@ -168,7 +123,7 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
             if cfg.top == "tree":
                 chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
             else:
-                init_hclt_top(c.top, z, cfg)
+                init_hclt_top(c.top, z, cfg.pseudocount, cfg.top_init_epochs, cfg.seed)
             log.info("LVD circuit: patch tree %d vars x %d groups x %d heads, K_h=%d; top %s over %d "
                      "positions, K=%d%s", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,
                      nl, cfg.top, c.num_positions, K,

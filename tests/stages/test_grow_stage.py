@@ -195,6 +195,19 @@ def test_the_top_is_counted_from_the_grown_assignment(pg_dir):
     assert np.abs(want - before).max() > 1e-3      # the grown assignment differs from the initial
 
 
+def test_the_top_is_not_counted_again_without_materialize_pcs_settings(pg_dir, tmp_path):
+    """reinit_top takes its settings from pc_init.h5's config alone (lvd.stages.topinit)."""
+    import json
+    import shutil
+
+    path = tmp_path / "pc_init.h5"
+    shutil.copy(pg_dir / "pc_init.h5", path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = json.dumps({"num_latents": 4})
+    with pytest.raises(io.ArtifactError, match=r"pc_init.h5: its config lacks \['pseudocount'"):
+        latent_top_em.reinit_top(pc.load(path), np.zeros((1, 16), dtype=np.int64), str(path))
+
+
 def test_finetune_keeps_the_pruned_entries_zero(pg_dir, gathered, tmp_path):
     from lvd.stages import finetune
     out = tmp_path / "pc_final.h5"

@@ -29,6 +29,27 @@ def data_info(path: str | os.PathLike) -> dict:
         return {k: _plain(v) for k, v in f.attrs.items()}
 
 
+PROTOCOL_KEYS = ("dataset", "color", "lossless", "crop", "crop_train", "crop_eval", "crops_per_image", "protocol")
+
+
+def protocol(path: str | os.PathLike) -> dict:
+    """What the likelihoods of a ``data.h5``'s images measure, for metrics and reports.
+
+    The image attributes of PROTOCOL_KEYS (dataset, colour space, whether it is lossless, the
+    crops and the one-sentence ``protocol``); a file written before they existed gets whole
+    images in RGB. Text data: {"dataset": ...} only.
+    """
+    info = data_info(path)
+    if info.get("kind") != "image":
+        return {"dataset": info.get("dataset")}
+    old = {"color": "rgb", "lossless": True, "crop": 0, "crop_train": "random", "crop_eval": "topleft",
+           "crops_per_image": 1}
+    out = {k: info.get(k, old.get(k)) for k in PROTOCOL_KEYS}
+    if out["protocol"] is None:
+        out["protocol"] = f"{info.get('dataset')}, whole {info.get('height')}x{info.get('width')} images, {out['color']}"
+    return out
+
+
 def load_split(path: str | os.PathLike, name: str) -> np.ndarray:
     """One dataset of a ``data.h5`` in memory.
 

@@ -99,15 +99,28 @@ def ycocg_r_to_rgb(x: np.ndarray) -> np.ndarray:
     return np.stack([r, g, b], -1).astype(np.uint8)
 
 
+CHUNK = 8192   # images converted at a time: the float64 / int32 temporaries stay ~0.5 GB at 64x64
+
+
+def _chunked(f, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim < 2 or len(x) <= CHUNK:
+        return f(x)
+    out = np.empty(x.shape, np.uint8)
+    for s in range(0, len(x), CHUNK):
+        out[s:s + CHUNK] = f(x[s:s + CHUNK])
+    return out
+
+
 def from_rgb(x: np.ndarray, color: str) -> np.ndarray:
-    """uint8 [..., 3] RGB in the colour space ``color`` (one of COLORS)."""
+    """uint8 [..., 3] RGB in the colour space ``color`` (one of COLORS), CHUNK images at a time."""
     if color == "rgb":
         return np.asarray(x)
-    return {"ycbcr": rgb_to_ycbcr, "ycocg_r": rgb_to_ycocg_r}[color](x)
+    return _chunked({"ycbcr": rgb_to_ycbcr, "ycocg_r": rgb_to_ycocg_r}[color], x)
 
 
 def to_rgb(x: np.ndarray, color: str) -> np.ndarray:
     """uint8 [..., 3] images of colour space ``color`` back in RGB, for figures (ycbcr: approximately)."""
     if color == "rgb":
         return np.asarray(x)
-    return {"ycbcr": ycbcr_to_rgb, "ycocg_r": ycocg_r_to_rgb}[color](x)
+    return _chunked({"ycbcr": ycbcr_to_rgb, "ycocg_r": ycocg_r_to_rgb}[color], x)

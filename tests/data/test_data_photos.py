@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lvd.data import DataError, color, data_info, load_split, photos
+from lvd.data import DataError, color, data_info, load_split, photos, protocol
 from lvd.data.images import crop_images
 from lvd.stages.prepare_data import Config, check_config, run
 
@@ -223,6 +223,11 @@ def test_prepare_splits_do_not_depend_on_crops(tmp_path):
         assert len(a) == len(b)
         assert all((b[j] == a[i, r:r + 8, c:c + 8]).all() for j, (i, r, c) in enumerate(o[s]))
     assert data_info(cropped)["protocol"].endswith("one seeded random 8x8 crop of the 32x32 images, RGB")
+    p = protocol(cropped)
+    assert p == {"dataset": "imagenet32", "color": "rgb", "lossless": True, "crop": 8, "crop_train": "random",
+                 "crop_eval": "random", "crops_per_image": 1, "protocol": data_info(cropped)["protocol"]}
+    json.dumps(p)   # plain values, ready for metrics.json
+    assert protocol(whole)["protocol"] == "imagenet32, whole 32x32 images, RGB"
 
 
 @pytest.mark.parametrize("fields, message", [

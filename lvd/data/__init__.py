@@ -46,7 +46,10 @@ def protocol(path: str | os.PathLike) -> dict:
            "crops_per_image": 1}
     out = {k: info.get(k, old.get(k)) for k in PROTOCOL_KEYS}
     if out["protocol"] is None:
-        out["protocol"] = f"{info.get('dataset')}, whole {info.get('height')}x{info.get('width')} images, {out['color']}"
+        from lvd.data.color import DESCRIPTIONS
+
+        shape = f"{info.get('height')}x{info.get('width')}"
+        out["protocol"] = f"{info.get('dataset')}, whole {shape} images, {DESCRIPTIONS.get(out['color'], out['color'])}"
     return out
 
 

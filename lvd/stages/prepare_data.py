@@ -44,7 +44,7 @@ WRITER = "lvd.stages.prepare_data"  # not __name__, which is "__main__" under py
 
 @dataclass(frozen=True)
 class Config:
-    dataset: str = "digits"       # digits | fashion_mnist | mnist | array | cifar10 | imagenet32 | imagenet64 | wikitext2
+    dataset: str = "digits"       # one of IMAGE_SOURCES (images) or TEXT_SOURCES
     path: str = ""                # directory or file; "" = the source's default (see notes/data.md)
     patch_size: int = 4           # images: H and W must be divisible by it
     num_cats: int = 0             # images: grey levels; 0 = source default (digits 17, others 256)

@@ -252,3 +252,14 @@ def test_prepare_errors_name_the_path(tmp_path):
     with pytest.raises(DataError, match=r"image size 32x32 is smaller than data.crop=64"):
         run(Config(dataset="cifar10", path=str(tmp_path / "c"), crop=64), tmp_path / "d.h5")
     assert not (tmp_path / "d.h5").exists()
+
+
+def test_protocol_of_a_file_written_before_the_protocol_attributes(tmp_path):
+    out = tmp_path / "d.h5"
+    run(Config(dataset="digits", max_train=50, max_test=10), out)
+    with h5py.File(out, "r+") as f:
+        for key in ("color", "lossless", "crop", "crop_train", "crop_eval", "crops_per_image", "protocol"):
+            del f.attrs[key]
+    assert protocol(out) == {"dataset": "digits", "color": "rgb", "lossless": True, "crop": 0,
+                             "crop_train": "random", "crop_eval": "topleft", "crops_per_image": 1,
+                             "protocol": "digits, whole 8x8 images, RGB"}

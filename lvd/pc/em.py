@@ -23,7 +23,7 @@ import torch
 
 from lvd.pc.queries import check_values, values_checked
 from lvd.pc.schedule import FULL_BATCH_STEP, Schedule
-from lvd.pc import _fused_update
+from lvd.pc import _fused_update, distributed
 from lvd.pc._cpu import index_add
 from lvd.pc.treell import log_handles, sparse_leaf_flows
 from lvd.progress import Progress
@@ -233,6 +233,11 @@ def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.
     generator (default: one seeded with ``sched.epoch_seed(epoch)``). logger: where the progress
     lines go (default lvd.pc.em). checked: the caller has run ``check_data`` on these arrays
     (otherwise it runs once here); the steps never read values back from the device.
+
+    Under a process group of several processes (lvd.pc.distributed) each process computes the
+    flows of its share of every batch (rows rank, rank + N, ..), the flows are summed over the
+    processes before each update (full-batch: once, at the end), and the mean ll is the
+    whole batch's; every process must call it with the same data, schedule and generator.
     """
     arrays = {"x": data, **arrays}
     N = next(len(a) for a in arrays.values() if a is not None)
@@ -243,23 +248,34 @@ def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.
     gen = np.random.default_rng(sched.epoch_seed(epoch)) if gen is None else gen
     if not checked:
         check_data(circuit, arrays["x"], arrays.get("missing"))   # once per epoch, not per step
-    acc, seen = None, 0
+    acc, seen, mine_seen = None, 0, 0
+    rank, size = distributed.world()          # data-parallel EM (lvd.pc.distributed): a share of every batch
     ll_sum = torch.zeros((), dtype=torch.float64, device=circuit.device)   # read once per epoch
     bar = Progress(nb, f"EM epoch {epoch + 1}/{sched.total_epochs}", logger or log)  # lvd.progress
     for j, rows in enumerate(_batches(N, sched.batch_size, shuffle and not full_batch, gen)):
-        with values_checked():
-            f, lls = flows(circuit, _take(arrays, rows, circuit.device, circuit), params, sparse=True)
-        ll_sum += lls.double().sum()
+        mine = rows if size == 1 else distributed.local_rows(rows, rank, size)
+        if len(mine):
+            with values_checked():
+                f, lls = flows(circuit, _take(arrays, mine, circuit.device, circuit), params, sparse=size == 1)
+            ll_sum += lls.double().sum()
+        else:                                 # fewer rows than processes: this one adds nothing
+            f = _zero_flows(circuit, params)
         seen += len(rows)
-        bar.update(ll=lambda seen=seen: float(ll_sum) / seen)         # read only when shown
+        mine_seen += len(mine)
+        bar.update(ll=lambda n=mine_seen: float(ll_sum) / max(n, 1))   # read only when shown
         if full_batch:
             acc = f if acc is None else {k: _accumulate(acc[k], f[k]) for k in acc}
         else:
-            update(circuit, f, sched.step_size_at(epoch * nb + j, nb), sched.pseudocount)
+            update(circuit, distributed.sum_flows(f), sched.step_size_at(epoch * nb + j, nb), sched.pseudocount)
     bar.close()
-    if full_batch:
-        update(circuit, acc, full_batch_step, sched.pseudocount)
-    return float(ll_sum) / N
+    if full_batch:                            # (summed over the processes once, at the end)
+        update(circuit, distributed.sum_flows(acc), full_batch_step, sched.pseudocount)
+    return float(distributed.sum_scalar(ll_sum)) / N
+
+
+def _zero_flows(circuit, names) -> dict:
+    """Zero flows of every table ``flows`` would return (a process with no rows of a batch)."""
+    return {k: torch.zeros_like(p) for k, p in circuit.params.items() if names is None or _selected(k, names)}
 
 
 def em(circuit, data=None, epochs: int = 1, batch_size: int = 512, step_size: float = 0.1,

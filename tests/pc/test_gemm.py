@@ -319,3 +319,19 @@ def test_the_upward_messages_run_inside_the_level_kernel_where_they_fit(monkeypa
     assert torch.equal(l1, l2)
     for k in f1:
         assert torch.equal(f1[k], f2[k]), k
+
+
+@needs_cc
+def test_a_failed_check_falls_back_with_one_line(monkeypatch, capsys):
+    """A library that builds but fails its check against numpy is not used: torch's matmuls,
+    the reason in reason(), one line on stderr."""
+    def bad(lib):
+        raise RuntimeError("lvd_nn disagrees with numpy at K = 16 (max error 1)")
+    monkeypatch.setattr(_gemm, "_STATE", {})
+    monkeypatch.setattr(_gemm, "_check", bad)
+    assert not _gemm.available()
+    assert "disagrees with numpy" in _gemm.reason()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compiled kernels unavailable" in err[0] and "using torch's matmuls" in err[0]
+    a, w = torch.rand(1, 4, 32), torch.rand(1, 32, 32)
+    assert _gemm.mm(a, w, torch.empty(1, 4, 32)) is None

@@ -192,10 +192,16 @@ def check_images(x: np.ndarray, where: str, num_cats: int, patch_size: int, crop
     return np.ascontiguousarray(x, dtype=np.uint8)
 
 
+def _chosen(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """bool [n]: k random rows marked."""
+    chosen = np.zeros(n, bool)
+    chosen[rng.permutation(n)[:k]] = True
+    return chosen
+
+
 def _take(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Split x into k random rows and the rest, both in their original order."""
-    chosen = np.zeros(len(x), bool)
-    chosen[rng.permutation(len(x))[:k]] = True
+    chosen = _chosen(len(x), k, rng)
     return x[chosen], x[~chosen]
 
 
@@ -251,6 +257,7 @@ def prepare_images(dataset: str, path: str, *, patch_size: int, num_cats: int, v
     if not 2 <= num_cats <= 256:
         raise DataError(f"data.num_cats={num_cats}: expected 2..256 (images are stored as uint8)")
     rng = np.random.default_rng(seed)
+    capped: list[int] = []
     if dataset == "digits":
         if path:
             raise DataError(f"data.path={path!r}: digits is bundled with scikit-learn; leave data.path empty")
@@ -274,7 +281,14 @@ def prepare_images(dataset: str, path: str, *, patch_size: int, num_cats: int, v
             raise DataError(f"data.path is empty: {dataset} needs the directory of its files as distributed "
                             f"(docs/data.md, 'The papers' benchmarks')")
         source = path
-        raw, wheres = photos.read_cifar10(path) if dataset == "cifar10" else photos.read_imagenet(path, dataset)
+        # max_train is applied while reading (the same rows _cap would keep): only those are held
+
+        def keep(n: int) -> np.ndarray | None:
+            capped.append(n)
+            return _chosen(n, max_train, rng) if 0 < max_train < n else None
+
+        raw, wheres = photos.read_cifar10(path, keep) if dataset == "cifar10" else \
+            photos.read_imagenet(path, dataset, keep)
     else:
         raise DataError(f"data.dataset={dataset!r}: expected one of {sorted(DEFAULT_NUM_CATS)} or wikitext2")
 
@@ -286,7 +300,8 @@ def prepare_images(dataset: str, path: str, *, patch_size: int, num_cats: int, v
     if len(set(shapes.values())) > 1:
         raise DataError(f"{source}: splits differ in image shape {shapes}; expected one [H, W, C]")
 
-    x["train"] = _cap(x["train"], max_train, rng)
+    if not capped:   # (the photo readers applied max_train already)
+        x["train"] = _cap(x["train"], max_train, rng)
     if "valid" in x:
         x["valid"] = _cap(x["valid"], max_test, rng)
     else:

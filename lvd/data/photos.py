@@ -31,6 +31,7 @@ import logging
 import re
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -45,6 +46,7 @@ IMAGENET_SIZES = {"imagenet32": 32, "imagenet64": 64}
 IMAGENET_TRAIN_BATCHES = 10
 NPZ_TRAIN = re.compile(r"train_data_batch_(\d+)\.npz")
 NPZ_TEST = "val_data.npz"
+Keep = Callable[[int], "np.ndarray | None"]   # number of training images -> bool mask of those to keep
 
 
 def planes_to_images(rows: np.ndarray, size: int) -> np.ndarray:
@@ -90,8 +92,9 @@ def cifar10_dir(directory: str | Path) -> Path:
                     f"version (cifar-10-binary.tar.gz){pickled}")
 
 
-def read_cifar10(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """train (data_batch_1..5) and test (test_batch) of CIFAR-10's binary version."""
+def read_cifar10(directory: str | Path, keep: Keep | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """train (data_batch_1..5) and test (test_batch) of CIFAR-10's binary version (``keep``: as
+    read_imagenet's)."""
     d = cifar10_dir(directory)
     arrays, files = {}, {}
     for split, names in CIFAR10_FILES.items():
@@ -99,6 +102,9 @@ def read_cifar10(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str
         if missing:
             raise DataError(f"{d}: missing {missing}; expected {names} ({split})")
         arrays[split] = np.concatenate([read_cifar10_file(d / name) for name in names])
+        if split == "train" and keep is not None:
+            mask = keep(len(arrays[split]))
+            arrays[split] = arrays[split] if mask is None else arrays[split][mask]
         files[split] = f"{d}/{'{' + ','.join(names) + '}' if len(names) > 1 else names[0]}"
     return arrays, files
 
@@ -190,8 +196,49 @@ def _png_dir(d: Path, split: str, size: int) -> Path | None:
     return None
 
 
-def read_imagenet(directory: str | Path, dataset: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """train and test of downsampled ImageNet (npz batches, else PNG folders)."""
+def npz_rows(path: Path) -> int | None:
+    """The number of rows of member ``data`` read from its npy header alone (None if unreadable:
+    read_imagenet_npz then reports what is wrong)."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("data.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = read(f)[0]
+        return int(shape[0]) if shape else None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _read_npz_batches(paths: list[Path], size: int, keep: Keep | None) -> np.ndarray:
+    """The train batches joined; with ``keep``, only the kept rows are ever held (one batch at a time)."""
+    mask = None
+    if keep is not None:
+        rows = [npz_rows(p) for p in paths]
+        if None not in rows:
+            mask = keep(sum(rows))
+        else:   # a batch whose header cannot be read: read_imagenet_npz names the problem
+            for p, n in zip(paths, rows):
+                if n is None:
+                    read_imagenet_npz(p, size)
+    parts, start = [], 0
+    for p in paths:
+        x = read_imagenet_npz(p, size)
+        n = len(x)
+        if mask is not None:
+            x = x[mask[start:start + n]]
+        start += n
+        parts.append(x)
+    return np.concatenate(parts)
+
+
+def read_imagenet(directory: str | Path, dataset: str,
+                  keep: Keep | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """train and test of downsampled ImageNet (npz batches, else PNG folders).
+
+    ``keep`` (prepare_images's max_train): called once with the number of training images, it
+    returns a bool mask of those to keep (or None: all); for npz batches the number comes from
+    the npy headers, so that only the kept rows are held in memory.
+    """
     size = IMAGENET_SIZES[dataset]
     d = Path(directory)
     layouts = (f"train_data_batch_1..{IMAGENET_TRAIN_BATCHES}.npz and {NPZ_TEST} (here or one folder down), "
@@ -203,8 +250,7 @@ def read_imagenet(directory: str | Path, dataset: str) -> tuple[dict[str, np.nda
         if not train or len(test) != 1:
             raise DataError(f"{d}: found {len(train)} train batch(es) and {len(test)} {NPZ_TEST}; "
                             f"expected train_data_batch_*.npz and exactly one {NPZ_TEST}")
-        arrays = {"train": np.concatenate([read_imagenet_npz(p, size) for p in train]),
-                  "test": read_imagenet_npz(test[0], size)}
+        arrays = {"train": _read_npz_batches(train, size, keep), "test": read_imagenet_npz(test[0], size)}
         files = {"train": f"{train[0].parent}/train_data_batch_{{1..{len(train)}}}.npz", "test": str(test[0])}
         return arrays, files
     arrays, files = {}, {}
@@ -216,6 +262,9 @@ def read_imagenet(directory: str | Path, dataset: str) -> tuple[dict[str, np.nda
         names = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
         if not names:
             raise DataError(f"{folder}: no .png files ({split} images of {size}x{size})")
+        mask = keep(len(names)) if split == "train" and keep is not None else None
+        if mask is not None:
+            names = [p for p, k in zip(names, mask) if k]
         arrays[split] = np.stack([read_png(p, size) for p in names])
         files[split] = f"{folder}/*.png ({len(names)} files)"
     return arrays, files

@@ -263,3 +263,32 @@ def test_protocol_of_a_file_written_before_the_protocol_attributes(tmp_path):
     assert protocol(out) == {"dataset": "digits", "color": "rgb", "lossless": True, "crop": 0,
                              "crop_train": "random", "crop_eval": "topleft", "crops_per_image": 1,
                              "protocol": "digits, whole 8x8 images, RGB"}
+
+
+@pytest.mark.parametrize("layout", ["npz", "png", "cifar10"])
+def test_max_train_applied_while_reading_keeps_the_same_rows(tmp_path, layout):
+    """The photo readers keep max_train's rows as they read (so that ImageNet's other images are
+    never held); the splits are those of the same images given as an array file."""
+    side = 32
+    train, test = rgb(30, side, 11), rgb(6, side, 12)
+    write = {"npz": lambda d: photos.write_imagenet_npz(d, train, test, batches=4),
+             "png": lambda d: photos.write_imagenet_png(d, train, test),
+             "cifar10": lambda d: photos.write_cifar10(d, train, test)}[layout]
+    write(tmp_path / "src")
+    np.savez(tmp_path / "same.npz", train=train, test=test)
+    dataset = "cifar10" if layout == "cifar10" else "imagenet32"
+    for max_train in (12, 0):
+        a, b = tmp_path / f"a{max_train}.h5", tmp_path / f"b{max_train}.h5"
+        run(Config(dataset=dataset, path=str(tmp_path / "src"), max_train=max_train, max_test=4, seed=5), a)
+        run(Config(dataset="array", path=str(tmp_path / "same.npz"), max_train=max_train, max_test=4, seed=5), b)
+        for s in ("train", "valid", "test"):
+            assert (load_split(a, s) == load_split(b, s)).all(), (max_train, s)
+
+
+def test_npz_rows_from_the_header(tmp_path):
+    photos.write_imagenet_npz(tmp_path, rgb(7, 32), rgb(2, 32), batches=2)
+    assert [photos.npz_rows(tmp_path / f"train_data_batch_{i}.npz") for i in (1, 2)] == [4, 3]
+    np.savez_compressed(tmp_path / "c.npz", data=np.zeros((5, 3072), np.uint8), labels=np.ones(5))
+    assert photos.npz_rows(tmp_path / "c.npz") == 5
+    (tmp_path / "bad.npz").write_bytes(b"nonsense")
+    assert photos.npz_rows(tmp_path / "bad.npz") is None

@@ -2,9 +2,11 @@
 
 Every stage module has a frozen dataclass ``Config``, an importable ``run(cfg, ...)`` that
 tests call directly, and ``main(argv)`` that parses arguments, sets up logging, seeds and
-the device (see :mod:`lvd.stages.common`). Three modules are not stages: ``common`` (what
-every ``main`` shares), ``inputs`` (checked readers of the stage artifacts) and ``emstage``
-(what the EM stages on x alone share: finetune, train_baseline, train_hclt).
+the device (see :mod:`lvd.stages.common`). Five modules are not stages: ``common`` (what
+every ``main`` shares), ``inputs`` (checked readers of the stage artifacts), ``emstage``
+(what the EM stages on x alone share: finetune, train_baseline, train_hclt), ``shards``
+(which groups a shard of latent EM or growing holds) and ``topinit`` (the top circuit counted
+from the latents). No stage imports another (tests/test_stage_imports.py).
 
 The stages are command-line entry points: this package configures the process it starts in
 (``lvd.runtime.configure_process``: OpenMP's passive waiting, glibc's malloc thresholds)

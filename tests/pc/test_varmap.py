@@ -15,6 +15,7 @@ from lvd.pc.em import flows as em_flows
 from lvd.pc.structures import reroot, tree_structure
 from pc_bruteforce import all_configs, as_t, condition, frequencies, host, joint_of, tree_flows, tree_lls_bf, tv
 from pc_bruteforce_lvd import lvd_flows, lvd_lls_bf
+from treehelp import group_parents
 
 TREES = [np.array([-1, 0, 1, 2]), np.array([1, -1, 1, 1]), np.array([2, 2, -1, 0])]   # chain, star, fork
 
@@ -27,17 +28,6 @@ def random_tree(P, rng):
     relabeled = np.full(P, -1)
     relabeled[perm[1:]] = perm[parents[1:]]
     return reroot(relabeled, int(rng.integers(0, P)))
-
-
-def group_parents(parents: np.ndarray, var_map: np.ndarray, g: int) -> np.ndarray:
-    """Group g's own tree as a parents array over the variables (root -1): what the super-tree
-    embedded for it, read back from the slots (``var_map`` [G, V_S] of lvd.pc.varmap)."""
-    vm = np.asarray(var_map[g])
-    real = np.flatnonzero(vm >= 0)
-    out = np.full(len(real), -1, dtype=np.int64)
-    par = np.asarray(parents)[real]
-    out[vm[real]] = np.where(par < 0, -1, vm[np.maximum(par, 0)])
-    return out
 
 
 def undirected(parents):

@@ -9,6 +9,7 @@ import numpy as np
 
 from lvd import io
 from lvd.pc.patches import patch_index
+from treehelp import group_parents  # noqa: F401  (re-exported for the stage tests)
 
 
 def write_digits(path, n_train=200, n_valid=40, n_test=40, num_cats=17, patch_size=2):
@@ -99,14 +100,3 @@ def hmm_forward_ll(init, trans, emit, x):
 def write_benchmark(path, seconds):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("s\th:m:s\tmax_rss\n" + "".join(f"{s}\t0:00:01\t10.0\n" for s in seconds))
-
-
-def group_parents(parents: np.ndarray, var_map: np.ndarray, g: int) -> np.ndarray:
-    """Group g's own tree as a parents array over the variables (root -1): what the super-tree
-    embedded for it, read back from the slots (``var_map`` [G, V_S] of lvd.pc.varmap)."""
-    vm = np.asarray(var_map[g])
-    real = np.flatnonzero(vm >= 0)
-    out = np.full(len(real), -1, dtype=np.int64)
-    par = np.asarray(parents)[real]
-    out[vm[real]] = np.where(par < 0, -1, vm[np.maximum(par, 0)])
-    return out

@@ -265,7 +265,10 @@ def read_imagenet(directory: str | Path, dataset: str,
         mask = keep(len(names)) if split == "train" and keep is not None else None
         if mask is not None:
             names = [p for p, k in zip(names, mask) if k]
-        arrays[split] = np.stack([read_png(p, size) for p in names])
+        x = np.empty((len(names), size, size, 3), np.uint8)   # filled in place: never held twice
+        for i, p in enumerate(names):
+            x[i] = read_png(p, size)
+        arrays[split] = x
         files[split] = f"{folder}/*.png ({len(names)} files)"
     return arrays, files
 

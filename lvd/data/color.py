@@ -27,10 +27,11 @@ A lifting step x <- x + f(other) is invertible modulo 256 whatever f is, so this
 of the 256^3 colour triples onto themselves (tests check all of them): a likelihood of the
 transformed image IS the likelihood of the RGB image, bits per dimension mean the same as
 RGB's, and num_cats stays 256 for every channel (no wasted mass on codes that no colour
-produces, as 512 chroma levels would have). Where |R - B| <= 127 and |G - t| <= 127 (most
-pixels of natural images) the stored values are exactly YCoCg-R with chroma offset by 128;
-more saturated colours wrap around, a discontinuity the model has to learn. Every sample
-decodes to a valid RGB image (``ycocg_r_to_rgb``).
+produces, as 512 chroma levels would have). Where |R - B| <= 127 and |G - t| <= 127 the stored
+values are exactly YCoCg-R with chroma offset by 128; more saturated colours wrap around, a
+discontinuity the model has to learn (0.6% of the pixels of scikit-learn's sample photograph
+china.jpg, 12% of flower.jpg with its saturated petals). Every sample decodes to a valid RGB
+image (``ycocg_r_to_rgb``).
 """
 
 from __future__ import annotations

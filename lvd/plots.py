@@ -168,3 +168,37 @@ def growing_figure(path, panels: list[tuple[str, np.ndarray, np.ndarray]]) -> No
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def mean_curve(curves: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(seconds, value, value's std) per point index over the seeds' curves (points {seconds,
+    <key>}); as many points as the shortest curve, the seconds and values averaged over seeds."""
+    n = min(len(c) for c in curves)
+    xs = np.array([[c[i]["seconds"] for i in range(n)] for c in curves], dtype=np.float64)
+    ys = np.array([[c[i][key] for i in range(n)] for c in curves], dtype=np.float64)
+    sd = ys.std(0, ddof=1) if len(curves) > 1 else np.zeros(n)
+    return xs.mean(0), ys.mean(0), sd
+
+
+def compute_figure(path, arms: dict[str, tuple[list[list[dict]], str]], key: str, lvd_seconds: float | None,
+                   ylabel: str = "test bits per dimension") -> None:
+    """``key`` (a test metric) against cumulative training seconds: one line per arm {label:
+    (one curve per seed, colour)}, the mean over seeds with their standard deviation as error
+    bars; LVD's training seconds as a dotted vertical line (the equal-time budget)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.8, 3.8), dpi=100)
+    for label, (curves, color) in arms.items():
+        if not curves or not min(len(c) for c in curves):
+            continue
+        x, y, sd = mean_curve(curves, key)
+        ax.errorbar(x, y, yerr=sd, fmt="o-", color=color, label=label, capsize=3, markersize=4)
+    if lvd_seconds is not None and np.isfinite(lvd_seconds):
+        ax.axvline(lvd_seconds, color="grey", linestyle=":", label="LVD's training seconds")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("cumulative training seconds (summed job seconds; shared teacher and k-means not included)",
+                  fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)

@@ -24,12 +24,27 @@ Checkpoints: with ``ckpt``, the circuit is saved there (atomically, format lvd.p
 epoch with the epoch count, the record so far and ``resume_key`` (lvd.fingerprints); a run
 finding a checkpoint with its own key resumes after that epoch and ends with exactly the
 parameters of an uninterrupted run; a checkpoint with another key is ignored (logged).
+
+Time budget (the controls' ``budget: time``, docs/pc_stages.md "Budgets"): with
+``budget_seconds``, the loop reads ``clock`` (injectable; ``time.perf_counter``) around every
+epoch and stops after the first epoch that brings ``record["seconds"]`` to the budget or past
+it, so a run ends within one epoch of its budget. A schedule that ends earlier goes on with
+full-batch epochs (step 1, exact EM: it never lowers the training likelihood) until the budget
+is used. Without ``budget_seconds`` the loop runs exactly the schedule's epochs (bit for bit
+what it ran before budgets existed). The record then also holds ``budget_seconds`` and
+``epochs_run``.
+
+Snapshots (the bpd-against-seconds curve): with ``snapshots`` (a ``Snapshots``), the loop hands
+it the circuit after every epoch; it keeps a CPU copy of the parameters at the epochs its plan
+names (a handful: geometrically spaced epochs, or times under a budget) with the epoch and the
+seconds so far, for the stage to save (``Snapshots.save``) and evaluate to score.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -42,7 +57,7 @@ SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(pc.Schedule))
 
 def check_schedule(cfg, section: str) -> None:
     """Raise ValueError naming ``section.<field>`` when an EM setting of a stage Config is out of range."""
-    for name in ("epochs", "full_batch_epochs", "batch_size", "second_epochs"):
+    for name in ("epochs", "full_batch_epochs", "batch_size", "second_epochs", "curve_points"):
         if hasattr(cfg, name):
             v = getattr(cfg, name)
             lo = 1 if name == "batch_size" else 0
@@ -64,16 +79,22 @@ def schedule_from(cfg) -> pc.Schedule:
 
 
 def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, resume_key: str = "",
-          writer: str = "lvd.training", config: dict | None = None, shuffle: bool = True, **arrays):
+          writer: str = "lvd.training", config: dict | None = None, shuffle: bool = True,
+          budget_seconds: float | None = None, clock=time.perf_counter, snapshots: "Snapshots | None" = None,
+          **arrays):
     """Run ``sched`` on ``circuit`` (EM on x [N, V] and/or ``arrays``); returns (circuit, record).
 
     valid(circuit) -> mean valid ll, called after every epoch. ckpt: a path for the per-epoch
     checkpoint (see the module docstring); a resumed run returns the loaded circuit. shuffle:
     False keeps the rows in order (their order is already random, e.g. a file of shuffled rows).
+    budget_seconds: train until the epochs' seconds (by ``clock``) reach it (module docstring);
+    None: the schedule's epochs. snapshots: a Snapshots that keeps copies at its planned epochs.
     """
     log = logging.getLogger(f"lvd.{stage}")
     record = {"stage": stage, "epochs": sched.epochs, "full_batch_epochs": sched.full_batch_epochs,
               "train_ll": [], "valid_ll": [], "seconds": 0.0}
+    if budget_seconds is not None:
+        record["budget_seconds"] = float(budget_seconds)
     start = 0
     if ckpt is not None and Path(ckpt).exists():
         try:
@@ -89,21 +110,104 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
             log.warning("%s: ignoring checkpoint %s from another input or config", stage, ckpt)
     N = len(x) if x is not None else len(next(a for a in arrays.values() if a is not None))
     nb = sched.num_batches(N)
-    for epoch in range(start, sched.total_epochs):
-        t0 = time.perf_counter()
+    if snapshots is not None and start == 0:
+        snapshots.offer(circuit, 0, 0.0)
+    epoch = start
+    while _more(epoch, sched, record, budget_seconds):
+        t0 = clock()
         gen = np.random.default_rng(sched.epoch_seed(epoch))
         mean_ll = pc.em_epoch(circuit, sched, epoch, x, gen=gen, shuffle=shuffle, logger=log, **arrays)
         record["train_ll"].append(float(mean_ll))
         if valid is not None:
             record["valid_ll"].append(float(valid(circuit)))
-        record["seconds"] += time.perf_counter() - t0
-        steps = sched.epoch_step_sizes(epoch, nb)
-        log.info("%s epoch %d/%d (%s, step %.4g -> %.4g): train ll %.4f, valid ll %s (%.1f s)",
-                 stage, epoch + 1, sched.total_epochs,
-                 "full-batch" if sched.is_full_batch(epoch) else "mini-batch", steps[0], steps[-1],
-                 record["train_ll"][-1], f"{record['valid_ll'][-1]:.4f}" if record["valid_ll"] else "-",
-                 time.perf_counter() - t0)
+        took = clock() - t0
+        record["seconds"] += took
+        epoch += 1
+        steps = sched.epoch_step_sizes(epoch - 1, nb)
+        log.info("%s epoch %d/%s (%s, step %.4g -> %.4g): train ll %.4f, valid ll %s (%.1f s%s)",
+                 stage, epoch, sched.total_epochs if budget_seconds is None else "time",
+                 "full-batch" if sched.is_full_batch(epoch - 1) else "mini-batch", steps[0], steps[-1],
+                 record["train_ll"][-1], f"{record['valid_ll'][-1]:.4f}" if record["valid_ll"] else "-", took,
+                 "" if budget_seconds is None else f"; {record['seconds']:.1f} of {budget_seconds:.1f} s")
+        if snapshots is not None:
+            snapshots.offer(circuit, epoch, record["seconds"])
         if ckpt is not None:
-            pc.save(circuit, ckpt, writer=writer, config=config, epoch=epoch + 1, record=record,
+            pc.save(circuit, ckpt, writer=writer, config=config, epoch=epoch, record=record,
                     resume_key=resume_key)
+    if budget_seconds is not None:
+        record["epochs_run"] = len(record["train_ll"])
+    if snapshots is not None:
+        snapshots.drop_after(len(record["train_ll"]))   # the last epoch's circuit is the stage's output
     return circuit, record
+
+
+def _more(epoch: int, sched: pc.Schedule, record: dict, budget_seconds: float | None) -> bool:
+    """Whether the loop runs epoch ``epoch``: the schedule's epochs, or (budget) until its seconds
+    are used; past the schedule's end a budget runs full-batch epochs (``is_full_batch``)."""
+    if budget_seconds is None:
+        return epoch < sched.total_epochs
+    return record["seconds"] < budget_seconds
+
+
+class Snapshots:
+    """Copies of a circuit's parameters at a few epochs of one training run (the curve's points).
+
+    plan "epochs": after epochs ceil(E / 2^j), j = 1 .. points (E = the schedule's total epochs);
+    plan "time" (a budget of B seconds): after the first epoch whose seconds reach B / 2^j, and
+    after epoch E if the run gets that far (the equal-passes point). ``start``: also epoch 0 (the
+    circuit handed in, worth scoring when it was trained before, as finetune's input). The last
+    epoch's copy is dropped (``drop_after``): the stage's output is that circuit.
+    """
+
+    def __init__(self, points: int, total_epochs: int, budget_seconds: float | None = None, start: bool = False):
+        self.taken: list[tuple[int, float, dict]] = []     # (epoch, seconds, {param: tensor on the CPU})
+        self.start = start
+        if budget_seconds is None:
+            self.epochs = {math.ceil(total_epochs / 2 ** j) for j in range(1, points + 1)} - {0}
+            self.times = []
+        else:
+            self.epochs = {total_epochs} if points and total_epochs else set()
+            self.times = sorted(budget_seconds / 2 ** j for j in range(1, points + 1))
+
+    def offer(self, circuit, epoch: int, seconds: float) -> None:
+        """Keep a copy when ``epoch`` (epochs done, ``seconds`` used) is a planned point."""
+        due = (epoch == 0 and self.start) or epoch in self.epochs
+        while epoch and self.times and seconds >= self.times[0]:
+            self.times.pop(0)
+            due = True
+        if due and (not self.taken or self.taken[-1][0] != epoch):
+            self.taken.append((epoch, float(seconds),
+                               {k: v.detach().to("cpu", copy=True) for k, v in circuit.params.items()}))
+
+    def drop_after(self, last_epoch: int) -> None:
+        self.taken = [t for t in self.taken if t[0] < last_epoch]
+
+    def save(self, folder, circuit, writer: str, **attrs) -> list[Path]:
+        """One lvd.pc file per copy, ``<folder>/epoch<e>.h5`` (attributes ``epoch``, ``seconds``:
+        the training seconds so far, and ``attrs``); the folder is created, and emptied first."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("epoch*.h5"):
+            old.unlink()
+        saved, current = [], {k: v.detach().clone() for k, v in circuit.params.items()}
+        try:
+            for epoch, seconds, params in self.taken:
+                set_params(circuit, params)
+                path = folder / f"epoch{epoch:05d}.h5"
+                pc.save(circuit, path, writer=writer, epoch=epoch, seconds=seconds, **attrs)
+                saved.append(path)
+        finally:
+            set_params(circuit, current)
+        return saved
+
+
+def set_params(circuit, params: dict) -> None:
+    """Copy ``params`` ({name: tensor}, names of ``circuit.params``) into the circuit's tables."""
+    for k, v in circuit.params.items():
+        v.copy_(params[k].to(v.device))
+
+
+def read_snapshots(folder) -> list[Path]:
+    """The snapshot files of a folder written by ``Snapshots.save``, in epoch order ([] if none)."""
+    folder = Path(folder)
+    return sorted(folder.glob("epoch*.h5")) if folder.is_dir() else []

@@ -28,6 +28,26 @@ Text: the same with ``test_perplexity`` = exp(- sum over test windows of log p(w
 equal to exp(- mean window ll / seq_len), the teacher LM's definition, lvd.teachers.lm); the
 controls are random_latents and baseline (the random-init HMM). Figure perplexity.png.
 
+Compute (docs/pc_stages.md, "Budgets: equal passes and equal time"): ``train_seconds`` (LVD)
+and ``<arm>_train_seconds`` (mean over seeds, ``*_seeds`` per seed): the summed job seconds of
+the arm's training jobs of that seed (lvd.budget.arm_seconds; without benchmark files, the
+stages' own training seconds from the circuits' history); ``shared_seconds``: the teacher, the
+embeddings and this K's k-means. ``budget``: the controls' budget (``passes`` or ``time``, from
+their circuit files; {arm: budget} when they differ). ``curves`` {arm: one list per seed of
+points {epoch, seconds, valid_<unit>, test_<unit>}}: the snapshots saved beside each circuit
+file (``<name>_snapshots/epoch<e>.h5``, from finetune, train_baseline, train_hclt) scored on
+valid and test, then the circuit itself at the arm's training seconds; a snapshot of the last
+training stage sits at (the arm's seconds - that stage's training-loop seconds) + its seconds
+when taken (start-up and earlier stages come first). ``equal_time`` {control: at LVD's
+training seconds of each seed, its test metric read off its curve (lvd.budget.value_at: linear
+between the points around it, its last value past its end, null before its first point), the
+mean over seeds, ``*_std``, ``*_seeds``, ``margin``, ``spread``, ``beats``, ``beats_3std`` as in
+``controls``}; ``equal_passes`` the same at LVD's passes (the random-latent arm: its final
+circuit; the baseline and the HCLT: their point at the end of their planned schedule, the final
+circuit under ``passes``, null if a time budget stopped them before it). figures/compute.png:
+test bpd (perplexity) against training seconds, one line per arm (mean over seeds, error bars
+the seeds' standard deviation), LVD's seconds marked. The verdict states both comparisons.
+
 Both: ``teacher_test_bpd`` / ``teacher_test_perplexity`` copied from teacher_metrics.json (may
 be null), ``num_params``, ``num_states``, ``seconds`` ({stage: seconds} from the ``s`` column
 of every ``*.tsv`` under --benchmarks-dir: run-level files and those under k<num_states>/, the
@@ -42,16 +62,14 @@ NaN or negative bpd, a perplexity below 1) is an error naming the circuit file.
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lvd import io, metrics, pc, plots
+from lvd import budget, io, metrics, pc, plots, training
 from lvd.stages import common, inputs
 
 log = logging.getLogger("lvd.evaluate")
@@ -74,27 +92,7 @@ class Config:
                 raise ValueError(f"evaluate.{name} is {v!r}, expected an integer >= {lo}")
 
 
-def read_benchmarks(directory, num_states: int) -> dict[str, float]:
-    """{stage: seconds} from Snakemake benchmark files (mean of column ``s`` over their rows)."""
-    if directory is None or not Path(directory).is_dir():
-        log.info("no benchmark directory %s: seconds = {}", directory)
-        return {}
-    root, out = Path(directory), {}
-    for path in sorted(root.rglob("*.tsv")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        if re.fullmatch(r"k[0-9]+", parts[0]):
-            if parts[0] != f"k{num_states}" or len(parts) == 1:
-                continue
-            parts = parts[1:]
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        if not rows or "s" not in rows[0]:
-            raise ValueError(f"{path}: expected a Snakemake benchmark table with a column 's'")
-        try:
-            out["/".join(parts)] = float(np.mean([float(r["s"]) for r in rows]))
-        except ValueError as e:
-            raise ValueError(f"{path}: column 's' is not numeric ({e})") from e
-    return out
+read_benchmarks = budget.read_benchmarks     # {stage: seconds} of the benchmark files (lvd.budget)
 
 
 def read_teacher(path, key: str):
@@ -154,21 +152,99 @@ def compare(m: dict, key: str) -> dict:
     return out
 
 
+def _words(c: dict) -> str:
+    how = ("(one seed: no spread measured)" if c["beats"] is None else
+           "by more than 3 seed standard deviations" if c["beats_3std"] else
+           "by more than the seeds' spread" if c["beats"] else
+           "but not by more than the seeds' spread" if c["margin"] > 0 else "")
+    return " ".join(filter(None, ["LVD better" if c["margin"] > 0 else "LVD worse", how]))
+
+
 def verdict(m: dict, key: str, unit: str) -> str:
-    """The comparison in words (log and report)."""
+    """The comparison in words (log and report): the final circuits (trained under ``budget``),
+    then at equal passes and at equal time when the curves were read."""
     parts = []
     for arm, c in m["controls"].items():
-        how = ("(one seed: no spread measured)" if c["beats"] is None else
-               "by more than 3 seed standard deviations" if c["beats_3std"] else
-               "by more than the seeds' spread" if c["beats"] else
-               "but not by more than the seeds' spread" if c["margin"] > 0 else "")
-        better = "LVD better" if c["margin"] > 0 else "LVD worse"
         parts.append(f"LVD vs {arm}: {m[key]:.4f} vs {m[f'{arm}_{key}']:.4f} {unit} "
-                     f"(margin {c['margin']:+.4f}, spread {c['spread']:.4f}): " + " ".join(filter(None, [better, how])))
+                     f"(margin {c['margin']:+.4f}, spread {c['spread']:.4f}): " + _words(c))
     if m.get("teacher_gap") is not None:
         parts.append(f"LVD vs its teacher's bound: {m[key]:.4f} vs {m[key] - m['teacher_gap']:.4f} {unit} "
                      f"({'LVD better' if m['teacher_gap'] < 0 else 'teacher better'})")
-    return "; ".join(parts) + f" [{m['num_seeds']} seed(s)]"
+    text = "; ".join(parts) + f" [{m['num_seeds']} seed(s)]"
+    for name, label in (("equal_passes", "at equal passes"),
+                        ("equal_time", f"at equal time ({m.get('train_seconds') or 0:.1f} s of training)")):
+        table = m.get(name)
+        if not table:
+            continue
+        said = [f"vs {arm} {c[key]:.4f} (margin {c['margin']:+.4f}): {_words(c)}" if c.get(key) is not None
+                else f"vs {arm}: not measured ({c['reason']})" for arm, c in table.items()]
+        text += f". {label[0].upper()}{label[1:]}: LVD {m[key]:.4f} {unit} " + "; ".join(said)
+    if m.get("budget"):
+        text += f". Controls trained by budget: {m['budget']}"
+    return text
+
+
+def snapshot_folder(path) -> Path:
+    """Where the snapshots of circuit file ``path`` are: ``<stem>_snapshots/`` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + "_snapshots")
+
+
+def arm_curve(arm: str, seed: int, path, final: dict, seconds: dict, score, device="cpu") -> list[dict]:
+    """One arm's and seed's curve: its snapshots scored (``score(circuit) -> {valid_<unit>,
+    test_<unit>}``), then the final circuit (``final``: its scores); seconds as in the module
+    docstring."""
+    hist = inputs.history_of(path)
+    last = hist[-1] if hist else {}
+    total = budget.arm_seconds(seconds, arm, seed)
+    if total is None:   # no benchmark files (a stage run by hand): the stages' own training seconds
+        total = float(sum(float(r.get("seconds", 0.0)) for r in hist))
+    offset = total - float(last.get("seconds", 0.0))
+    points = []
+    for snap in training.read_snapshots(snapshot_folder(path)):
+        attrs = pc.load_attrs(snap)
+        points.append({"epoch": int(attrs["epoch"]), "seconds": offset + float(attrs["seconds"]),
+                       **score(pc.load(snap, device=device), str(snap))})
+    points.append({"epoch": len(last.get("train_ll", [])), "seconds": total, **final})
+    return points
+
+
+def planned_epochs(path) -> int | None:
+    """A control's planned passes (its schedule's epochs + full_batch_epochs), from its config."""
+    cfg = pc.load_attrs(path).get("config") or {}
+    if not isinstance(cfg, dict) or "epochs" not in cfg:
+        return None
+    return int(cfg["epochs"]) + int(cfg.get("full_batch_epochs", 0))
+
+
+def read_off(m: dict, key: str, values: list, reason: str) -> dict:
+    """A control's metric at one budget (one value per seed, None: not measured) against LVD's:
+    the fields of ``compare``, or the reason it was not measured."""
+    if not values or any(v is None for v in values):
+        return {key: None, "reason": reason}
+    mean, sd = float(np.mean(values)), metrics.spread(values)
+    margin, spread = mean - m[key], max(m[f"{key}_std"], sd)
+    one = len(values) < 2
+    return {key: mean, f"{key}_std": sd, f"{key}_seeds": [float(v) for v in values], "margin": margin,
+            "spread": spread, "beats": None if one else bool(margin > spread),
+            "beats_3std": None if one else bool(margin > 3 * spread)}
+
+
+def compute_tables(m: dict, curves: dict, planned: dict, key: str) -> tuple[dict, dict]:
+    """(equal_passes, equal_time) of every control with a curve (the module docstring)."""
+    lvd_secs = [c[-1]["seconds"] for c in curves["lvd"]]
+    passes, same_time = {}, {}
+    for arm in CONTROLS:
+        if arm not in curves:
+            continue
+        at_time = [budget.value_at([(p["seconds"], p[key]) for p in c], t) for c, t in zip(curves[arm], lvd_secs)]
+        same_time[arm] = read_off(m, key, at_time, "its first point comes after LVD's seconds")
+        if arm == "random_latents":
+            at_pass = [c[-1][key] for c in curves[arm]]
+        else:
+            at_pass = [next((p[key] for p in c if p["epoch"] == e), None) for c, e in zip(curves[arm], planned[arm])]
+        passes[arm] = read_off(m, key, at_pass, "stopped by its time budget before LVD's passes")
+    return passes, same_time
 
 
 def growing_means(record: dict) -> list[float]:
@@ -205,11 +281,20 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         to = (lambda v: metrics.bpd(v, info.num_vars)) if image else \
             (lambda v: metrics.perplexity(v, info.seq_len))  # noqa: E731
         m = {"kind": info.kind, "num_test": len(xt), "num_valid": len(xv), "num_seeds": lens["lvd"]}
-        first, histories = {}, {}
+        seconds = read_benchmarks(benchmarks_dir, _num_states(files["lvd"][0], image))
+
+        def score(circuit, path):
+            inputs.check_circuit(circuit, info, path)
+            return {f"{split}_{unit}": metrics.check_metric(
+                to(pc.mean_log_likelihood(circuit, x, batch_size=cfg.batch_size)), info.kind, path)
+                for split, x in (("valid", xv), ("test", xt))}
+
+        first, histories, curves, planned = {}, {}, {}, {}
         for arm, paths in files.items():
             if not paths:
                 continue
             per = {"test": [], "valid": []}
+            curves[arm], planned[arm] = [], [planned_epochs(p) for p in paths]
             for j, path in enumerate(paths):
                 circuit = pc.load(path, device=device)
                 inputs.check_circuit(circuit, info, path)
@@ -219,6 +304,8 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
                     if j == 0:
                         m[f"{prefix(arm)}{split}_ll"] = ll
                 log.info("%s seed %d (%s): test %s %.4f", arm, j, path, unit, per["test"][-1])
+                final = {f"valid_{unit}": per["valid"][-1], f"test_{unit}": per["test"][-1]}
+                curves[arm].append(arm_curve(arm, j, path, final, seconds, score, device))
                 if j == 0:
                     first[arm] = circuit
                     histories[arm] = inputs.history_of(path)
@@ -227,6 +314,13 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
                 m[key], m[key + "_std"] = float(np.mean(per[split])), metrics.spread(per[split])
                 m[key + "_seeds"] = per[split]
             m[f"{prefix(arm)}num_params"] = int(first[arm].num_params)
+            secs = [c[-1]["seconds"] for c in curves[arm]]
+            m[f"{prefix(arm)}train_seconds"], m[f"{prefix(arm)}train_seconds_seeds"] = float(np.mean(secs)), secs
+        m["shared_seconds"] = budget.shared_seconds(seconds)
+        budgets = {arm: pc.load_attrs(files[arm][0]).get("budget") for arm in ("baseline", "hclt") if files[arm]}
+        budgets = {arm: b for arm, b in budgets.items() if b}
+        m["budget"] = (next(iter(budgets.values())) if len(set(budgets.values())) == 1 else budgets) or None
+        m["curves"] = curves
         if files["hclt"]:
             attrs = [pc.load_attrs(p) for p in files["hclt"]]
             m["hclt_num_latents"] = int(first["hclt"].num_latents)
@@ -235,6 +329,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         K = c.num_states if image else c.num_latents
         m["num_states"] = int(K)
         m["controls"] = compare(m, f"test_{unit}")
+        m["equal_passes"], m["equal_time"] = compute_tables(m, curves, planned, f"test_{unit}")
         fig = Path(figdir)
         styles = {"lvd": ("LVD", "o", "C0"), "random_latents": ("random latents", "v", "C2"),
                   "baseline": ("baseline", "s", "C1"), "hclt": ("HCLT", "^", "C3")}
@@ -262,15 +357,24 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             bars = {styles[arm][0]: m[f"{prefix(arm)}test_perplexity"] for arm in histories}
             plots.perplexity_figure(fig / "perplexity.png", {**bars, "teacher": m["teacher_test_perplexity"]},
                                     series)
+        labels = {arm: styles[arm][0] for arm in curves}
+        plots.compute_figure(fig / "compute.png", {labels[a]: (c, styles[a][2]) for a, c in curves.items()},
+                             f"test_{unit}", m["train_seconds"],
+                             ylabel="test bits per dimension" if image else "test perplexity")
         m["history"] = histories
         m["verdict"] = verdict(m, f"test_{unit}", unit)
-    seconds = read_benchmarks(benchmarks_dir, int(K))
     seconds["evaluate"] = timer.seconds
     m["seconds"], m["total_seconds"] = seconds, float(sum(seconds.values()))
     m["config"] = asdict(cfg)
     io.write_json(out, m)
     log.info("wrote %s: %s", out, m["verdict"])
     return m
+
+
+def _num_states(path, image: bool) -> int:
+    """K of an LVD circuit file (images: num_states; text: the HMM's hidden states)."""
+    c = pc.load(path)
+    return int(c.num_states if image else c.num_latents)
 
 
 def _image_extras(cfg: Config, info, c, b, xt: np.ndarray, m: dict, fig: Path) -> dict:

@@ -12,12 +12,19 @@ config resumes after the last saved epoch and ends with the same parameters as a
 run (epoch e shuffles with a seed derived from (seed, e)). A checkpoint of another input or
 config is ignored. The checkpoint is deleted once pc_final.h5 is written.
 
+No fine-tuning: ``epochs: 0`` and ``full_batch_epochs: 0`` (LVD-PG as its authors ran it: the
+grown patch circuits frozen, the top trained on their likelihoods) write the input circuit
+unchanged, with a history record of no epochs (``"note": "no epochs: ..."``).
+
+Curve: ``--snapshot-dir`` keeps the input circuit (epoch 0) and ``curve_points`` copies taken
+during training (lvd.training.Snapshots) for evaluate's bpd-against-seconds curve.
+
 Attributes of the output: ``history`` (the input's history plus this stage's record: train and
 valid mean ll per epoch, see lvd.training), ``train_ll``, ``valid_ll``, ``valid_bpd``
 (images) or ``valid_perplexity`` (text), ``seconds``.
 
     python -m lvd.stages.finetune --config '{"epochs": 5}' --data data.h5 --pc k16/pc_latent_em.h5 \
-        --out k16/pc_final.h5 --ckpt-dir k16/finetune_ckpt
+        --out k16/pc_final.h5 --ckpt-dir k16/finetune_ckpt --snapshot-dir k16/pc_final_snapshots
 """
 
 from __future__ import annotations
@@ -40,16 +47,19 @@ class Config:
     pseudocount: float = 0.1
     max_valid: int = 0             # valid rows scored after every epoch (seeded subset); 0 = all
     seed: int = 0                  # shuffling (epoch e uses a seed from (seed, e)), valid subset
+    curve_points: int = 3          # snapshots for the bpd-against-seconds curve (besides input and output)
 
     def __post_init__(self):
         training.check_schedule(self, "finetune")
 
 
-def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
+def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu",
+        snapshot_dir: str | None = None) -> dict:
     """Fine-tune the circuit in ``pc_path``; returns a summary (also stored as attributes)."""
     c = pc.load(pc_path, device=device)
     return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="finetune", writer=WRITER,
-                                  history=inputs.history_of(pc_path), ckpt_dir=ckpt_dir)
+                                  history=inputs.history_of(pc_path), ckpt_dir=ckpt_dir,
+                                  snapshot_dir=snapshot_dir, snapshot_start=True)
 
 
 def main(argv=None) -> None:

@@ -1,8 +1,12 @@
 """summarize: gather the sweep. Reads every k{K}/metrics.json of a run, writes summary.tsv
 (one row per K, sorted by K) and a plot of the main metric of every arm (LVD, random latents,
 baseline, HCLT; mean over seeds with the seeds' standard deviation as error bars) and the
-teacher, against num_states (left) and against the number of parameters (right: the size
-study's view, where each arm sits at its own size).
+teacher, against num_states (left), against the number of parameters (middle: the size
+study's view, where each arm sits at its own size) and against training seconds (right: each
+arm at its ``<arm>_train_seconds``, the mean over seeds of its summed training job seconds, one
+line per arm through the K's; docs/pc_stages.md, "Budgets"). The table also gets
+``equal_time_<arm>_<main>`` / ``equal_passes_<arm>_<main>`` and their ``*_margin`` from each
+file's ``equal_time`` and ``equal_passes``.
 
 The main metric is ``test_bpd`` (images) or ``test_perplexity`` (text), whichever every
 metrics file has; arm ``a``'s is ``a_<main>`` (``a_<main>_std`` its spread), the teacher's
@@ -34,6 +38,7 @@ ARMS = (("", "LVD", "o-", "C0", "num_params"),
         ("random_latents_", "random latents", "v-.", "C2", "num_params"),
         ("baseline_", "baseline (random-init EM)", "s--", "C1", "baseline_num_params"),
         ("hclt_", "plain HCLT", "^:", "C3", "hclt_num_params"))
+BUDGET_TABLES = ("equal_time", "equal_passes")
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,21 @@ def read_metrics(path: str | Path) -> dict:
     if "num_states" in metrics and metrics["num_states"] != k:
         raise SummaryError(f"{path}: field 'num_states' is {metrics['num_states']!r}, expected {k} "
                            f"(from the directory name)")
-    return {**metrics, "num_states": k}
+    return {**metrics, **flat_budget_tables(metrics), "num_states": k}
+
+
+def flat_budget_tables(metrics: dict) -> dict:
+    """``equal_time_<arm>_<metric>`` and ``..._margin`` (and the same for equal_passes) as
+    columns: each table's main metric of every control and its margin over LVD."""
+    out = {}
+    for table in BUDGET_TABLES:
+        for arm, entry in (metrics.get(table) or {}).items():
+            if not isinstance(entry, dict):
+                continue
+            for key, value in entry.items():
+                if key in MAIN_METRICS or key == "margin":
+                    out[f"{table}_{arm}_{key}"] = value
+    return out
 
 
 def main_metric(rows: list[dict], paths: list[str]) -> str:
@@ -111,21 +130,22 @@ def plot(path: str | Path, rows: list[dict], main: str, title: str = "") -> None
     import matplotlib.pyplot as plt
 
     ks = [row["num_states"] for row in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), dpi=120)
     values = []
     for prefix, label, style, color, size_key in ARMS:
         key = prefix + main
-        pts = [(k, row.get(size_key), row[key], row.get(key + "_std") or 0.0)
+        pts = [(k, row.get(size_key), row[key], row.get(key + "_std") or 0.0, row.get(prefix + "train_seconds"))
                for k, row in zip(ks, rows) if _finite(row.get(key))]
         if not pts:
             continue
-        k, size, y, err = zip(*pts)
+        k, size, y, err, secs = zip(*pts)
         values += [v + sign * e for v, e in zip(y, err) for sign in (-1, 1)]
         axes[0].errorbar(k, y, yerr=err, fmt=style, color=color, label=label, capsize=3, markersize=4)
-        sized = [(n, v, e) for n, v, e in zip(size, y, err) if _finite(n)]
-        if sized:
-            n, v, e = zip(*sized)
-            axes[1].errorbar(n, v, yerr=e, fmt=style, color=color, label=label, capsize=3, markersize=4)
+        for ax, xs in ((axes[1], size), (axes[2], secs)):
+            known = [(n, v, e) for n, v, e in zip(xs, y, err) if _finite(n)]
+            if known:
+                n, v, e = zip(*known)
+                ax.errorbar(n, v, yerr=e, fmt=style, color=color, label=label, capsize=3, markersize=4)
     teacher = [row[f"teacher_{main}"] for row in rows if _finite(row.get(f"teacher_{main}"))]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     pad = max(hi - lo, 1e-3) * 0.15
@@ -144,9 +164,13 @@ def plot(path: str | Path, rows: list[dict], main: str, title: str = "") -> None
     axes[0].set_xlabel("num_states (K)")
     axes[1].set_xscale("log")
     axes[1].set_xlabel("parameters")
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("training seconds (summed job seconds; shared teacher and k-means not included)", fontsize=7)
     seeds = {row.get("num_seeds") for row in rows}
+    budgets = {str(row.get("budget")) for row in rows if row.get("budget")}
     axes[0].set_title(title or f"{main} vs num_states")
     axes[1].set_title(f"the same against model size ({'/'.join(str(s) for s in seeds if s)} seed(s))")
+    axes[2].set_title(f"the same against training time (controls' budget: {'/'.join(sorted(budgets)) or '?'})")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     with io.atomic_path(path) as tmp:

@@ -18,19 +18,32 @@ baseline). The baseline shares the top tree's structure, which materialize_pc bu
 teacher's latents (Chow-Liu over z), and with ``pc.patch_tree: group`` (LVD-PG) the patch
 trees built from the teacher's clusters: a structural head start the baseline keeps.
 
+Budget (``budget``; docs/pc_stages.md, "Budgets: equal passes and equal time"): ``passes``
+trains exactly the schedule above; ``time`` trains until the job has used LVD's training seconds
+for the same seed (the summed seconds of LVD's jobs, read from the benchmark files given as
+``--lvd-benchmarks``): the clock starts when the stage starts, is read after every epoch, and the
+run stops after the epoch that reaches the budget (so within one epoch of it); a schedule that
+ends sooner goes on with full-batch epochs. ``auto``: time for images, passes for text (and
+for a run without ``--lvd-benchmarks``). The output records ``budget`` and ``lvd_seconds``.
+
+Curve: ``--snapshot-dir`` keeps ``curve_points`` copies of the circuit taken during training
+(lvd.training.Snapshots), which evaluate scores on valid and test for the bpd-against-seconds
+curve.
+
 Optional ``--ckpt-dir``: per-epoch checkpoint and resume, as in finetune.
 
-    python -m lvd.stages.train_baseline --config '{"epochs": 25}' --data data.h5 \
-        --pc k16/pc_init.h5 --out k16/baseline.h5
+    python -m lvd.stages.train_baseline --config '{"epochs": 25, "budget": "passes"}' --data data.h5 \
+        --pc k16/pc_init.h5 --out k16/baseline.h5 --snapshot-dir k16/baseline_snapshots
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lvd import pc, training
+from lvd import budget, pc, training
 from lvd.stages import emstage
 
 log = logging.getLogger("lvd.train_baseline")
@@ -48,22 +61,35 @@ class Config:
     pseudocount: float = 0.1
     max_valid: int = 0             # valid rows scored after every epoch (seeded subset); 0 = all
     seed: int = 1                  # the random parameters (patch tree: seed, top tree: seed + 1), shuffling
+    budget: str = "auto"           # passes | time (LVD's training seconds) | auto (images time, text passes)
+    curve_points: int = 3          # snapshots for the bpd-against-seconds curve (besides the final circuit)
 
     def __post_init__(self):
         training.check_schedule(self, self.SECTION)
+        if self.budget not in budget.BUDGETS:
+            raise ValueError(f"{self.SECTION}.budget is {self.budget!r}, expected one of {list(budget.BUDGETS)}")
 
 
-def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
-    """Train the randomly initialized circuit; returns a summary (also stored as attributes)."""
+def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu",
+        snapshot_dir: str | None = None, lvd_seconds: float | None = None, started: float | None = None,
+        clock=time.perf_counter) -> dict:
+    """Train the randomly initialized circuit; returns a summary (also stored as attributes).
+
+    lvd_seconds: LVD's training seconds for this seed (budget time); started: the ``clock``
+    reading when the stage started (default: now)."""
+    started = clock() if started is None else started
+    b = emstage.control_budget(cfg, data, lvd_seconds, "train_baseline")
     c = pc.random_like(pc.load(pc_path, device=device), cfg.seed)
     log.info("random parameters with seed %d for the structure of %s", cfg.seed, pc_path)
     return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="train_baseline", writer=WRITER,
-                                  history=[], ckpt_dir=ckpt_dir)
+                                  history=[], ckpt_dir=ckpt_dir, snapshot_dir=snapshot_dir,
+                                  budget_seconds=b["seconds"], started=started, clock=clock,
+                                  extra={"budget": b["mode"], "lvd_seconds": b["seconds"] or 0.0})
 
 
 def main(argv=None) -> None:
     emstage.stage_main(argv, __doc__, Config, run, "pc_init.h5: the structure to copy (its parameters are not used)",
-                       "baseline.h5 to write (format lvd.pc)")
+                       "baseline.h5 to write (format lvd.pc)", control=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ randomly initialized with ``seed`` and trained by the same EM as the baseline: t
 number of passes over the training set (``epochs`` mini-batch epochs, then
 ``full_batch_epochs``), the same step sizes, batch size and pseudocount.
 
+Budget and curve: as train_baseline (``budget``: passes, or time = LVD's training seconds of
+the same seed, from ``--lvd-benchmarks``; the Chow-Liu tree counts in the time; ``curve_points``
+snapshots in ``--snapshot-dir``).
+
 Size: ``num_latents: 0`` (the default) picks the number of hidden states whose HCLT has the
 parameter count nearest to the LVD circuit's (``matched_num_latents``); a positive value
 fixes it. The output's attributes record ``num_params``, ``target_num_params`` and
@@ -19,6 +23,7 @@ fixes it. The output's attributes record ``num_params``, ``target_num_params`` a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -73,12 +78,17 @@ def hclt_blocks(parents, leaf_latents: bool) -> int:
     return blocks if leaf_latents else blocks - int(pc.structures.leaf_copies(parents).sum())
 
 
-def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu") -> dict:
-    """Build and train the HCLT; returns a summary (also stored as attributes)."""
+def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu",
+        snapshot_dir: str | None = None, lvd_seconds: float | None = None, started: float | None = None,
+        clock=time.perf_counter) -> dict:
+    """Build and train the HCLT; returns a summary (also stored as attributes). lvd_seconds,
+    started: as train_baseline.run."""
+    started = clock() if started is None else started
     info = inputs.data_info(data)
     if info.kind != "image":
         raise ValueError(f"{data}: train_hclt is the image control (attribute 'kind' is {info.kind!r}); "
                          f"for text the random-init HMM (train_baseline) is the plain model")
+    b = emstage.control_budget(cfg, data, lvd_seconds, "train_hclt")
     target = int(pc.load(pc_path).num_params)
     x = inputs.load_split(data, "train")
     parents = pc.chow_liu_tree(x, info.num_cats, seed=cfg.seed)      # once: its blocks set the size
@@ -89,13 +99,15 @@ def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = N
     log.info("HCLT over %d pixels, %d hidden states: %d params (LVD circuit: %d)", info.num_vars, K,
              c.num_params, target)
     return emstage.train_and_save(c, cfg, data, out, source=pc_path, stage="train_hclt", writer=WRITER,
-                                  history=[], ckpt_dir=ckpt_dir,
-                                  extra={"hclt_num_latents": K, "target_num_params": target})
+                                  history=[], ckpt_dir=ckpt_dir, snapshot_dir=snapshot_dir,
+                                  budget_seconds=b["seconds"], started=started, clock=clock,
+                                  extra={"hclt_num_latents": K, "target_num_params": target, "budget": b["mode"],
+                                         "lvd_seconds": b["seconds"] or 0.0})
 
 
 def main(argv=None) -> None:
     emstage.stage_main(argv, __doc__, Config, run, "pc_init.h5: the LVD circuit whose size to match",
-                       "hclt.h5 to write (format lvd.pc)")
+                       "hclt.h5 to write (format lvd.pc)", control=True)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def check_finished_run(run: Run, keys: set[str]):
             stages |= {"lvd/s0/latent_top_em", "hclt/s0/train_hclt"}
         assert stages <= set(metrics["seconds"]) and all(v > 0 for v in metrics["seconds"].values())
         assert metrics["num_seeds"] == run.config["evaluate"]["num_seeds"] and "verdict" in metrics
+        check_compute(run, k, metrics)
     header, *rows = (run.results / "summary.tsv").read_text().splitlines()
     assert [int(r.split("\t")[0]) for r in rows] == sorted(ks)
     main = "test_perplexity" if run.text else "test_bpd"
@@ -77,6 +78,35 @@ def check_finished_run(run: Run, keys: set[str]):
     jobs = sum(expected_jobs(run.config, run.text).values()) - 1  # rule all has neither
     assert len(logs) == jobs and len(benchmarks) == jobs
     assert all(p.stat().st_size > 0 for p in logs), [str(p) for p in logs if not p.stat().st_size]
+
+
+def check_compute(run: Run, k: int, metrics: dict) -> None:
+    """The compute-fair keys (docs/pc_stages.md, "Budgets"): every arm's training seconds are the
+    sums of its benchmark files, the curves end at them, the controls' budget is images' time
+    (text: passes), and the verdict states both comparisons."""
+    seeds = run.config["evaluate"]["num_seeds"]
+    arms = {"lvd": "lvd", "random_latents": "random", "baseline": "baseline"}
+    if not run.text:
+        arms["hclt"] = "hclt"
+    bench = run.workdir / "benchmarks" / run.config["run"] / f"k{k}"
+    for arm, folder in arms.items():
+        pre = "" if arm == "lvd" else f"{arm}_"
+        per = [sum(float(p.read_text().splitlines()[1].split("\t")[0]) for p in (bench / folder / f"s{s}").rglob("*.tsv"))
+               for s in range(seeds)]
+        assert metrics[f"{pre}train_seconds"] == pytest.approx(sum(per) / seeds), arm
+        curves = metrics["curves"][arm]
+        assert len(curves) == seeds and all(c[-1]["seconds"] == pytest.approx(t) for c, t in zip(curves, per))
+        assert all(math.isfinite(p["test_" + ("perplexity" if run.text else "bpd")]) for c in curves for p in c)
+    assert metrics["shared_seconds"] > 0
+    assert metrics["budget"] == ("passes" if run.text else "time")
+    controls = set(arms) - {"lvd"}
+    assert set(metrics["equal_time"]) == set(metrics["equal_passes"]) == controls
+    assert "At equal passes" in metrics["verdict"] and "At equal time" in metrics["verdict"]
+    assert (run.results / f"k{k}" / "figures" / "compute.png").stat().st_size > 0
+    if not run.text:   # a time-budget control stops after the epoch that reaches its budget
+        for arm in ("baseline", "hclt"):
+            rec = metrics["history"][arm][-1]
+            assert rec["stage"] == f"train_{arm}" and rec["seconds"] >= rec["budget_seconds"] >= 0
 
 
 def test_tiny_images_whole_dag(tiny):
@@ -98,11 +128,15 @@ def test_tiny_forcerun_finetune_reruns_exactly_finetune_and_downstream(tiny):
              "random/s0/pc_final.h5")
     before = {name: os.stat(k_dir / name).st_mtime_ns for name in names}
     proc, _ = snakemake(tiny.workdir, *tiny.args, "--forcerun", "finetune")
-    arms = 2 * tiny.config["evaluate"]["num_seeds"]          # lvd and random, every seed
-    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "evaluate": len(ks),
+    seeds = tiny.config["evaluate"]["num_seeds"]
+    arms = 2 * seeds          # lvd and random, every seed
+    # budget time (images): the controls train for LVD's seconds, so they follow LVD's finetune
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "train_baseline": seeds * len(ks),
+                                                    "train_hclt": seeds * len(ks), "evaluate": len(ks),
                                                     "summarize": 1, "all": 1}
     after = {name: os.stat(k_dir / name).st_mtime_ns for name in before}
-    assert {n for n in before if before[n] != after[n]} == {"lvd/s0/pc_final.h5", "random/s0/pc_final.h5"}
+    assert {n for n in before if before[n] != after[n]} == {"lvd/s0/pc_final.h5", "random/s0/pc_final.h5",
+                                                           "baseline/s0.h5", "hclt/s0.h5"}
 
 
 def test_tiny_report(tiny):

@@ -91,3 +91,24 @@ def test_cli_writes_both_files_and_exits_clearly_on_error(tmp_path):
                         "--config", '{"metric": "x"}'])
     with pytest.raises(SystemExit, match="summarize: .*num_states 2 already given"):
         summarize.main(["--metrics", paths[0], paths[0], "--out", str(out), "--plot", str(png)])
+
+
+def test_training_seconds_and_the_budget_tables_reach_the_table_and_plot(tmp_path):
+    """Each arm's train_seconds are columns (the plot's right panel places the arms by them), and
+    every control's equal_time / equal_passes metric and margin become flat columns."""
+    tables = {"equal_time": {"baseline": {"test_bpd": 1.9, "margin": 0.4, "test_bpd_seeds": [1.9]},
+                             "hclt": {"test_bpd": None, "reason": "its first point comes after LVD's seconds"}},
+              "equal_passes": {"baseline": {"test_bpd": 1.6, "margin": 0.1}}}
+    paths = [write(tmp_path, k, test_bpd=1.5, baseline_test_bpd=1.6, hclt_test_bpd=1.7, train_seconds=10.0 * k,
+                   baseline_train_seconds=11.0 * k, hclt_train_seconds=9.0 * k, shared_seconds=5.0, budget="time",
+                   **tables) for k in (4, 8)]
+    out, png = tmp_path / "summary.tsv", tmp_path / "summary.png"
+    summarize.run(summarize.Config(), paths, out, png)
+    cols, rows = read_tsv(out)
+    for col in ("train_seconds", "baseline_train_seconds", "hclt_train_seconds", "shared_seconds", "budget",
+                "equal_time_baseline_test_bpd", "equal_time_baseline_margin", "equal_passes_baseline_test_bpd"):
+        assert col in cols, col
+    assert "equal_time_hclt_test_bpd" not in cols       # not measured in any row: no column
+    assert rows[1]["train_seconds"] == "80.0" and rows[0]["equal_time_baseline_margin"] == "0.4"
+    assert rows[0]["budget"] == "time"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -124,20 +124,21 @@ def test_editing_one_section_reruns_only_that_stage_and_what_follows(workdir):
     changed.write_text(yaml.safe_dump({"finetune": {"step_size_end": 0.02}}))
     proc, _ = snakemake(run_dir, *args, changed.name, "-n")
     arms = 2 * config["evaluate"]["num_seeds"]          # lvd and random latents, every seed
-    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "evaluate": len(ks),
+    seeds = config["evaluate"]["num_seeds"]
+    # images' budget time: the controls train for LVD's seconds (its jobs' benchmark files), so they follow
+    controls = {"train_baseline": seeds * len(ks), "train_hclt": seeds * len(ks)}
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), **controls, "evaluate": len(ks),
                                                     "summarize": 1, "all": 1}
-    # finetune.epochs is part of LVD's budget: the controls trained from scratch (epochs: auto) follow
+    # finetune.epochs is part of LVD's passes too (epochs: auto)
     changed.write_text(yaml.safe_dump({"finetune": {"epochs": config["finetune"]["epochs"] + 1}}))
     proc, _ = snakemake(run_dir, *args, changed.name, "-n")
-    seeds = config["evaluate"]["num_seeds"]
-    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "train_baseline": seeds * len(ks),
-                                                    "train_hclt": seeds * len(ks), "evaluate": len(ks),
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), **controls, "evaluate": len(ks),
                                                     "summarize": 1, "all": 1}
     # the top tree's settings have their own section: latent_em's shards stay, its jobs do not rerun
     changed.write_text(yaml.safe_dump({"latent_top_em": {"step_size_end": 0.02}}))
     proc, _ = snakemake(run_dir, *args, changed.name, "-n")
     assert job_stats(proc.stdout + proc.stderr) == {"latent_top_em": arms * len(ks), "finetune": arms * len(ks),
-                                                    "evaluate": len(ks), "summarize": 1, "all": 1}
+                                                    **controls, "evaluate": len(ks), "summarize": 1, "all": 1}
     # ... and its epochs count in LVD's budget, so the controls follow (latent_em still does not)
     changed.write_text(yaml.safe_dump({"latent_top_em": {"epochs": config["latent_top_em"]["epochs"] + 1}}))
     proc, _ = snakemake(run_dir, *args, changed.name, "-n")
@@ -152,3 +153,11 @@ def test_editing_one_section_reruns_only_that_stage_and_what_follows(workdir):
     one_k = {**expected_jobs({**config, "latents": {"num_states": [2]}}, text=False),
              "prepare_data": 0, "train_teacher": 0, "extract_embeddings": 0}
     assert job_stats(proc.stdout + proc.stderr) == {k: v for k, v in one_k.items() if v}
+    # under budget passes the controls do not wait for LVD: a finetune setting leaves them alone
+    passes = {section: {"budget": "passes"} for section in ("baseline", "hclt")}
+    changed.write_text(yaml.safe_dump(passes))
+    fake_run(run_dir, *args, changed.name)
+    changed.write_text(yaml.safe_dump({**passes, "finetune": {"step_size_end": 0.02}}))
+    proc, _ = snakemake(run_dir, *args, changed.name, "-n")
+    assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "evaluate": len(ks),
+                                                    "summarize": 1, "all": 1}

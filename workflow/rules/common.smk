@@ -95,6 +95,28 @@ def is_pg():
     return config["latents"]["mode"] == "clusters" and not is_text()
 
 
+def control_budget(section):
+    """A control's budget (baseline, hclt): passes | time; auto = time for images, passes for text."""
+    value = config[section]["budget"]
+    if value == "auto":
+        return "passes" if is_text() else "time"
+    return value
+
+
+def lvd_benchmarks(section):
+    """A control's input under budget time: the benchmark files of LVD's training jobs of its
+    seed (their seconds are its budget; docs/pc_stages.md, "Budgets"); none under passes.
+    """
+    if control_budget(section) != "time":
+        return []
+    names = ["materialize_pc", "finetune"]
+    if is_pg():
+        names += ["latent_top_em", *[f"grow/shard{i}" for i in GROW_SHARDS]]
+    elif not is_text():
+        names += ["latent_top_em", *[f"latent_em/shard{i}" for i in SHARDS]]
+    return [f"benchmarks/{{run}}/k{{K}}/lvd/s{{seed}}/{name}.tsv" for name in names]
+
+
 def patch_shards(wildcards):
     """latent_top_em's shards: grow_patch_pcs's (LVD-PG) or latent_em's, of one arm and seed."""
     if is_pg():

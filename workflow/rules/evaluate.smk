@@ -1,4 +1,6 @@
 # Test metrics of every arm and seed and the figures for each K, then the sweep summary.
+# evaluate reads the snapshots beside every circuit (X.h5 -> X_snapshots/) for the curves of
+# bpd against training seconds, and the benchmark files for those seconds.
 
 
 rule evaluate:
@@ -9,8 +11,18 @@ rule evaluate:
         baseline=control_files("baseline"),
         hclt=control_files("hclt"),
         teacher_metrics="results/{run}/teacher_metrics.json",
+        snapshots=arm_files("pc_final_snapshots", "lvd")
+        + arm_files("pc_final_snapshots", "random")
+        + [name.replace(".h5", "_snapshots") for name in control_files("baseline")]
+        + [name.replace(".h5", "_snapshots") for name in control_files("hclt")],
     output:
         **evaluate_figures(),
+        compute=report(
+            "results/{run}/k{K}/figures/compute.png",
+            caption="../report/compute.rst",
+            category="Figures",
+            subcategory="k{K}",
+        ),
         metrics="results/{run}/k{K}/metrics.json",
     log:
         "logs/{run}/k{K}/evaluate.log",

@@ -4,7 +4,11 @@
 # LVD-PG runs grow the shards with grow_patch_pcs instead, workflow/rules/pg.smk),
 # fine-tuning on x alone; and the controls trained from scratch with LVD's budget: the
 # baseline (LVD's structure, random init) and a plain HCLT of the same size (images).
-# Checkpoints under *_ckpt/ are not outputs (see teacher.smk).
+# Checkpoints under *_ckpt/ are not outputs (see teacher.smk). Every trained circuit X.h5 has
+# its curve's snapshots in X_snapshots/ beside it (evaluate scores them).
+# Budget (docs/pc_stages.md, "Budgets"): under `budget: time` (images' default) a control
+# trains for LVD's training seconds of its seed, so it waits for LVD's jobs and reads their
+# benchmark files; under `passes` it does not depend on them.
 
 
 rule latent_em:
@@ -67,7 +71,8 @@ rule finetune:
         data="results/{run}/data.h5",
         pc=finetune_start,
     output:
-        "results/{run}/k{K}/{arm}/s{seed}/pc_final.h5",
+        pc="results/{run}/k{K}/{arm}/s{seed}/pc_final.h5",
+        snapshots=directory("results/{run}/k{K}/{arm}/s{seed}/pc_final_snapshots"),
     log:
         "logs/{run}/k{K}/{arm}/s{seed}/finetune.log",
     benchmark:
@@ -84,16 +89,19 @@ rule finetune:
         ckpt_dir="results/{run}/k{K}/{arm}/s{seed}/finetune_ckpt",
     shell:
         "python -m lvd.stages.finetune --config {params.cfg:q}"
-        " --data {input.data} --pc {input.pc} --out {output}"
-        " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"
+        " --data {input.data} --pc {input.pc} --out {output.pc}"
+        " --snapshot-dir {output.snapshots} --ckpt-dir {params.ckpt_dir}"
+        " --threads {threads} --log {log}"
 
 
 rule train_baseline:
     input:
         data="results/{run}/data.h5",
         pc="results/{run}/k{K}/lvd/s{seed}/pc_init.h5",
+        lvd_seconds=lvd_benchmarks("baseline"),
     output:
-        "results/{run}/k{K}/baseline/s{seed}.h5",
+        circuit="results/{run}/k{K}/baseline/s{seed}.h5",
+        snapshots=directory("results/{run}/k{K}/baseline/s{seed}_snapshots"),
     log:
         "logs/{run}/k{K}/baseline/s{seed}/train_baseline.log",
     benchmark:
@@ -110,7 +118,8 @@ rule train_baseline:
         ckpt_dir="results/{run}/k{K}/baseline/s{seed}_ckpt",
     shell:
         "python -m lvd.stages.train_baseline --config {params.cfg:q}"
-        " --data {input.data} --pc {input.pc} --out {output}"
+        " --data {input.data} --pc {input.pc} --out {output.circuit}"
+        " --lvd-benchmarks {input.lvd_seconds} --snapshot-dir {output.snapshots}"
         " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"
 
 
@@ -118,8 +127,10 @@ rule train_hclt:
     input:
         data="results/{run}/data.h5",
         pc="results/{run}/k{K}/lvd/s{seed}/pc_init.h5",
+        lvd_seconds=lvd_benchmarks("hclt"),
     output:
-        "results/{run}/k{K}/hclt/s{seed}.h5",
+        circuit="results/{run}/k{K}/hclt/s{seed}.h5",
+        snapshots=directory("results/{run}/k{K}/hclt/s{seed}_snapshots"),
     log:
         "logs/{run}/k{K}/hclt/s{seed}/train_hclt.log",
     benchmark:
@@ -136,5 +147,6 @@ rule train_hclt:
         ckpt_dir="results/{run}/k{K}/hclt/s{seed}_ckpt",
     shell:
         "python -m lvd.stages.train_hclt --config {params.cfg:q}"
-        " --data {input.data} --pc {input.pc} --out {output}"
+        " --data {input.data} --pc {input.pc} --out {output.circuit}"
+        " --lvd-benchmarks {input.lvd_seconds} --snapshot-dir {output.snapshots}"
         " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"

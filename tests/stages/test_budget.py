@@ -1,0 +1,240 @@
+"""Budgets (docs/pc_stages.md, "Budgets: equal passes and equal time"): the time budget by
+scripted clocks (no timed tests), the passes budget unchanged, the curve's points, no
+fine-tuning, and reading a curve at LVD's seconds."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import pc_fixtures as fx
+from lvd import budget, metrics, pc, training
+from lvd.stages import evaluate, finetune, inputs, latent_em, latent_top_em, materialize_pc, train_baseline, train_hclt
+
+em_module = importlib.import_module("lvd.pc.em")
+K = 4
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """digits (120 train) -> position-mode latents -> pc_init -> one shard -> pc_latent_em."""
+    d = tmp_path_factory.mktemp("budget")
+    data = fx.write_digits(d / "data.h5", n_train=120, n_valid=30, n_test=30)
+    x = inputs.load_split(data, "train")
+    lat = fx.write_latents(d / "latents.h5", fx.kmeans_latents(x.reshape(-1, 8, 8, 1), 2, K), K)
+    materialize_pc.run(materialize_pc.Config(num_latents=2), data, lat, d / "pc_init.h5")
+    latent_em.run(latent_em.Config(epochs=1, batch_size=64), data, lat, d / "pc_init.h5", 0, 1, d / "shard0.h5")
+    latent_top_em.run(latent_top_em.Config(epochs=1, batch_size=64), data, lat, d / "pc_init.h5", [d / "shard0.h5"],
+                      d / "pc_latent_em.h5")
+    return {"dir": d, "data": data, "x": x}
+
+
+def scripted(times):
+    """A clock returning ``times`` in turn (then its last value forever)."""
+    it = iter(times)
+    last = [0.0]
+
+    def clock():
+        last[0] = next(it, last[0])
+        return last[0]
+    return clock
+
+
+def epoch_clock(durations):
+    """A clock for training.train: epoch e lasts durations[e] (the loop reads it before and after)."""
+    times, t = [], 0.0
+    for d in durations:
+        times += [t, t + d]
+        t += d
+    return scripted(times)
+
+
+def tiny_tree():
+    from pc_bruteforce import as_t, tree_circuit
+    X = as_t(np.random.default_rng(0).integers(0, 3, (11, 5)))
+    return tree_circuit([-1, 0, 0, 1, 1], 3, 3, seed=0), X
+
+
+@pytest.fixture
+def bruteforce_path(request):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parents[1] / "pc"))
+    yield
+    sys.path.remove(str(Path(__file__).parents[1] / "pc"))
+
+
+@pytest.mark.parametrize("durations, budget_s, runs", [
+    ([10.0] * 20, 35.0, 4),               # 40 s: past 35 by less than one epoch
+    ([3.0, 7.0, 20.0, 1.0], 12.0, 3),     # 30 s: the third epoch crosses 12
+    ([5.0] * 20, 10.0, 2),                # exactly at the budget: stop there
+])
+def test_the_time_budget_stops_within_one_epoch_of_the_budget(bruteforce_path, monkeypatch, durations, budget_s, runs):
+    """Scripted clock: the loop stops after the first epoch that reaches the budget; a schedule
+    of 2 epochs goes on with full-batch epochs (step 1) until then."""
+    steps, real = [], em_module.update
+
+    def update(circuit, flow, step_size, pseudocount):
+        steps.append(step_size)
+        return real(circuit, flow, step_size, pseudocount)
+
+    monkeypatch.setattr(em_module, "update", update)
+    c, X = tiny_tree()
+    sched = pc.Schedule(epochs=2, full_batch_epochs=0, batch_size=4, step_size=0.3, step_size_end=0.05, seed=1)
+    c, rec = training.train(c, X, sched, stage="t", budget_seconds=budget_s, clock=epoch_clock(durations))
+    assert rec["epochs_run"] == len(rec["train_ll"]) == runs and rec["budget_seconds"] == budget_s
+    assert rec["seconds"] == pytest.approx(sum(durations[:runs]))
+    assert budget_s <= rec["seconds"] < budget_s + durations[runs - 1]       # within one epoch of the budget
+    assert sum(durations[:runs - 1]) < budget_s                              # and not one epoch later
+    nb = sched.num_batches(len(X))
+    mini = [sched.step_size_at(t, nb) for t in range(min(runs, 2) * nb)]
+    assert steps == mini + [1.0] * max(runs - 2, 0)                          # then full-batch epochs
+
+
+def test_the_time_budget_of_a_control_counts_its_start_up(run_dir, tmp_path):
+    """train_baseline under budget time: the clock starts with the stage (started = 0); its
+    loading and building take what the clock says before the loop, and the loop stops within one
+    epoch of LVD's seconds. Each clock reading advances 2 s (an epoch: 2 s)."""
+    counter = itertools.count(start=1)
+    clock = lambda: 2.0 * next(counter)  # noqa: E731   readings 2, 4, 6, ...
+    cfg = train_baseline.Config(epochs=2, full_batch_epochs=0, batch_size=64, budget="time", curve_points=0)
+    s = train_baseline.run(cfg, run_dir["data"], run_dir["dir"] / "pc_init.h5", tmp_path / "b.h5", lvd_seconds=13.0,
+                           started=0.0, clock=clock)
+    rec = inputs.history_of(tmp_path / "b.h5")[-1]
+    left = rec["budget_seconds"]
+    assert left == 13.0 - 2.0                    # one reading (2 s) before the loop: 11 s for the epochs
+    assert rec["epochs_run"] == math.ceil(left / 2.0) == 6 and rec["seconds"] == 12.0
+    assert s["budget"] == "time" and s["lvd_seconds"] == 13.0
+    with pytest.raises(ValueError, match="needs LVD's training seconds"):
+        train_baseline.run(cfg, run_dir["data"], run_dir["dir"] / "pc_init.h5", tmp_path / "c.h5")
+
+
+def test_the_passes_budget_trains_exactly_the_schedule_as_before(run_dir, tmp_path):
+    """budget passes (given LVD's seconds or not, with snapshots or not) gives the parameters of
+    the plain loop: random_like, then the schedule's epochs with their epoch seeds."""
+    d = run_dir["dir"]
+    cfg = train_baseline.Config(epochs=3, full_batch_epochs=1, batch_size=64, budget="passes", seed=2)
+    train_baseline.run(cfg, run_dir["data"], d / "pc_init.h5", tmp_path / "a.h5")
+    train_baseline.run(cfg, run_dir["data"], d / "pc_init.h5", tmp_path / "b.h5", snapshot_dir=str(tmp_path / "snap"),
+                       lvd_seconds=0.001)
+    ref = pc.random_like(pc.load(d / "pc_init.h5"), cfg.seed)
+    sched, x = training.schedule_from(cfg), inputs.load_split(run_dir["data"], "train")
+    for e in range(sched.total_epochs):
+        pc.em_epoch(ref, sched, e, x, gen=np.random.default_rng(sched.epoch_seed(e)))
+    for path in ("a.h5", "b.h5"):
+        got = pc.load(tmp_path / path)
+        for k, t in ref.params.items():
+            assert bool((got.params[k] == t).all()), (path, k)
+        rec = inputs.history_of(tmp_path / path)[-1]
+        assert len(rec["train_ll"]) == 4 and "budget_seconds" not in rec and pc.load_attrs(tmp_path / path)["budget"] == "passes"
+    # the snapshot at epoch 2 is the circuit after 2 epochs of the same schedule
+    part = pc.random_like(pc.load(d / "pc_init.h5"), cfg.seed)
+    for e in range(2):
+        pc.em_epoch(part, sched, e, x, gen=np.random.default_rng(sched.epoch_seed(e)))
+    snaps = training.read_snapshots(tmp_path / "snap")
+    assert [pc.load_attrs(p)["epoch"] for p in snaps] == [1, 2]              # ceil(4 / 4), ceil(4 / 2); 4 is the output
+    got = pc.load(snaps[1])
+    for k, t in part.params.items():
+        assert bool((got.params[k] == t).all()), k
+
+
+def test_the_curves_points_are_the_snapshots_recomputed_bpd(run_dir, tmp_path):
+    """evaluate's curves: every snapshot's valid and test bpd computed again from its file, the
+    final circuit last at the arm's seconds (the benchmark files), snapshots placed at (arm seconds
+    - loop seconds) + their seconds; equal_time and equal_passes read off these points."""
+    d, data = run_dir["dir"], run_dir["data"]
+    finetune.run(finetune.Config(epochs=3, full_batch_epochs=1, batch_size=64, curve_points=2), data,
+                 d / "pc_latent_em.h5", tmp_path / "pc_final.h5", snapshot_dir=str(tmp_path / "pc_final_snapshots"))
+    base = tmp_path / "baseline" / "s0.h5"
+    train_hclt.run(train_hclt.Config(epochs=3, full_batch_epochs=1, batch_size=64, num_latents=2, budget="passes",
+                                     curve_points=2), data, d / "pc_init.h5", base.with_name("h0.h5"),
+                   snapshot_dir=str(base.with_name("h0_snapshots")))
+    train_baseline.run(train_baseline.Config(epochs=3, full_batch_epochs=1, batch_size=64, budget="passes",
+                                             curve_points=2), data, d / "pc_init.h5", base,
+                       snapshot_dir=str(base.with_name("s0_snapshots")))
+    bench = tmp_path / "bench"
+    fx.write_benchmark(bench / "train_teacher.tsv", [20.0])
+    fx.write_benchmark(bench / f"k{K}" / "assign_latents.tsv", [3.0])
+    for name, s in (("materialize_pc", 1.0), ("latent_em/shard0", 2.0), ("latent_top_em", 3.0), ("finetune", 10.0)):
+        fx.write_benchmark(bench / f"k{K}" / "lvd" / "s0" / f"{name}.tsv", [s])
+    fx.write_benchmark(bench / f"k{K}" / "baseline" / "s0" / "train_baseline.tsv", [30.0])
+    fx.write_benchmark(bench / f"k{K}" / "hclt" / "s0" / "train_hclt.tsv", [5.0])
+    teacher = fx.write_teacher_metrics(tmp_path / "t.json", teacher_test_bpd=2.0)
+    m = evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), data,
+                     {"lvd": [tmp_path / "pc_final.h5"], "baseline": [base], "hclt": [base.with_name("h0.h5")]},
+                     teacher, bench, tmp_path / f"k{K}" / "metrics.json", tmp_path / "fig")
+    xv, xt = inputs.load_split(data, "valid"), inputs.load_split(data, "test")
+
+    def bpd(path, x):
+        return metrics.bpd(pc.mean_log_likelihood(pc.load(path), x), 64)
+
+    assert m["train_seconds"] == 16.0 and m["baseline_train_seconds"] == 30.0 and m["hclt_train_seconds"] == 5.0
+    assert m["shared_seconds"] == 23.0 and m["budget"] == "passes"
+    for arm, final, folder, secs in (("lvd", tmp_path / "pc_final.h5", tmp_path / "pc_final_snapshots", 16.0),
+                                     ("baseline", base, base.with_name("s0_snapshots"), 30.0),
+                                     ("hclt", base.with_name("h0.h5"), base.with_name("h0_snapshots"), 5.0)):
+        curve = m["curves"][arm][0]
+        files = training.read_snapshots(folder) + [final]
+        assert len(curve) == len(files) == (4 if arm == "lvd" else 3)        # lvd: epoch 0 too
+        loop = inputs.history_of(final)[-1]["seconds"]
+        for point, path in zip(curve, files):
+            assert point["valid_bpd"] == pytest.approx(bpd(path, xv), rel=1e-6)
+            assert point["test_bpd"] == pytest.approx(bpd(path, xt), rel=1e-6)
+            attrs = pc.load_attrs(path)
+            if path != final:
+                assert point["epoch"] == attrs["epoch"]
+                assert point["seconds"] == pytest.approx(secs - loop + attrs["seconds"])
+        assert curve[-1]["seconds"] == secs and curve[-1]["epoch"] == 4
+        assert curve[-1]["test_bpd"] == pytest.approx(m[f"{evaluate.prefix(arm)}test_bpd"])
+    assert [p["epoch"] for p in m["curves"]["lvd"][0]] == [0, 1, 2, 4]
+    assert m["curves"]["lvd"][0][0]["test_bpd"] == pytest.approx(bpd(d / "pc_latent_em.h5", xt), rel=1e-6)
+    for arm in ("baseline", "hclt"):
+        pts = [(p["seconds"], p["test_bpd"]) for p in m["curves"][arm][0]]
+        at = budget.value_at(pts, 16.0)
+        eq = m["equal_time"][arm]
+        if at is None:
+            assert eq["test_bpd"] is None and eq["reason"]
+        else:
+            assert eq["test_bpd"] == pytest.approx(at) and eq["margin"] == pytest.approx(at - m["test_bpd"])
+        assert m["equal_passes"][arm]["test_bpd"] == pytest.approx(m[f"{arm}_test_bpd"])   # passes: the final
+    assert m["equal_time"]["hclt"]["test_bpd"] == pytest.approx(m["hclt_test_bpd"])          # ended before 16 s
+    assert "At equal passes" in m["verdict"] and "At equal time (16.0 s" in m["verdict"]
+    assert (tmp_path / "fig" / "compute.png").stat().st_size > 1000
+
+
+def test_reading_a_curve_at_a_time():
+    pts = [(10.0, 3.0), (20.0, 2.0), (40.0, 1.5)]
+    assert budget.value_at(pts, 5.0) is None                    # before its first point
+    assert budget.value_at(pts, 10.0) == 3.0
+    assert budget.value_at(pts, 15.0) == pytest.approx(2.5)     # linear in between
+    assert budget.value_at(pts, 30.0) == pytest.approx(1.75)
+    assert budget.value_at(pts, 99.0) == 1.5                    # past its end: its last value
+    assert budget.resolve("auto", "image") == "time" and budget.resolve("auto", "text") == "passes"
+    with pytest.raises(ValueError, match="budget"):
+        budget.resolve("flops", "image")
+    seconds = {"lvd/s0/finetune": 2.0, "lvd/s0/latent_em/shard1": 1.5, "lvd/s1/finetune": 9.0, "train_teacher": 4.0,
+               "assign_latents": 1.0, "prepare_data": 7.0}
+    assert budget.arm_seconds(seconds, "lvd", 0) == 3.5 and budget.arm_seconds(seconds, "hclt", 0) is None
+    assert budget.shared_seconds(seconds) == 5.0
+
+
+def test_finetune_with_no_epochs_writes_the_input_circuit(run_dir, tmp_path):
+    """finetune.epochs 0 and no full-batch epoch: pc_final holds pc_latent_em's parameters, bit
+    for bit, with a history record of no epochs; no snapshot besides it."""
+    d = run_dir["dir"]
+    cfg = finetune.Config(epochs=0, full_batch_epochs=0, batch_size=64)
+    finetune.run(cfg, run_dir["data"], d / "pc_latent_em.h5", tmp_path / "pc_final.h5",
+                 snapshot_dir=str(tmp_path / "snap"))
+    a, b = pc.load(d / "pc_latent_em.h5"), pc.load(tmp_path / "pc_final.h5")
+    assert a.params.keys() == b.params.keys()
+    for k, t in a.params.items():
+        assert bool((b.params[k] == t).all()), k
+    hist_in, hist_out = inputs.history_of(d / "pc_latent_em.h5"), inputs.history_of(tmp_path / "pc_final.h5")
+    assert hist_out[:-1] == hist_in
+    rec = hist_out[-1]
+    assert rec["stage"] == "finetune" and rec["train_ll"] == [] and "unchanged" in rec["note"]
+    assert training.read_snapshots(tmp_path / "snap") == []

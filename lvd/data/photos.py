@@ -115,7 +115,11 @@ def read_imagenet_npz(path: str | Path, size: int) -> np.ndarray:
     path = Path(path)
     want = f"member 'data' uint8 [N, {3 * size * size}] (3 x {size} x {size}, channel-planar)"
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"):   # a lone .npy array under an .npz name
+            raise DataError(f"{path}: one npy array of shape {z.shape}, expected an npz archive with {want} "
+                            f"and 'labels' [N]")
+        with z:
             for member in ("data", "labels"):
                 if member not in z.files:
                     raise DataError(f"{path}: missing member {member!r}; expected {want} and 'labels' [N], "

@@ -101,6 +101,10 @@ def test_imagenet_npz_bad_sets(tmp_path):
     (tmp_path / "train_data_batch_3.npz").unlink()
     with pytest.raises(DataError, match=r"train_data_batch_1.npz: cannot read as npz"):
         photos.read_imagenet(tmp_path, "imagenet32")
+    with open(tmp_path / "train_data_batch_1.npz", "wb") as f:
+        np.save(f, np.zeros((2, 3072), np.uint8))
+    with pytest.raises(DataError, match=r"batch_1.npz: one npy array of shape \(2, 3072\), expected an npz archive"):
+        photos.read_imagenet(tmp_path, "imagenet32")
     (tmp_path / "val_data.npz").unlink()
     with pytest.raises(DataError, match=r"exactly one val_data.npz"):
         photos.read_imagenet(tmp_path, "imagenet32")

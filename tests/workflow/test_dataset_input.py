@@ -46,3 +46,18 @@ def test_a_dataset_directory_lists_its_files(tmp_path):
     block = proc.stdout[proc.stdout.index("rule prepare_data:"):]
     inputs = block[block.index("input: ") + len("input: "):].splitlines()[0].split(", ")
     assert sorted(inputs) == ["mnist/sub/extra", "mnist/t10k-images-idx3-ubyte.gz", "mnist/train-images-idx3-ubyte.gz"]
+
+
+def test_a_dataset_of_many_files_is_tracked_by_its_folders(tmp_path):
+    """Past MAX_DATASET_FILES files below data.path (PNG folders) the folders are the input."""
+    wd = copy_workflow(tmp_path / "wf")
+    d = wd / "imgs"
+    for sub in ("train", "valid"):
+        (d / sub).mkdir(parents=True)
+        for i in range(501):
+            (d / sub / f"{i}.png").write_bytes(b"x")
+    (wd / "png.yaml").write_text(yaml.safe_dump({"run": "png", "data": {"dataset": "imagenet32", "path": "imgs"}}))
+    proc, _ = snakemake(wd, "results/png/data.h5", "--cores", "1", "-n", "--configfile", "png.yaml")
+    block = proc.stdout[proc.stdout.index("rule prepare_data:"):]
+    inputs = block[block.index("input: ") + len("input: "):].splitlines()[0].split(", ")
+    assert sorted(inputs) == ["imgs", "imgs/train", "imgs/valid"]

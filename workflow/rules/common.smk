@@ -207,9 +207,15 @@ def final_outputs():
     return summary + metrics_files()
 
 
+MAX_DATASET_FILES = 1000  # more files below data.path: its folders are the input instead
+
+
 def dataset_files(wildcards):
     """Input of prepare_data: the file data.path names, or every file below the directory it
     names (hidden ones skipped), so a replaced dataset reruns prepare_data and what follows.
+    A directory of more than MAX_DATASET_FILES files (ImageNet as PNG folders: 1.3 million)
+    gives its folders instead: adding or removing an image reruns prepare_data (a folder's
+    time stamp changes), an image rewritten in place does not.
 
     Empty (the source's default: bundled digits, the apt Fashion-MNIST) or missing: no input;
     the stage itself then reports the missing data naming data.path.
@@ -219,9 +225,11 @@ def dataset_files(wildcards):
         return []
     if os.path.isfile(path):
         return [path]
-    found = []
+    found, folders = [], []
     for folder, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = [name for name in sorted(files) if not name.startswith(".")]
-        found += [os.path.join(folder, name) for name in names]
-    return found
+        folders.append(folder)
+        if len(found) <= MAX_DATASET_FILES:
+            names = [name for name in sorted(files) if not name.startswith(".")]
+            found += [os.path.join(folder, name) for name in names]
+    return found if len(found) <= MAX_DATASET_FILES else folders

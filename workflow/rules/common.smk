@@ -207,7 +207,8 @@ def final_outputs():
     return summary + metrics_files()
 
 
-MAX_DATASET_FILES = 1000  # more files below data.path: its folders are the input instead
+# more files below data.path than this: its folders are the input instead
+MAX_DATASET_FILES = 1000
 
 
 def dataset_files(wildcards):

@@ -1,5 +1,5 @@
-"""What the EM stages on x alone share (finetune, train_baseline, train_hclt): one run and one
-command line.
+"""What the EM stages on x alone share (finetune, train_baseline, train_hclt): one run, one
+command line, and the controls' settings (``ControlConfig``) and budget (``control_budget``).
 
     summary = train_and_save(c, cfg, data, out, source=pc_path, stage="finetune", writer=WRITER,
                              history=inputs.history_of(pc_path), ckpt_dir=ckpt_dir)
@@ -23,11 +23,34 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lvd import budget, fingerprints, metrics, pc, training
 from lvd.stages import common, inputs
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The settings of a control trained from scratch (train_baseline, train_hclt: each its own
+    section, ``SECTION``, with these keys)."""
+    SECTION: ClassVar[str] = "baseline"   # the config section named in errors
+    epochs: int = 25               # mini-batch EM epochs (= LVD's passes: train_baseline's docstring)
+    full_batch_epochs: int = 1     # then full-batch EM epochs (step 1.0)
+    batch_size: int = 256
+    step_size: float = 0.1         # annealed linearly to step_size_end over all mini-batch steps
+    step_size_end: float = 0.01
+    pseudocount: float = 0.1
+    max_valid: int = 0             # valid rows scored after every epoch (seeded subset); 0 = all
+    seed: int = 1                  # the random parameters (patch tree: seed, top tree: seed + 1), shuffling
+    budget: str = "auto"           # passes | time (LVD's training seconds) | auto (images time, text passes)
+    curve_points: int = 3          # snapshots for the bpd-against-seconds curve (besides the final circuit)
+
+    def __post_init__(self):
+        training.check_schedule(self, self.SECTION)
+        if self.budget not in budget.BUDGETS:
+            raise ValueError(f"{self.SECTION}.budget is {self.budget!r}, expected one of {list(budget.BUDGETS)}")
 
 
 def split_metrics(info: inputs.DataInfo, mean_ll: float, prefix: str) -> dict:

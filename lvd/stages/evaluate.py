@@ -69,8 +69,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvd import budget, io, metrics, pc, plots, training
+from lvd import budget, io, metrics, pc, plots
 from lvd.stages import common, inputs
+from lvd.stages import curves as curves_mod
 
 log = logging.getLogger("lvd.evaluate")
 
@@ -184,69 +185,6 @@ def verdict(m: dict, key: str, unit: str) -> str:
     return text
 
 
-def snapshot_folder(path) -> Path:
-    """Where the snapshots of circuit file ``path`` are: ``<stem>_snapshots/`` beside it."""
-    path = Path(path)
-    return path.with_name(path.stem + "_snapshots")
-
-
-def arm_curve(arm: str, seed: int, path, final: dict, seconds: dict, score, device="cpu") -> list[dict]:
-    """One arm's and seed's curve: its snapshots scored (``score(circuit) -> {valid_<unit>,
-    test_<unit>}``), then the final circuit (``final``: its scores); seconds as in the module
-    docstring."""
-    hist = inputs.history_of(path)
-    last = hist[-1] if hist else {}
-    total = budget.arm_seconds(seconds, arm, seed)
-    if total is None:   # no benchmark files (a stage run by hand): the stages' own training seconds
-        total = float(sum(float(r.get("seconds", 0.0)) for r in hist))
-    offset = total - float(last.get("seconds", 0.0))
-    points = []
-    for snap in training.read_snapshots(snapshot_folder(path)):
-        attrs = pc.load_attrs(snap)
-        points.append({"epoch": int(attrs["epoch"]), "seconds": offset + float(attrs["seconds"]),
-                       **score(pc.load(snap, device=device), str(snap))})
-    points.append({"epoch": len(last.get("train_ll", [])), "seconds": total, **final})
-    return points
-
-
-def planned_epochs(path) -> int | None:
-    """A control's planned passes (its schedule's epochs + full_batch_epochs), from its config."""
-    cfg = pc.load_attrs(path).get("config") or {}
-    if not isinstance(cfg, dict) or "epochs" not in cfg:
-        return None
-    return int(cfg["epochs"]) + int(cfg.get("full_batch_epochs", 0))
-
-
-def read_off(m: dict, key: str, values: list, reason: str) -> dict:
-    """A control's metric at one budget (one value per seed, None: not measured) against LVD's:
-    the fields of ``compare``, or the reason it was not measured."""
-    if not values or any(v is None for v in values):
-        return {key: None, "reason": reason}
-    mean, sd = float(np.mean(values)), metrics.spread(values)
-    margin, spread = mean - m[key], max(m[f"{key}_std"], sd)
-    one = len(values) < 2
-    return {key: mean, f"{key}_std": sd, f"{key}_seeds": [float(v) for v in values], "margin": margin,
-            "spread": spread, "beats": None if one else bool(margin > spread),
-            "beats_3std": None if one else bool(margin > 3 * spread)}
-
-
-def compute_tables(m: dict, curves: dict, planned: dict, key: str) -> tuple[dict, dict]:
-    """(equal_passes, equal_time) of every control with a curve (the module docstring)."""
-    lvd_secs = [c[-1]["seconds"] for c in curves["lvd"]]
-    passes, same_time = {}, {}
-    for arm in CONTROLS:
-        if arm not in curves:
-            continue
-        at_time = [budget.value_at([(p["seconds"], p[key]) for p in c], t) for c, t in zip(curves[arm], lvd_secs)]
-        same_time[arm] = read_off(m, key, at_time, "its first point comes after LVD's seconds")
-        if arm == "random_latents":
-            at_pass = [c[-1][key] for c in curves[arm]]
-        else:
-            at_pass = [next((p[key] for p in c if p["epoch"] == e), None) for c, e in zip(curves[arm], planned[arm])]
-        passes[arm] = read_off(m, key, at_pass, "stopped by its time budget before LVD's passes")
-    return passes, same_time
-
-
 def growing_means(record: dict) -> list[float]:
     """Size-weighted mean over clusters of a grow_patch_pcs record's curves: one per round."""
     return metrics.size_weighted_means(record["growing_curves"], record["group_sizes"]).tolist()
@@ -294,7 +232,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             if not paths:
                 continue
             per = {"test": [], "valid": []}
-            curves[arm], planned[arm] = [], [planned_epochs(p) for p in paths]
+            curves[arm], planned[arm] = [], [curves_mod.planned_epochs(p) for p in paths]
             for j, path in enumerate(paths):
                 circuit = pc.load(path, device=device)
                 inputs.check_circuit(circuit, info, path)
@@ -305,7 +243,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
                         m[f"{prefix(arm)}{split}_ll"] = ll
                 log.info("%s seed %d (%s): test %s %.4f", arm, j, path, unit, per["test"][-1])
                 final = {f"valid_{unit}": per["valid"][-1], f"test_{unit}": per["test"][-1]}
-                curves[arm].append(arm_curve(arm, j, path, final, seconds, score, device))
+                curves[arm].append(curves_mod.arm_curve(arm, j, path, final, seconds, score, device))
                 if j == 0:
                     first[arm] = circuit
                     histories[arm] = inputs.history_of(path)
@@ -329,7 +267,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         K = c.num_states if image else c.num_latents
         m["num_states"] = int(K)
         m["controls"] = compare(m, f"test_{unit}")
-        m["equal_passes"], m["equal_time"] = compute_tables(m, curves, planned, f"test_{unit}")
+        m["equal_passes"], m["equal_time"] = curves_mod.compute_tables(m, curves, planned, f"test_{unit}")
         fig = Path(figdir)
         styles = {"lvd": ("LVD", "o", "C0"), "random_latents": ("random latents", "v", "C2"),
                   "baseline": ("baseline", "s", "C1"), "hclt": ("HCLT", "^", "C3")}

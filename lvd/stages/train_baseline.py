@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lvd import budget, pc, training
+from lvd import pc
 from lvd.stages import emstage
 
 log = logging.getLogger("lvd.train_baseline")
@@ -51,23 +51,9 @@ WRITER = "lvd.stages.train_baseline"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(emstage.ControlConfig):
+    """The controls' EM settings (lvd.stages.emstage.ControlConfig), section ``baseline``."""
     SECTION: ClassVar[str] = "baseline"   # the config section named in errors
-    epochs: int = 25               # mini-batch EM epochs (= the LVD budget, see the docstring)
-    full_batch_epochs: int = 1     # then full-batch EM epochs (step 1.0)
-    batch_size: int = 256
-    step_size: float = 0.1         # annealed linearly to step_size_end over all mini-batch steps
-    step_size_end: float = 0.01
-    pseudocount: float = 0.1
-    max_valid: int = 0             # valid rows scored after every epoch (seeded subset); 0 = all
-    seed: int = 1                  # the random parameters (patch tree: seed, top tree: seed + 1), shuffling
-    budget: str = "auto"           # passes | time (LVD's training seconds) | auto (images time, text passes)
-    curve_points: int = 3          # snapshots for the bpd-against-seconds curve (besides the final circuit)
-
-    def __post_init__(self):
-        training.check_schedule(self, self.SECTION)
-        if self.budget not in budget.BUDGETS:
-            raise ValueError(f"{self.SECTION}.budget is {self.budget!r}, expected one of {list(budget.BUDGETS)}")
 
 
 def run(cfg: Config, data: str, pc_path: str, out: str, ckpt_dir: str | None = None, device="cpu",

@@ -28,15 +28,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from lvd import pc
-from lvd.stages import emstage, inputs, train_baseline
+from lvd.stages import emstage, inputs
 
 log = logging.getLogger("lvd.train_hclt")
 WRITER = "lvd.stages.train_hclt"
 
 
 @dataclass(frozen=True)
-class Config(train_baseline.Config):
-    """The baseline's EM settings (section ``hclt``: same keys, same budget) plus the size."""
+class Config(emstage.ControlConfig):
+    """The baseline's EM settings (lvd.stages.emstage.ControlConfig; section ``hclt``: same keys,
+    same budget) plus the size."""
     SECTION: ClassVar[str] = "hclt"
     num_latents: int = 0           # hidden states per pixel; 0 = the parameter count nearest LVD's
     leaf_latents: bool = False     # a Chow-Liu leaf gets a latent of its own (False: it emits from its

@@ -88,6 +88,9 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
             loop_budget = max(float(budget_seconds) - (clock() - started), 0.0)
             log.info("%s: time budget %.1f s (LVD's training seconds), %.1f s left for the epochs", stage,
                      budget_seconds, loop_budget)
+            if loop_budget == 0:
+                log.warning("%s: LVD's %.1f s were used up before the first epoch: the circuit stays untrained",
+                            stage, budget_seconds)
         snaps = None
         if snapshot_dir is not None:
             snaps = training.Snapshots(cfg.curve_points, sched.total_epochs, loop_budget, start=snapshot_start)

@@ -170,7 +170,8 @@ def plot(path: str | Path, rows: list[dict], main: str, title: str = "") -> None
     budgets = {str(row.get("budget")) for row in rows if row.get("budget")}
     axes[0].set_title(title or f"{main} vs num_states")
     axes[1].set_title(f"the same against model size ({'/'.join(str(s) for s in seeds if s)} seed(s))")
-    axes[2].set_title(f"the same against training time (controls' budget: {'/'.join(sorted(budgets)) or '?'})")
+    axes[2].set_title(f"the same against training time (controls' budget: {'/'.join(sorted(budgets)) or '?'})",
+                      fontsize=9)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     with io.atomic_path(path) as tmp:

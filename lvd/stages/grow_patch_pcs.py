@@ -17,13 +17,14 @@ to the best head with ``stay_bonus`` nats for the current one, and growth of the
 cluster g's randomness derives from (seed, g) alone, so the gathered result does not depend on
 the number of shards (tested: 1 shard == 3 shards).
 
-Shard file: the fields latent_em writes (``groups``, ``num_examples``, ``history`` [g, rounds] =
-the growing curve: mean log p(patch | own head) of each cluster after each round's EM and
-pruning, ``params/edges``, ``params/root``, ``params/leaves``), and ``heads`` int64 [sum n_g]
-(final head of every member, clusters in ``groups`` order, members in np.nonzero(z // H == g)
-order), ``num_heads`` int64 [g] (active heads), ``pruned`` int64 [g, rounds] (entries pruned per
-round), ``masks/edges`` bool [E_t, g, K, K], ``masks/root`` bool [g, H, K], ``masks/active`` bool
-[V, g, K]; attrs as latent_em's shards plus ``embeddings_fingerprint``, ``initial_states``.
+Shard file (lvd.io.write_shard; the layout is described there): latent_em's fields (``groups``,
+``num_examples``, ``history`` [g, rounds] = the growing curve: mean log p(patch | own head) of
+each cluster after each round's EM and pruning, ``params/edges``, ``params/root``,
+``params/leaves``) and the grown fields: ``heads`` int64 [sum n_g] (final head of every member,
+clusters in ``groups`` order, members in np.nonzero(z // H == g) order), ``num_heads`` int64 [g]
+(active heads), ``pruned`` int64 [g, rounds] (entries pruned per round), ``masks/edges`` bool
+[E_t, g, K, K], ``masks/root`` bool [g, H, K], ``masks/active`` bool [V, g, K]; attrs as
+latent_em's shards plus ``embeddings_fingerprint``, ``initial_states``, ``rounds``.
 
     python -m lvd.stages.grow_patch_pcs --config '{"epochs": 50}' --data data.h5 \
         --latents k64/latents.h5 --embeddings embeddings.h5 --pc k64/lvd/s0/pc_init.h5 \
@@ -32,21 +33,19 @@ round), ``masks/edges`` bool [E_t, g, K, K], ``masks/root`` bool [g, H, K], ``ma
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from lvd import fingerprints, io, metrics, pc, training
-from lvd.pc import grow, validate
+from lvd.pc import grow
 from lvd.stages import common, inputs
-from lvd.stages.shards import EXTRA_CHECKSUMS, EXTRA_FIELDS, group_seed, shard_groups
+from lvd.stages.shards import group_seed, shard_groups
 
 log = logging.getLogger("lvd.grow_patch_pcs")
 WRITER = "lvd.stages.grow_patch_pcs"
 PASS_BYTES = 256 * 2**20   # working memory of one batch of the likelihood / flow passes
-GATHER_FIELDS = ("groups", "num_examples", "history")   # + params/<name>: what latent_top_em checks
 
 
 @dataclass(frozen=True)
@@ -163,19 +162,14 @@ def run(cfg: Config, data: str, latents: str, embeddings: str, pc_path: str, sha
                "seconds": timer.seconds, "initial_states": K0, "rounds": rounds,
                "pc_fingerprint": fingerprints.fingerprint(pc_path), "latents_fingerprint": fingerprints.fingerprint(latents),
                "embeddings_fingerprint": fingerprints.fingerprint(embeddings, contents=False)}
-    arrays = {"groups": np.asarray(groups, dtype=np.int64), "num_examples": n,
-              "history": np.asarray(res.curve, dtype=np.float64).reshape(len(groups), rounds),
-              **{f"params/{k}": v.cpu().numpy() for k, v in sub.params.items()},
-              "heads": np.concatenate(res.heads).astype(np.int64) if groups else np.zeros(0, np.int64),
-              "num_heads": masks.heads.astype(np.int64), "pruned": res.pruned.astype(np.int64).reshape(len(groups), rounds),
-              "masks/edges": masks.edges.cpu().numpy(), "masks/root": masks.root.cpu().numpy(),
-              "masks/active": masks.active.cpu().numpy()}
-    with io.create(out, "lvd.pc_shard", WRITER, asdict(cfg), **summary) as f:
-        for k, a in arrays.items():
-            f[k] = a
-        gather = [*GATHER_FIELDS, *(f"params/{k}" for k in sub.params)]
-        f.attrs[validate.CHECKSUM_ATTR] = json.dumps(validate.checksums({k: arrays[k] for k in gather}))
-        f.attrs[EXTRA_CHECKSUMS] = json.dumps(validate.checksums({k: arrays[k] for k in EXTRA_FIELDS}))
+    grown = {"heads": np.concatenate(res.heads).astype(np.int64) if groups else np.zeros(0, np.int64),
+             "num_heads": masks.heads.astype(np.int64),
+             "pruned": res.pruned.astype(np.int64).reshape(len(groups), rounds),
+             "masks/edges": masks.edges.cpu().numpy(), "masks/root": masks.root.cpu().numpy(),
+             "masks/active": masks.active.cpu().numpy()}
+    io.write_shard(out, WRITER, asdict(cfg), summary, groups=np.asarray(groups, dtype=np.int64), num_examples=n,
+                   history=np.asarray(res.curve, dtype=np.float64).reshape(len(groups), rounds),
+                   params={k: v.cpu().numpy() for k, v in sub.params.items()}, grown=grown)
     log.info("wrote %s: %d clusters in %.1f s", out, len(groups), timer.seconds)
     return summary
 

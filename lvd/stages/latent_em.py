@@ -18,10 +18,11 @@ every group keeps the schedule it would have alone). Shard i of S trains groups
 i, i+S, i+2S, ...; group g shuffles with a seed derived from (seed, g) alone, so the gathered
 result does not depend on the number of shards. latent_top_em gathers the shards.
 
-Shard file: ``groups`` int64 [g], ``num_examples`` int64 [g], ``history`` float64 [g, epochs]
-(mean log p(patch | observed head) per epoch; NaN for a group without members), the trained
-tables ``params/edges`` [E_t, g, K, K], ``params/root`` [g, H, K], ``params/leaves``
-[L_t, g, C, K]; attrs shard, num_shards, num_groups, pc_fingerprint, latents_fingerprint, seconds.
+Shard file (lvd.io.write_shard, the layout described there): ``groups`` int64 [g],
+``num_examples`` int64 [g], ``history`` float64 [g, epochs] (mean log p(patch | observed head)
+per epoch; NaN for a group without members), the trained tables ``params/edges``
+[E_t, g, K, K], ``params/root`` [g, H, K], ``params/leaves`` [L_t, g, C, K]; attrs shard,
+num_shards, num_groups, pc_fingerprint, latents_fingerprint, seconds.
 
     python -m lvd.stages.latent_em --config '{"epochs": 10}' --data data.h5 \
         --latents k16/latents.h5 --pc k16/pc_init.h5 --shard 0 --num-shards 2 --out k16/latent_em/shard0.h5
@@ -29,14 +30,12 @@ tables ``params/edges`` [E_t, g, K, K], ``params/root`` [g, H, K], ``params/leav
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from lvd import fingerprints, io, pc, training
-from lvd.pc import validate
 from lvd.stages import common, inputs
 from lvd.stages.shards import group_seed, shard_groups
 
@@ -119,14 +118,10 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
                "groups": len(groups), "seconds": timer.seconds,
                "pc_fingerprint": fingerprints.fingerprint(pc_path),
                "latents_fingerprint": fingerprints.fingerprint(latents)}
-    with io.create(out, "lvd.pc_shard", WRITER, asdict(cfg), **summary) as f:
-        f["groups"] = np.asarray(groups, dtype=np.int64)
-        f["num_examples"] = np.asarray(counts, dtype=np.int64)
-        f["history"] = np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs + cfg.full_batch_epochs)
-        for name in c.patch.params:
-            f[f"params/{name}"] = params[name].cpu().numpy()
-        fields = ["groups", "num_examples", "history", *(f"params/{n}" for n in c.patch.params)]
-        f.attrs[validate.CHECKSUM_ATTR] = json.dumps(validate.checksums({k: f[k][()] for k in fields}))
+    io.write_shard(out, WRITER, asdict(cfg), summary, groups=np.asarray(groups, dtype=np.int64),
+                   num_examples=np.asarray(counts, dtype=np.int64),
+                   history=np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs + cfg.full_batch_epochs),
+                   params={name: t.cpu().numpy() for name, t in params.items()})
     log.info("wrote %s: %d groups in %.1f s", out, len(groups), timer.seconds)
     return summary
 

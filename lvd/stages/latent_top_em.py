@@ -26,18 +26,15 @@ log p(x).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from lvd import fingerprints, io, metrics, pc, training
 from lvd.pc import validate
 from lvd.stages import common, inputs, topinit
-from lvd.stages.shards import EXTRA_CHECKSUMS, EXTRA_FIELDS, shard_groups
+from lvd.stages.shards import shard_groups
 
 log = logging.getLogger("lvd.latent_top_em")
 WRITER = "lvd.stages.latent_top_em"
@@ -65,76 +62,70 @@ class Config:
             raise ValueError(f"latent_top_em.patch_lls_memory_gb is {self.patch_lls_memory_gb!r}, expected >= 0")
 
 
-class ShardError(io.ArtifactError):
-    """The shards are incomplete or inconsistent with each other or with pc_init."""
-
-
 def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> dict:
-    """Copy the shards' trained tables into ``c.patch`` (in place); returns the per-group records."""
+    """Copy the shards' trained tables into ``c.patch`` (in place); returns the per-group records.
+
+    Every shard is read and checked by lvd.io.read_shard; here they are checked against each
+    other and against this circuit, pc_init and latents (io.ShardError naming the file)."""
     if not shards:
-        raise ShardError("no shard files given (--shards)")
+        raise io.ShardError("no shard files given (--shards)")
     G = c.patch.num_groups
     want_pc, want_lat = fingerprints.fingerprint(pc_path), fingerprints.fingerprint(latents)
     seen: dict[int, str] = {}
     num_shards = None
     hist = np.full((G, 0), np.nan)
     counts = np.zeros(G, dtype=np.int64)
-    pg = PGGather(c.patch)    # grow_patch_pcs's extra fields (LVD-PG shards)
+    pg = PGGather(c.patch)    # grow_patch_pcs's grown fields (LVD-PG shards)
     for path in shards:
-        with io.open_artifact(path, "lvd.pc_shard") as f:
-            a = f.attrs
-            for key in ("shard", "num_shards", "pc_fingerprint", "latents_fingerprint"):
-                if key not in a:
-                    raise ShardError(f"{path}: missing attribute {key!r} (not written by latent_em?)")
-            s, S = int(a["shard"]), int(a["num_shards"])
-            if num_shards is None:
-                num_shards = S
-            elif S != num_shards:
-                raise ShardError(f"{path}: attribute 'num_shards' is {S}, but {shards[0]} has {num_shards}")
-            if s in seen:
-                raise ShardError(f"{path}: shard {s} given twice (also {seen[s]})")
-            if a["pc_fingerprint"] != want_pc:
-                raise ShardError(f"{path}: attribute 'pc_fingerprint' does not match {pc_path}: the shard "
-                                 f"was trained from another pc_init; rerun latent_em")
-            if a["latents_fingerprint"] != want_lat:
-                raise ShardError(f"{path}: attribute 'latents_fingerprint' does not match {latents}: the "
-                                 f"shard was trained on other latents; rerun latent_em")
-            fields = ["groups", "num_examples", "history", *(f"params/{n}" for n in c.patch.params)]
-            validate.check_checksums(str(path), a.get(validate.CHECKSUM_ATTR),
-                                     {k: io.require(f, k)[()] for k in fields})
-            groups = io.require(f, "groups", ndim=1, dtype_kind="i")[()]
-            expected = shard_groups(G, s, S)
-            if groups.tolist() != expected:
-                raise ShardError(f"{path}: field 'groups' is {groups.tolist()[:8]}..., expected groups "
-                                 f"{expected[:8]}... of shard {s}/{S} over {G} groups")
-            for name, table in c.patch.params.items():
-                dim = 0 if name == "root" else 1
-                d = io.require(f, f"params/{name}", dtype_kind="f")
-                want = list(table.shape)
-                want[dim] = len(groups)
-                if list(d.shape) != want:
-                    raise ShardError(f"{path}: field 'params/{name}' has shape {d.shape}, expected {tuple(want)}")
-                arr = d[()]
-                validate.check_table(str(path), f"params/{name}", arr, tuple(want), c.patch.norm_dims[name])
-                t = torch.from_numpy(arr).to(table.device)
-                table.index_copy_(dim, torch.as_tensor(groups, device=table.device), t)
-            h = f["history"][()]
-            if hist.shape[1] == 0:
-                hist = np.full((G, h.shape[1]), np.nan)
-            if h.shape[1] == hist.shape[1]:
-                hist[groups] = h
-            counts[groups] = f["num_examples"][()]
-            pg.add(f, str(path), groups)
-            seen[s] = path
+        sh = io.read_shard(path)
+        s, S = sh.shard, sh.num_shards
+        if num_shards is None:
+            num_shards = S
+        elif S != num_shards:
+            raise io.ShardError(f"{path}: attribute 'num_shards' is {S}, but {shards[0]} has {num_shards}")
+        if s in seen:
+            raise io.ShardError(f"{path}: shard {s} given twice (also {seen[s]})")
+        if sh.attrs["pc_fingerprint"] != want_pc:
+            raise io.ShardError(f"{path}: attribute 'pc_fingerprint' does not match {pc_path}: the shard "
+                                f"was trained from another pc_init; rerun latent_em")
+        if sh.attrs["latents_fingerprint"] != want_lat:
+            raise io.ShardError(f"{path}: attribute 'latents_fingerprint' does not match {latents}: the "
+                                f"shard was trained on other latents; rerun latent_em")
+        groups = sh.groups
+        expected = shard_groups(G, s, S)
+        if groups.tolist() != expected:
+            raise io.ShardError(f"{path}: field 'groups' is {groups.tolist()[:8]}..., expected groups "
+                                f"{expected[:8]}... of shard {s}/{S} over {G} groups")
+        if set(sh.params) != set(c.patch.params):
+            raise io.ShardError(f"{path}: tables {sorted(sh.params)}, but the patch tree of {pc_path} has "
+                                f"{sorted(c.patch.params)}")
+        for name, table in c.patch.params.items():
+            dim = io.SHARD_GROUP_DIMS[name]
+            want = list(table.shape)
+            want[dim] = len(groups)
+            arr = sh.params[name]
+            if list(arr.shape) != want:
+                raise io.ShardError(f"{path}: field 'params/{name}' has shape {arr.shape}, expected {tuple(want)}")
+            validate.check_table(str(path), f"params/{name}", arr, tuple(want), c.patch.norm_dims[name])
+            t = torch.from_numpy(arr).to(table.device)
+            table.index_copy_(dim, torch.as_tensor(groups, device=table.device), t)
+        h = sh.history
+        if hist.shape[1] == 0:
+            hist = np.full((G, h.shape[1]), np.nan)
+        if h.shape[1] == hist.shape[1]:
+            hist[groups] = h
+        counts[groups] = sh.num_examples
+        pg.add(sh)
+        seen[s] = path
     missing = sorted(set(range(num_shards)) - set(seen))
     if missing:
-        raise ShardError(f"missing shard(s) {missing} of num_shards={num_shards}; given: {shards}")
+        raise io.ShardError(f"missing shard(s) {missing} of num_shards={num_shards}; given: {shards}")
     log.info("gathered %d shards covering %d groups", num_shards, G)
     return {"history": hist, "num_examples": counts, "pg": pg if pg.shards else None}
 
 
 class PGGather:
-    """The extra fields of grow_patch_pcs's shards (LVD-PG), gathered over the shards: the
+    """The grown fields of grow_patch_pcs's shards (LVD-PG), gathered over the shards: the
     masks of the pruned entries (into the patch tree's ``masks``, so that the later EM keeps
     them zero), every patch's final head, the active heads and the entries pruned per round.
     Either every shard has them or none."""
@@ -148,33 +139,24 @@ class PGGather:
         self.pruned = np.zeros((G, 0), dtype=np.int64)
         self.shards, self.plain = 0, 0
 
-    def add(self, f, path: str, groups: np.ndarray) -> None:
-        if "masks/edges" not in f:
+    def add(self, sh: io.Shard) -> None:
+        """Gather one shard's grown fields (their layout checked by io.read_shard, the tables'
+        shapes against the circuit by ``gather``)."""
+        if sh.grown is None:
             self.plain += 1
             if self.shards:
-                raise ShardError(f"{path}: no field 'masks/edges' (a latent_em shard?) but other shards "
-                                 f"are grow_patch_pcs's")
+                raise io.ShardError(f"{sh.path}: no grown fields (a latent_em shard?) but other shards "
+                                    f"are grow_patch_pcs's")
             return
         if self.plain:
-            raise ShardError(f"{path}: a grow_patch_pcs shard among latent_em shards")
-        arrays = {k: io.require(f, k)[()] for k in EXTRA_FIELDS}
-        validate.check_checksums(path, f.attrs.get(EXTRA_CHECKSUMS), arrays)
-        n = f["num_examples"][()]
+            raise io.ShardError(f"{sh.path}: a grow_patch_pcs shard among latent_em shards")
+        arrays, groups = sh.grown, sh.groups
         g = torch.as_tensor(groups)
         if self.edges is None:
             self.edges, self.root = (torch.ones(self.shapes[k], dtype=torch.bool) for k in ("edges", "root"))
-        for name, full, dim in (("edges", self.edges, 1), ("root", self.root, 0)):
-            m = arrays[f"masks/{name}"]
-            want = list(full.shape)
-            want[dim] = len(groups)
-            if list(m.shape) != want or m.dtype != np.bool_:
-                raise ShardError(f"{path}: field 'masks/{name}' is {m.dtype} {m.shape}, expected bool {tuple(want)}")
-            full.index_copy_(dim, g, torch.from_numpy(m))
-        heads = arrays["heads"]
-        if len(heads) != int(n.sum()):
-            raise ShardError(f"{path}: field 'heads' has {len(heads)} entries, expected {int(n.sum())} "
-                             f"(the shard's num_examples)")
-        for grp, part in zip(groups.tolist(), np.split(heads, np.cumsum(n)[:-1])):
+        for name, full in (("edges", self.edges), ("root", self.root)):
+            full.index_copy_(io.SHARD_GROUP_DIMS[name], g, torch.from_numpy(arrays[f"masks/{name}"]))
+        for grp, part in zip(groups.tolist(), np.split(arrays["heads"], np.cumsum(sh.num_examples)[:-1])):
             self.heads[grp] = part
         self.num_heads[groups] = arrays["num_heads"]
         pr = arrays["pruned"]
@@ -193,17 +175,11 @@ class PGGather:
         for g, heads in self.heads.items():
             members = order[starts[g]:starts[g + 1]]
             if len(members) != len(heads):
-                raise ShardError(f"cluster {g}: {len(heads)} heads in its shard but {len(members)} patches "
-                                 f"in the latents")
+                raise io.ShardError(f"cluster {g}: {len(heads)} heads in its shard but {len(members)} patches "
+                                    f"in the latents")
             out[members] = g * H + heads
         out = out.reshape(z.shape)
         return out, float((out != z).mean()) if z.size else 0.0
-
-
-def reinit_top(c: pc.LVDCircuit, z: np.ndarray, pc_path: str) -> None:
-    """Count-initialize the top again from the grown assignment ``z``, as materialize_pc did
-    from the teacher's (its settings read from pc_init.h5's config; lvd.stages.topinit)."""
-    topinit.init_top(c, z, pc_path)
 
 
 def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
@@ -222,47 +198,23 @@ def patch_lls(c: pc.LVDCircuit, x: np.ndarray, rows: int) -> torch.Tensor:
     return out
 
 
-class DiskPatchLLs:
-    """The patch log-likelihoods L [N, m, K] in a float16 HDF5 file (minus its per-(n, i) max, kept float32 in memory).
-
-    Row r of the file is example perm[r]; ``rows`` given to __getitem__ are file rows.
-    Indexing returns float32 numpy [len(rows), m, K].
-    """
-
-    def __init__(self, c: pc.LVDCircuit, x: np.ndarray, path: Path, rows: int, seed: int):
-        N, m, K = len(x), c.num_positions, c.num_states
-        self.perm = np.random.default_rng(seed).permutation(N)
-        self.offset = np.empty((N, m), dtype=np.float32)
-        self.path = path
-        self.file = h5py.File(path, "w")
-        try:  # an error or SIGTERM while filling removes the file too
-            self.d = self.file.create_dataset("lls", shape=(N, m, K), dtype=np.float16,
-                                              chunks=(min(N, max(1, 2**20 // (m * K * 2))), m, K))
-            for i in range(0, N, rows):
-                L = c.latent_lls(x[self.perm[i:i + rows]]).cpu()
-                mx = L.amax(-1)
-                self.offset[i:i + len(L)] = mx.numpy()
-                self.d[i:i + len(L)] = (L - mx[..., None]).clamp_min(-6e4).numpy().astype(np.float16)
-                if (i // rows) % 20 == 19:
-                    log.info("L on disk: %d / %d rows", i + len(L), N)
-        except BaseException:
-            self.close()
-            raise
-
-    def __len__(self) -> int:
-        return len(self.perm)
-
-    def __getitem__(self, rows) -> np.ndarray:
-        rows = np.sort(np.asarray(rows))
-        if len(rows) and np.all(np.diff(rows) == 1):
-            a = self.d[rows[0]:rows[-1] + 1]
-        else:
-            a = self.d[rows]
-        return a.astype(np.float32) + self.offset[rows][..., None]
-
-    def close(self) -> None:
-        self.file.close()
-        self.path.unlink(missing_ok=True)
+def spill_patch_lls(c: pc.LVDCircuit, x: np.ndarray, near: str, rows: int, seed: int):
+    """The patch log-likelihoods L [N, m, K] in a temporary float16 file beside ``near``
+    (lvd.io.SpillArray), rows in a seeded random order: file row r is example perm[r], read
+    sequentially by the unshuffled EM. Returns (the SpillArray, perm); close it when done."""
+    N = len(x)
+    perm = np.random.default_rng(seed).permutation(N)
+    L = io.SpillArray(near, (N, c.num_positions, c.num_states), tag="lls")
+    try:  # an error or SIGTERM while filling removes the file too
+        for i in range(0, N, rows):
+            block = c.latent_lls(x[perm[i:i + rows]]).cpu().numpy()       # [rows, m, K]
+            L.write(i, block)
+            if (i // rows) % 20 == 19:
+                log.info("L on disk: %d / %d rows", i + len(block), N)
+    except BaseException:
+        L.close()
+        raise
+    return L, perm
 
 
 def phases(cfg: Config) -> list[pc.Schedule]:
@@ -321,7 +273,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
                      "while growing; the top is initialized again from the grown assignment",
                      int((~pg.edges).sum() + (~pg.root).sum()), pg.edges.numel() + pg.root.numel(),
                      100 * moved)
-            reinit_top(c, zg, pc_path)
+            topinit.init_top(c, zg, pc_path)   # as materialize_pc did, from the grown z
             patch_record.update(stage="grow_patch_pcs", growing_curves=g["history"].tolist(),
                                 pruned=pg.pruned.tolist(), num_heads=pg.num_heads.tolist(),
                                 moved_fraction=moved)
@@ -335,10 +287,9 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
                          c.num_states, need / 2**30)
                 L, shuffle = patch_lls(c, x, rows), True
             else:
-                tmp = Path(out).with_name(f".{Path(out).name}.lls-{os.getpid()}.h5")
-                log.info("L: %.2f GB float32 > patch_lls_memory_gb=%s: float16 temp file %s", need / 2**30,
-                         cfg.patch_lls_memory_gb, tmp)
-                L = disk = DiskPatchLLs(c, x, tmp, rows, cfg.seed)
+                log.info("L: %.2f GB float32 > patch_lls_memory_gb=%s: a float16 temporary file beside %s",
+                         need / 2**30, cfg.patch_lls_memory_gb, out)
+                L = disk = spill_patch_lls(c, x, out, rows, cfg.seed)[0]
                 shuffle = False
             # L is soft evidence on the top's nodes (tree top: node i = Z_i) or on its leaf
             # variables (HCLT top: Z_i is the observed child of the hidden H_i)

@@ -1,20 +1,17 @@
-"""The sharded stages' shared rules (not a stage): which groups a shard holds, each group's
-seed, and the fields LVD-PG's shards add.
+"""The sharded stages' shared rules (not a stage): which groups a shard holds and each group's
+seed.
 
-latent_em and grow_patch_pcs each write one lvd.pc_shard file per job; latent_top_em gathers
-them. Shard i of S holds groups i, i+S, i+2S, ... (``shard_groups``), and group g's randomness
-derives from (seed, g) alone (``group_seed``), so the gathered result does not depend on the
-number of shards. The three stages share these here rather than import one another: a stage
+latent_em and grow_patch_pcs each write one lvd.pc_shard file per job (lvd.io.write_shard, the
+layout described there); latent_top_em reads them with lvd.io.read_shard and gathers them.
+Shard i of S holds groups i, i+S, i+2S, ... (``shard_groups``), and group g's randomness derives
+from (seed, g) alone (``group_seed``), so the gathered result does not depend on the number of
+shards. The three stages share these here rather than import one another: a stage
 never imports a sibling stage (tests/test_stage_imports.py).
 """
 
 from __future__ import annotations
 
 from lvd.pc.schedule import derived_seed
-
-# what grow_patch_pcs's shards hold beyond latent_em's, and the attribute of their checksums
-EXTRA_FIELDS = ("heads", "num_heads", "pruned", "masks/edges", "masks/root", "masks/active")
-EXTRA_CHECKSUMS = "pg_checksums"
 
 
 def shard_groups(num_groups: int, shard: int, num_shards: int) -> list[int]:

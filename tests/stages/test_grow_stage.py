@@ -8,7 +8,7 @@ import torch
 import pc_fixtures as fx
 from lvd import io, pc
 from lvd.pc.patches import patch_index
-from lvd.stages import assign_latents, grow_patch_pcs, latent_top_em, materialize_pc
+from lvd.stages import assign_latents, grow_patch_pcs, latent_top_em, materialize_pc, topinit
 
 GCFG = grow_patch_pcs.Config(epochs=2, full_batch_epochs=1, batch_size=64, prune_threshold=1e-3)
 TOP = latent_top_em.Config(epochs=1, batch_size=64)
@@ -186,7 +186,7 @@ def test_the_top_is_counted_from_the_grown_assignment(pg_dir):
     zz, moved = g["pg"].grown_latents(z, H)
     np.testing.assert_array_equal(zz, zg)
     assert moved == pytest.approx(float((zg != z).mean())) and moved > 0
-    latent_top_em.reinit_top(c, zg, str(d / "pc_init.h5"))
+    topinit.init_top(c, zg, str(d / "pc_init.h5"))
     r = int(np.flatnonzero(c.top.structure.parents < 0)[0])
     K, a = c.num_states, 0.1
     want = (np.bincount(zg[:, r], minlength=K) + a / K) / (len(zg) + a)
@@ -196,7 +196,7 @@ def test_the_top_is_counted_from_the_grown_assignment(pg_dir):
 
 
 def test_the_top_is_not_counted_again_without_materialize_pcs_settings(pg_dir, tmp_path):
-    """reinit_top takes its settings from pc_init.h5's config alone (lvd.stages.topinit)."""
+    """topinit.init_top takes its settings from pc_init.h5's config alone (lvd.stages.topinit)."""
     import json
     import shutil
 
@@ -205,7 +205,7 @@ def test_the_top_is_not_counted_again_without_materialize_pcs_settings(pg_dir, t
     with h5py.File(path, "r+") as f:
         f.attrs["config"] = json.dumps({"num_latents": 4})
     with pytest.raises(io.ArtifactError, match=r"pc_init.h5: its config lacks \['pseudocount'"):
-        latent_top_em.reinit_top(pc.load(path), np.zeros((1, 16), dtype=np.int64), str(path))
+        topinit.init_top(pc.load(path), np.zeros((1, 16), dtype=np.int64), str(path))
 
 
 def test_finetune_keeps_the_pruned_entries_zero(pg_dir, gathered, tmp_path):

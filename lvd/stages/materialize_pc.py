@@ -28,7 +28,7 @@ import torch
 
 from lvd import io, pc
 from lvd.stages import common, inputs
-from lvd.stages.topinit import chunked_count_init, init_hclt_top
+from lvd.stages.topinit import chunked_count_init, init_hclt_top, top_init_schedule
 
 log = logging.getLogger("lvd.materialize_pc")
 WRITER = "lvd.stages.materialize_pc"
@@ -46,6 +46,9 @@ class Config:
                                # "hclt" = HCLT over the Z's (hidden H_i above each Z_i, LVD-PG)
     top_num_latents: int = 0   # images, top "hclt": states of each hidden H_i; 0 = num_states
     top_init_epochs: int = 3   # images, top "hclt": mini-batch EM epochs on z (then one full-batch)
+    top_init_batch_size: int = 512         # ... their mini-batch (rows of z)
+    top_init_step_size: float = 0.1        # ... their step size, annealed linearly to
+    top_init_step_size_end: float = 0.01   # top_init_step_size_end
     patch_tree: str = "auto"   # images: "pooled" = one Chow-Liu tree of the patches pooled over positions
                                # for every group; "group" = every group its own Chow-Liu tree from its
                                # member patches (lvd.pc.varmap); "auto" = group for latents mode clusters
@@ -54,11 +57,16 @@ class Config:
     seed: int = 0              # random patch parameters, Chow-Liu subsampling
 
     def __post_init__(self):
-        for name in ("num_latents", "num_groups", "heads_per_group", "top_num_latents", "top_init_epochs"):
+        for name in ("num_latents", "num_groups", "heads_per_group", "top_num_latents", "top_init_epochs",
+                     "top_init_batch_size"):
             v = getattr(self, name)
             lo = 0 if name in ("heads_per_group", "top_init_epochs", "top_num_latents") else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"pc.{name} is {v!r}, expected an integer >= {lo}")
+        for name in ("top_init_step_size", "top_init_step_size_end"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+                raise ValueError(f"pc.{name} is {v!r}, expected a number in (0, 1]")
         if self.top not in ("tree", "hclt"):
             raise ValueError(f"pc.top is {self.top!r}, expected 'tree' or 'hclt'")
         if self.patch_tree not in ("auto", "pooled", "group"):
@@ -123,7 +131,7 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
             if cfg.top == "tree":
                 chunked_count_init(c.top, z, pseudocount=cfg.pseudocount)
             else:
-                init_hclt_top(c.top, z, cfg.pseudocount, cfg.top_init_epochs, cfg.seed)
+                init_hclt_top(c.top, z, cfg.pseudocount, top_init_schedule(asdict(cfg)), cfg.seed)
             log.info("LVD circuit: patch tree %d vars x %d groups x %d heads, K_h=%d; top %s over %d "
                      "positions, K=%d%s", c.patch.num_vars, c.patch.num_groups, c.patch.num_heads,
                      nl, cfg.top, c.num_positions, K,

@@ -27,7 +27,20 @@ def chunked_count_init(tc, z, x=None, pseudocount: float = 0.1, chunk: int = COU
     pc.update(tc, {k: v.to(tc.device) for k, v in total.items()}, 1.0, pseudocount)
 
 
-def init_hclt_top(top, z, pseudocount: float, top_init_epochs: int, seed: int) -> None:
+# materialize_pc's settings of the HCLT top's fit on z, with the values used before they were
+# settings (a pc_init.h5 written without them was fitted with these)
+TOP_INIT_DEFAULTS = {"top_init_batch_size": 512, "top_init_step_size": 0.1, "top_init_step_size_end": 0.01}
+
+
+def top_init_schedule(settings: dict) -> dict:
+    """The mini-batch EM settings of the HCLT top's fit on z (``epochs``, ``batch_size``,
+    ``step_size``, ``step_size_end``) from materialize_pc's settings (its Config as a dict, or
+    the config stored in pc_init.h5; the keys it lacks take TOP_INIT_DEFAULTS)."""
+    return {"epochs": settings["top_init_epochs"],
+            **{k.removeprefix("top_init_"): settings.get(k, v) for k, v in TOP_INIT_DEFAULTS.items()}}
+
+
+def init_hclt_top(top, z, pseudocount: float, schedule: dict, seed: int) -> None:
     """Fit the HCLT top on the teacher's z as observed data (its leaf variables).
 
     With as many hidden states as Z states (top_num_latents 0 or K) the top starts as the tree
@@ -36,9 +49,11 @@ def init_hclt_top(top, z, pseudocount: float, top_init_epochs: int, seed: int) -
     2026-12-02 by this stage's log: the counted tree's train ll on z -29.02 nats, the HCLT top
     from it -29.16 with smoothing 0.02, -29.10 after the EM epochs below; from a random start the
     same epochs reached only -40.39, and that LVD run ended at 2.235 test bpd against the tree
-    top's 2.062). With fewer hidden states it starts random. Then ``top_init_epochs`` mini-batch EM epochs on z
-    (batch 512, step 0.1 -> 0.01) and one full-batch epoch; latent_top_em then trains it on the
-    patch likelihoods (soft evidence on its leaves)."""
+    top's 2.062). With fewer hidden states it starts random. Then ``schedule["epochs"]``
+    mini-batch EM epochs on z (``top_init_schedule``: pc.top_init_epochs, pc.top_init_batch_size,
+    pc.top_init_step_size -> pc.top_init_step_size_end; by default 3 epochs of 512 rows at
+    0.1 -> 0.01) and one full-batch epoch; latent_top_em then trains it on the patch likelihoods
+    (soft evidence on its leaves)."""
     zt = torch.as_tensor(z)
     K = top.num_cats
     if top.num_latents == K:
@@ -51,10 +66,11 @@ def init_hclt_top(top, z, pseudocount: float, top_init_epochs: int, seed: int) -
         with torch.no_grad():
             log.info("HCLT top from the counted tree: train ll on z %.4f (the tree's %.4f)",
                      float(top.log_likelihood(x=zt).mean()), float(tree.log_likelihood(z=zt).mean()))
-    if top_init_epochs:
-        hist = pc.em(top, zt, epochs=top_init_epochs, batch_size=512, step_size=0.1,
-                     step_size_end=0.01, pseudocount=pseudocount, seed=seed)
-        log.info("HCLT top on z: %d mini-batch epochs, train ll %s", top_init_epochs,
+    if schedule["epochs"]:
+        hist = pc.em(top, zt, epochs=schedule["epochs"], batch_size=schedule["batch_size"],
+                     step_size=schedule["step_size"], step_size_end=schedule["step_size_end"],
+                     pseudocount=pseudocount, seed=seed)
+        log.info("HCLT top on z: %d mini-batch epochs, train ll %s", schedule["epochs"],
                  ", ".join(f"{h:.4f}" for h in hist))
     hist = pc.em(top, zt, epochs=1, full_batch=True, step_size=1.0, pseudocount=pseudocount)
     log.info("HCLT top on z: full-batch epoch, train ll %.4f", hist[0])
@@ -63,7 +79,8 @@ def init_hclt_top(top, z, pseudocount: float, top_init_epochs: int, seed: int) -
 def init_top(c: pc.LVDCircuit, z, pc_path: str) -> None:
     """Count-initialize the top of ``c`` again from ``z``, as materialize_pc did from the
     teacher's latents, with the settings it recorded in ``pc_path`` (pc_init.h5's config:
-    pseudocount, and for an HCLT top top_init_epochs and seed)."""
+    pseudocount, and for an HCLT top top_init_epochs, seed and the fit's other settings,
+    ``top_init_schedule``)."""
     stored = pc.load_attrs(pc_path).get("config", {})
     need = ("pseudocount",) + (("top_init_epochs", "seed") if c.top_kind == "hclt" else ())
     missing = [k for k in need if not isinstance(stored, dict) or k not in stored]
@@ -71,6 +88,6 @@ def init_top(c: pc.LVDCircuit, z, pc_path: str) -> None:
         raise io.ArtifactError(f"{pc_path}: its config lacks {missing} (written by an older materialize_pc; "
                                f"rerun it)")
     if c.top_kind == "hclt":
-        init_hclt_top(c.top, z, stored["pseudocount"], stored["top_init_epochs"], stored["seed"])
+        init_hclt_top(c.top, z, stored["pseudocount"], top_init_schedule(stored), stored["seed"])
     else:
         chunked_count_init(c.top, z, pseudocount=stored["pseudocount"])

@@ -97,3 +97,37 @@ def test_hclt_top_with_k_hidden_states_starts_from_the_counted_tree(hclt_dir, tm
     assert bool((leaves.diagonal(dim1=1, dim2=2) > 0.5).all())
     assert hclt_dir["init"]["top_mean_ll_z"] < start["top_mean_ll_z"]     # M = 3 started random
     np.testing.assert_array_equal(t.top.structure.parents, h.top.structure.parents)
+
+
+def test_the_top_fits_settings_reach_its_em_and_default_for_older_files(hclt_dir, tmp_path):
+    """pc.top_init_batch_size / top_init_step_size / top_init_step_size_end: today's values by
+    default (the fit of a pc_init.h5 written before they were settings), another step size
+    another fit; the re-initialization (topinit.init_top) reads them from pc_init.h5."""
+    import h5py
+
+    from lvd.stages import topinit
+
+    data, lat, z = hclt_dir["data"], hclt_dir["latents"], hclt_dir["z"]
+    cfg = materialize_pc.Config(num_latents=2, top="hclt", top_num_latents=M, top_init_epochs=2)
+    assert topinit.top_init_schedule(materialize_pc.asdict(cfg)) == \
+        {"epochs": 2, "batch_size": 512, "step_size": 0.1, "step_size_end": 0.01}
+    path = hclt_dir["dir"] / "pc_init.h5"
+    older = tmp_path / "older.h5"
+    older.write_bytes(path.read_bytes())
+    with h5py.File(older, "a") as f:    # a config without the three keys
+        stored = json.loads(f.attrs["config"])
+        f.attrs["config"] = json.dumps({k: v for k, v in stored.items() if k not in topinit.TOP_INIT_DEFAULTS})
+    now, before = pc.load(path), pc.load(older)
+    topinit.init_top(now, z, str(path))
+    topinit.init_top(before, z, str(older))
+    for name, t in now.top.params.items():
+        assert torch.equal(t, before.top.params[name]), name
+    other = materialize_pc.run(materialize_pc.Config(**{**materialize_pc.asdict(cfg), "top_init_step_size": 0.5,
+                                                        "top_init_batch_size": 64}),
+                               data, lat, tmp_path / "other.h5")
+    assert other["top_mean_ll_z"] != hclt_dir["init"]["top_mean_ll_z"]
+    for bad, match in (({"top_init_batch_size": 0}, "pc.top_init_batch_size is 0"),
+                       ({"top_init_step_size": 0}, r"pc.top_init_step_size is 0, expected a number in \(0, 1\]"),
+                       ({"top_init_step_size_end": 1.5}, "pc.top_init_step_size_end is 1.5")):
+        with pytest.raises(ValueError, match=match):
+            materialize_pc.Config(**bad)

@@ -144,6 +144,18 @@ def test_latent_top_em_trains_the_top_and_records_history(run_dir, tmp_path):
     finally:
         disk.close()
     assert list(tmp_path.iterdir()) == []
+    calls = []
+
+    def failing(x):                       # the second block fails (an error, or SIGTERM's exception)
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return pc.LVDCircuit.latent_lls(c, x)
+
+    c.latent_lls = failing
+    with pytest.raises(KeyboardInterrupt):
+        latent_top_em.spill_patch_lls(c, run_dir["x"], tmp_path / "o.h5", 64, seed=0)
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
     assert not (tmp_path / "l.h5").exists()
     cfg = latent_top_em.Config(**{**TCFG.__dict__, "patch_lls_memory_gb": 0.0})
     s = latent_top_em.run(cfg, run_dir["data"], run_dir["latents"], d / "pc_init.h5",

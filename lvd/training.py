@@ -32,7 +32,8 @@ it, so a run ends within one epoch of its budget. A schedule that ends earlier g
 full-batch epochs (step 1, exact EM: it never lowers the training likelihood) until the budget
 is used. Without ``budget_seconds`` the loop runs exactly the schedule's epochs (bit for bit
 what it ran before budgets existed). The record then also holds ``budget_seconds`` and
-``epochs_run``.
+``epochs_run``. A control under a time budget runs epochs its schedule never planned and can
+overfit: its stage asks for ``keep_best``, the parameters of its best valid epoch.
 
 Snapshots (the bpd-against-seconds curve): with ``snapshots`` (a ``Snapshots``), the loop hands
 it the circuit after every epoch; it keeps a CPU copy of the parameters at the epochs its plan
@@ -81,7 +82,7 @@ def schedule_from(cfg) -> pc.Schedule:
 def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, resume_key: str = "",
           writer: str = "lvd.training", config: dict | None = None, shuffle: bool = True,
           budget_seconds: float | None = None, clock=time.perf_counter, snapshots: "Snapshots | None" = None,
-          **arrays):
+          keep_best: bool = False, **arrays):
     """Run ``sched`` on ``circuit`` (EM on x [N, V] and/or ``arrays``); returns (circuit, record).
 
     valid(circuit) -> mean valid ll, called after every epoch. ckpt: a path for the per-epoch
@@ -89,6 +90,9 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
     False keeps the rows in order (their order is already random, e.g. a file of shuffled rows).
     budget_seconds: train until the epochs' seconds (by ``clock``) reach it (module docstring);
     None: the schedule's epochs. snapshots: a Snapshots that keeps copies at its planned epochs.
+    keep_best (with ``valid``): the circuit returned has the parameters of the epoch with the
+    highest valid ll (``record["best_epoch"]``), as a user with this budget would keep; a run
+    resumed from a checkpoint chooses among the epochs after the resume.
     """
     log = logging.getLogger(f"lvd.{stage}")
     record = {"stage": stage, "epochs": sched.epochs, "full_batch_epochs": sched.full_batch_epochs,
@@ -113,6 +117,7 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
     if snapshots is not None and start == 0:
         snapshots.offer(circuit, 0, 0.0)
     epoch = start
+    best = None                                   # keep_best: (valid ll, epoch, parameters on the CPU)
     while _more(epoch, sched, record, budget_seconds):
         t0 = clock()
         gen = np.random.default_rng(sched.epoch_seed(epoch))
@@ -131,11 +136,19 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
                  "" if budget_seconds is None else f"; {record['seconds']:.1f} of {budget_seconds:.1f} s")
         if snapshots is not None:
             snapshots.offer(circuit, epoch, record["seconds"])
+        if keep_best and record["valid_ll"] and (best is None or record["valid_ll"][-1] > best[0]):
+            best = (record["valid_ll"][-1], epoch, {k: v.detach().to("cpu", copy=True) for k, v in circuit.params.items()})
         if ckpt is not None:
             pc.save(circuit, ckpt, writer=writer, config=config, epoch=epoch, record=record,
                     resume_key=resume_key)
     if budget_seconds is not None:
         record["epochs_run"] = len(record["train_ll"])
+    if best is not None:
+        record["best_epoch"] = best[1]
+        if best[1] != len(record["train_ll"]):
+            set_params(circuit, best[2])
+            log.info("%s: keeping epoch %d's parameters (the best valid ll, %.4f; the last epoch's: %.4f)",
+                     stage, best[1], best[0], record["valid_ll"][-1])
     if snapshots is not None:
         snapshots.drop_after(len(record["train_ll"]))   # the last epoch's circuit is the stage's output
     return circuit, record

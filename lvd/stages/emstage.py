@@ -16,7 +16,9 @@ lvd.pc, attributes ``epoch`` and ``seconds``, the training seconds when taken); 
 them for the bpd-against-seconds curve. With ``budget_seconds`` (a control under ``budget:
 time``: LVD's training seconds for its seed), the clock starts at ``started`` (on the command
 line: the process's start, as the job seconds count; so start-up, loading and building count)
-and the loop stops within one epoch of the budget.
+and the loop stops within one epoch of the budget; the control keeps its best valid epoch
+(lvd.training.train's ``keep_best``: past its schedule it runs epochs nobody tuned, and
+overfits on small data).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
         if snapshot_dir is not None:
             snaps = training.Snapshots(cfg.curve_points, sched.total_epochs, loop_budget, start=snapshot_start)
         c, record = training.train(c, x, sched, stage=stage, valid=valid, ckpt=ckpt, resume_key=key, writer=writer,
-                                   config=asdict(cfg), budget_seconds=loop_budget, clock=clock, snapshots=snaps)
+                                   config=asdict(cfg), budget_seconds=loop_budget, clock=clock, snapshots=snaps,
+                                   keep_best=budget_seconds is not None)
         if snaps is not None:
             saved = snaps.save(snapshot_dir, c, writer=writer, stage=stage)
             log.info("%s: %d snapshot(s) in %s (epochs %s)", stage, len(saved), snapshot_dir,

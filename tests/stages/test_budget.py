@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import pc_fixtures as fx
 from lvd import budget, metrics, pc, training
@@ -238,3 +239,28 @@ def test_finetune_with_no_epochs_writes_the_input_circuit(run_dir, tmp_path):
     rec = hist_out[-1]
     assert rec["stage"] == "finetune" and rec["train_ll"] == [] and "unchanged" in rec["note"]
     assert training.read_snapshots(tmp_path / "snap") == []
+
+
+@pytest.mark.parametrize("valids, best", [([-3.0, -2.0, -2.5, -2.7], 2), ([-3.0, -2.5, -2.0, -1.0], 4),
+                                          ([-1.0, -2.0, -3.0, -4.0], 1)])
+def test_keep_best_returns_the_best_valid_epochs_parameters(bruteforce_path, valids, best):
+    """keep_best (a control under a time budget): the circuit returned has the parameters it
+    had after the epoch of the highest valid ll (scripted), and the record names that epoch."""
+    c, X = tiny_tree()
+    sched = pc.Schedule(epochs=4, batch_size=4, step_size=0.3, seed=1)
+    seen = iter(valids)
+    after = {}
+
+    def valid(circuit):
+        after[len(after) + 1] = {k: v.clone() for k, v in circuit.params.items()}
+        return next(seen)
+
+    c, rec = training.train(c, X, sched, stage="t", valid=valid, keep_best=True)
+    assert rec["best_epoch"] == best and rec["valid_ll"] == valids
+    for k, v in c.params.items():
+        assert torch.equal(v, after[best][k]), k
+    c2, X = tiny_tree()
+    c2, rec2 = training.train(c2, X, sched, stage="t", valid=lambda t: 0.0)   # without it: the last epoch
+    assert "best_epoch" not in rec2
+    for k, v in c2.params.items():
+        assert torch.equal(v, after[4][k]), k

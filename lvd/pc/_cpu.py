@@ -1,15 +1,16 @@
-"""Two CPU traps measured on this project's 2-core machines, and their cures.
+"""Two CPU traps measured on 2-core machines (AMD EPYC and Intel Xeon VMs), and their cures.
 
 1. glibc returns large freed buffers to the OS and maps fresh zero pages for the next
    allocation: every level of every pass page-faults. ``tune_malloc`` raises glibc's mmap
-   and trim thresholds (mallopt) to 1 GiB once at import. Set LVD_NO_MALLOPT=1 to skip it.
+   and trim thresholds (mallopt) to 1 GiB; entry points call it through
+   lvd.runtime.configure_process. Set LVD_NO_MALLOPT=1 to skip it.
    mallopt takes C ints: its argtypes are declared, so a value that does not fit is an
    error here instead of arriving truncated (1 << 34 used to arrive as 0).
 2. ``index_add_`` and ``index_select`` along dim 0 with several intra-op threads take a slow
    parallel path on CPU (measured: 50-480 ms per call, against 0.02-2 ms on one thread, for
    the [n, G, B, K] level tensors and the leaf tables here), so ``index_add`` and
    ``index_select`` run them on one thread there. CUDA is untouched. Measured again with
-   OMP_WAIT_POLICY=PASSIVE (lvd/__init__.py): on an idle machine multi-threaded index ops
+   OMP_WAIT_POLICY=PASSIVE (lvd.runtime): with the cores otherwise idle multi-threaded index ops
    were 7% faster per EM step (HCLT, K = 32: 0.064 against 0.069 s), with both cores busy
    with other work 15-25% slower (0.31-0.32 against 0.25-0.29 s); workflow jobs share cores,
    so the one-thread path stays.

@@ -266,8 +266,8 @@ if numba is not None:
         """fn under another name. numba names a function's cache files by its qualified name and
         first line and keys the entries by signature, not by options: two dispatchers of one
         function, one parallel and one not, shared one entry, and whichever compiled first in a
-        fresh cache served both in later processes (seen 2026-12-05: the serial kernel loaded as
-        the parallel one after a test run compiled it first, a K = 128 HCLT step 0.28 -> 0.45 s)."""
+        fresh cache served both in later processes (the serial kernel loaded as the parallel one
+        after a test run compiled it first: a K = 128 HCLT step 0.28 -> 0.45 s)."""
         out = types_.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__,
                                   fn.__closure__)
         out.__qualname__ = name

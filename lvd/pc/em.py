@@ -2,7 +2,7 @@
 
 Flows (expected counts) are the gradients of the summed per-example log-likelihoods with
 respect to the log-parameter tables (lvd.pc.tree computes them directly in its backward).
-The update (../shared/docs/method.md section 5), for a distribution with n entries:
+The update (docs/method.md, "EM"), for a distribution with n entries:
 
     new = (F + a / n) / (sum F + a);   params <- (1 - s) * params + s * new
 

@@ -275,8 +275,8 @@ def distinguishable(num_heads: int, num_latents: int) -> str | None:
 
     The H heads of a group are mixtures over the group's ``num_latents`` root states: with one
     root state they are all the same distribution; with more heads than root states they are
-    confined to a num_latents-dimensional family (the design issue 8 measured: 64 heads,
-    32 root states, 1.3% of a position's parameters seeing the assignment)."""
+    confined to a num_latents-dimensional family (measured with 64 heads and 32 root states:
+    1.3% of a position's parameters see the assignment)."""
     if num_heads > 1 and num_latents == 1:
         return (f"{num_heads} heads per group over a patch circuit with num_latents = 1 are all the "
                 f"same distribution: the states cannot be told apart")

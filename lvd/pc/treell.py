@@ -227,8 +227,8 @@ def _down_fused(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
     evidence gradient): every level's r W and flows a go into one reused level-sized buffer
     (``a_in_rw``; it stays in cache from level to level) and u is only read, instead of writing
     a over u and r W over M's rows: one pass over a [V, G, B, K] tensor fewer (HCLT K = 32 and
-    128, batch 512: 1% off a step, the median of 40 and 12 alternated pairs in one process,
-    2026-12-04). Every node's flows are then not returned (None)."""
+    128, batch 512: 1% off a step, the median of 40 and 12 alternated pairs in one process).
+    Every node's flows are then not returned (None)."""
     G, B, K = u.shape[1], u.shape[2], u.shape[3]
     flows = base = None
     unique = _fused.unique_leaf_rows(st)

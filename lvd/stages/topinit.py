@@ -46,7 +46,7 @@ def init_hclt_top(top, z, pseudocount: float, schedule: dict, seed: int) -> None
     With as many hidden states as Z states (top_num_latents 0 or K) the top starts as the tree
     top: root and edges counted from z (H_i = z_i), leaves p(Z_i | H_i) the identity smoothed by
     HCLT_TOP_LEAF_SMOOTHING, so it starts next to the tree top (digits, K = 16, measured
-    2026-12-02 by this stage's log: the counted tree's train ll on z -29.02 nats, the HCLT top
+    in this stage's log: the counted tree's train ll on z -29.02 nats, the HCLT top
     from it -29.16 with smoothing 0.02, -29.10 after the EM epochs below; from a random start the
     same epochs reached only -40.39, and that LVD run ended at 2.235 test bpd against the tree
     top's 2.062). With fewer hidden states it starts random. Then ``schedule["epochs"]``

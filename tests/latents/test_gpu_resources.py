@@ -1,4 +1,4 @@
-"""One FAISS GPU resource object per process and GPU (issue 10), checked on the CPU with a
+"""One FAISS GPU resource object per process and GPU, checked on the CPU with a
 stand-in for the faiss module that records what it was asked to build."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """MAP and sampling on trees with many states (an LVD-PG top tree has K = 1,600) without a
-[.., K, K] temporary per example (issue 10): MAP's max over child states runs in blocks of
+[.., K, K] temporary per example: MAP's max over child states runs in blocks of
 parent states (lvd.pc.queries.max_plus, bounded by MAP_TEMP_BYTES). Checked: blocks of any
 size give the one-max result; blocked MAP against brute force; at K = 1,600 the largest
 allocation stays under the bound where the unblocked path would allocate 8 x 3 x K x K floats,

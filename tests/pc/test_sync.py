@@ -1,5 +1,5 @@
 """EM reads nothing back from the device per mini-batch step, only a bounded number of values per
-epoch (issue 10: GPU-ready hot paths).
+epoch (GPU-ready hot paths).
 
 Counted on the CPU: every Tensor method that hands a value to the host (item, tolist, bool,
 float, int, index, format, numpy, cpu) and boolean-mask indexing (its output size is a

@@ -1,6 +1,6 @@
 """A real single-node SLURM cluster for tests: munge, MariaDB + slurmdbd, slurmctld, slurmd.
 
-Debian's packages (slurm-wlm 22.05), configured as ../../../shared/docs/slurm.md describes:
+Debian's packages (slurm-wlm 22.05), configured for the tests:
 accounting through slurmdbd (so the Snakemake executor plugin can use its sacct default),
 four fake GPUs through gres (files that are symlinks to /dev/null; SLURM then sets
 CUDA_VISIBLE_DEVICES as on a real GPU node). The node advertises 16 CPUs and 64 GB

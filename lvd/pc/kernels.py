@@ -259,7 +259,8 @@ def choose(kind: str, key: tuple, candidates: dict, reference: str = "torch", cl
     callable to time, so copies of inputs are made outside the timing) for ``kind`` and
     ``key``: from this process's memory, the cache file, or measured now (one warm-up run each,
     then ROUNDS alternating timed runs; the lowest median wins, ``reference`` on ties). A
-    single candidate is returned untimed."""
+    candidate other than the reference that raises is dropped with a warning naming the error.
+    A single candidate is returned untimed."""
     if reference not in candidates:
         raise ValueError(f"choose: the reference {reference!r} is not among {sorted(candidates)}")
     name = "|".join([kind, *map(str, key)])
@@ -269,9 +270,17 @@ def choose(kind: str, key: tuple, candidates: dict, reference: str = "torch", cl
         return rec["chosen"]
     if len(candidates) == 1:
         return reference
+    candidates = dict(candidates)
+    for n, f in list(candidates.items()):
+        try:
+            _timed(f, clock)                              # warm-up, not counted
+        except Exception as e:                            # a fast path that fails is no candidate
+            if n == reference:
+                raise
+            log.warning("kernels: %s|%s: the %s path failed (%s: %s); not used", kind, "|".join(map(str, key)), n,
+                        type(e).__name__, e)
+            del candidates[n]
     times = {n: [] for n in candidates}
-    for n, f in candidates.items():
-        _timed(f, clock)                                  # warm-up, not counted
     for _ in range(ROUNDS):
         for n, f in candidates.items():
             times[n].append(_timed(f, clock))

@@ -64,6 +64,19 @@ def test_the_fastest_candidate_wins_and_a_slow_one_never_does():
     assert kernels.choose("test", ("b",), slow_only, clock=clock) == "torch"
 
 
+def test_a_failing_fast_path_is_dropped_with_a_warning(caplog):
+    clock = Clock()
+
+    def broken():
+        raise RuntimeError("no such kernel")
+    with caplog.at_level("WARNING", logger="lvd.pc.kernels"):
+        got = kernels.choose("test", ("fail",), {"torch": clock.runner(2.0), "fast": broken}, clock=clock)
+    assert got == "torch"
+    assert "the fast path failed (RuntimeError: no such kernel); not used" in caplog.text
+    with pytest.raises(RuntimeError, match="no such kernel"):     # the reference's failure is the caller's
+        kernels.choose("test", ("fail2",), {"torch": broken, "fast": clock.runner(1.0)}, clock=clock)
+
+
 def test_the_reference_wins_ties_and_must_be_a_candidate():
     clock = Clock()
     assert kernels.choose("test", ("tie",), {"x": clock.runner(1.0), "torch": clock.runner(1.0)},

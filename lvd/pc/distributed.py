@@ -120,3 +120,27 @@ def agree(flag: bool, device="cpu") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     _collective("the broadcast of a decision", dist.broadcast, t, 0)
     return bool(t.item() > 0.5)
+
+
+def broadcast_float(value: float, device="cpu") -> float:
+    """Process 0's ``value`` on every process (float64: a clock's reading keeps its microseconds).
+    A stage under a time budget reads one clock this way, so every process stops after the same
+    epoch."""
+    if world()[1] == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    _collective("the broadcast of a clock reading", dist.broadcast, t, 0)
+    return float(t.item())
+
+
+def barrier(what: str, device="cpu") -> None:
+    """Wait until every process gets here (an all-reduce of one number: under NCCL a plain barrier
+    would need the device ids); ``what`` names the step in a timeout's error."""
+    if world()[1] > 1:
+        _collective(what, dist.all_reduce, torch.zeros(1, device=device))
+
+
+def leave() -> None:
+    """Leave the process group, if one was joined (the end of a stage)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

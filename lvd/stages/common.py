@@ -18,6 +18,13 @@ argument list), a stage also:
       ``.<name>.tmp-<pid>`` and ``.<name>.lls-<pid>.h5`` beside --out/--metrics/--plot and in
       --ckpt-dir/--figdir, when no process <pid> is alive on this host. Only this job's
       outputs are looked at: Snakemake lets no other job write them.
+
+One of several processes (a data-parallel EM stage launched by ``torchrun`` or ``srun``; see
+lvd.stages.emstage and docs/scaleout.md): ``setup`` gives process r > 0 a quiet log (warnings and
+errors only, each line marked ``[process r]``), leaves the stale temporaries to process 0, picks
+``cuda:<local rank>`` where several GPUs are visible to every process (``--device cuda``, or a
+SLURM job whose tasks share its GPUs; locally ``auto`` claims one free GPU per process), and
+splits ``--threads`` between the processes torchrun started on this machine.
 """
 
 from __future__ import annotations
@@ -162,23 +169,92 @@ def setup(args: argparse.Namespace, seed: int | None = None):
 
     from lvd import devices
 
+    rank, size = launch_rank()
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if args.log and not _tees(args.log):  # a tee of stderr copies the stream handler's lines
         Path(args.log).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(args.log))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    marker = f" [process {rank}]" if size > 1 else ""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=handlers, force=True,
+                        format=f"%(asctime)s %(name)s{marker} %(levelname)s %(message)s")
     # faiss's loader logs every SIMD build it does not find (PyPI's faiss-cpu has none beside the
     # generic one) as INFO with an exception's text, which reads like an error in a rule's log
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    remove_stale_temporaries(*output_paths(args))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if rank == 0:
+        remove_stale_temporaries(*output_paths(args))
+    threads = args.threads
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)   # torchrun's processes on this machine
+    if threads and local > 1:
+        threads = max(1, threads // local)
+    if threads:
+        torch.set_num_threads(threads)
     if seed is not None:
         seed_everything(seed)
-    device = devices.select(args.device)
+    device = devices.select(process_device(args.device))
     log.info("device %s, torch threads %d", device, torch.get_num_threads())
     return device
+
+
+# ------------------------------------------------------------------- several processes
+def launch_rank() -> tuple[int, int]:
+    """(rank, number of processes) of this launch, from the environment torchrun (RANK,
+    WORLD_SIZE) or srun (SLURM_PROCID, SLURM_STEP_NUM_TASKS: a job step's tasks; a batch
+    script's SLURM_NTASKS is no launch) set; (0, 1) for a single process. Read before any
+    process group exists (logging, temporaries, the device, whether to join one)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+    size = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    return (int(os.environ.get("SLURM_PROCID", "0")), size) if size > 1 else (0, 1)
+
+
+def process_device(requested: str) -> str:
+    """The device one process of several asks lvd.devices for: ``cuda:<local rank>`` for
+    ``--device cuda``, and for ``auto`` in a SLURM job whose tasks all see its GPUs (no per-task
+    binding); otherwise ``requested`` (locally ``auto`` claims a free GPU per process)."""
+    if launch_rank()[1] <= 1:
+        return requested
+    import torch
+
+    req = (requested or "auto").strip().lower()
+    if not torch.cuda.is_available() or req not in ("auto", "cuda"):
+        return requested
+    n = torch.cuda.device_count()
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    if req == "cuda" or (os.environ.get("SLURM_JOB_ID") and n > 1):
+        return f"cuda:{local % n}"
+    return requested
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("gpu[03-04,07],cpu01" -> "gpu03"): ``scontrol
+    show hostnames`` where it runs, else the list's first name and range."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    m = re.match(r"^([^\[,]+)(?:\[([^\],-]+))?", nodelist.strip())
+    if not m:
+        raise RuntimeError(f"cannot read the first host of the SLURM node list {nodelist!r}")
+    return m.group(1) + (m.group(2) or "")
+
+
+def slurm_rendezvous() -> None:
+    """For tasks started by ``srun`` (several in the step, no torchrun): MASTER_ADDR (the step's
+    first node, where task 0 runs) and MASTER_PORT (from the job and step ids) unless already set;
+    lvd.pc.distributed.init_from_env reads them."""
+    if "WORLD_SIZE" in os.environ or launch_rank()[1] <= 1:
+        return
+    if "MASTER_ADDR" not in os.environ:
+        nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST") or "127.0.0.1"
+        os.environ["MASTER_ADDR"] = first_host(nodes)
+    if "MASTER_PORT" not in os.environ:
+        job, step = int(os.environ.get("SLURM_JOB_ID", "0")), int(os.environ.get("SLURM_STEP_ID", "0") or 0)
+        os.environ["MASTER_PORT"] = str(20000 + (job * 16 + step) % 40000)
 
 
 def seed_everything(seed: int) -> None:

@@ -19,6 +19,20 @@ line: the process's start, as the job seconds count; so start-up, loading and bu
 and the loop stops within one epoch of the budget; the control keeps its best valid epoch
 (lvd.training.train's ``keep_best``: past its schedule it runs epochs nobody tuned, and
 overfits on small data).
+
+Several processes (data-parallel EM, docs/scaleout.md "One circuit on several processes"): a
+stage started by ``torchrun --nproc-per-node N -m lvd.stages.<stage>`` or by ``srun`` with N
+tasks joins their group (``join_group``; gloo on CPUs, NCCL on GPUs). Every process loads the
+data and the circuit; ``train_and_save`` broadcasts process 0's parameters, and lvd.pc.em_epoch
+splits every mini-batch between the processes and sums their flows, so every process applies
+the same update. One clock decides for all: the time budget's clock is process 0's, broadcast
+at every reading, so all stop after the same epoch. Process 0 alone writes the output, the
+snapshots and the log; the per-epoch checkpoint (lvd.training) must be on a filesystem every
+process sees (the run refuses to start when the processes disagree on whether it exists), and
+a job started again after a failure resumes from it, with any number of processes. A process
+that dies makes the launcher stop the others (torchrun, ``srun --kill-on-bad-exit``), or the
+others fail at their next collective after lvd.pc.distributed's timeout, with an error naming
+the step.
 """
 
 from __future__ import annotations
@@ -29,7 +43,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import torch
+
 from lvd import budget, fingerprints, metrics, pc, training
+from lvd.pc import distributed
 from lvd.stages import common, inputs
 
 
@@ -71,8 +88,15 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
     resumed when its key (stage, source, data contents, config, code version) matches, deleted
     at the end. Snapshots and the time budget: the module docstring."""
     log = logging.getLogger(f"lvd.{stage}")
+    size = distributed.world()[1]
+    if size > 1:                  # one clock for all: process 0's readings (module docstring)
+        clock = shared_clock(clock, c.device)
+        started = clock() if started is None else distributed.broadcast_float(started, c.device)
+        distributed.sync_params(c)
     started = clock() if started is None else started
     ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{stage}.h5"
+    if size > 1 and ckpt is not None:
+        check_shared_checkpoint(ckpt, c.device)
     # the same job interrupted: the same input circuit, data (contents), config and code version
     parts = [stage, fingerprints.fingerprint(source), fingerprints.fingerprint(data), cfg, fingerprints.code_digest()]
     key = fingerprints.resume_key(*parts, *([] if budget_seconds is None else [float(budget_seconds)]))
@@ -99,7 +123,9 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
         c, record = training.train(c, x, sched, stage=stage, valid=valid, ckpt=ckpt, resume_key=key, writer=writer,
                                    config=asdict(cfg), budget_seconds=loop_budget, clock=clock, snapshots=snaps,
                                    keep_best=budget_seconds is not None)
-        if snaps is not None:
+        # every process has written its last checkpoint before process 0 removes it
+        distributed.barrier("the wait for the last epoch's checkpoint", c.device)
+        if snaps is not None and distributed.is_main():
             saved = snaps.save(snapshot_dir, c, writer=writer, stage=stage)
             log.info("%s: %d snapshot(s) in %s (epochs %s)", stage, len(saved), snapshot_dir,
                      [e for e, _, _ in snaps.taken])
@@ -109,6 +135,10 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
     if record["train_ll"]:
         summary["train_ll"] = record["train_ll"][-1]
     summary.update(split_metrics(info, record["valid_ll"][-1] if record["valid_ll"] else valid(c), "valid"))
+    if size > 1:
+        summary["processes"] = size
+    if not distributed.is_main():     # process 0 writes the output and removes the checkpoint
+        return summary
     pc.save(c, out, writer=writer, config=asdict(cfg), history=history + [record], **summary)
     log.info("wrote %s in %.1f s: %s", out, timer.seconds,
              ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("valid_")))
@@ -117,6 +147,43 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
         if not any(ckpt.parent.iterdir()):      # a finished job leaves no empty checkpoint folder
             ckpt.parent.rmdir()
     return summary
+
+
+def shared_clock(clock, device):
+    """``clock`` read on process 0 and broadcast: every process sees the same seconds, so a time
+    budget stops all of them after the same epoch (each reading is a collective: every process
+    reads it at the same points, as lvd.training.train does)."""
+    def read() -> float:
+        return distributed.broadcast_float(clock() if distributed.is_main() else 0.0, device)
+    return read
+
+
+def check_shared_checkpoint(ckpt: Path, device) -> None:
+    """Refuse to start when some processes see the checkpoint and others do not (it is not on a
+    filesystem they share): they would resume from different epochs."""
+    rank, size = distributed.world()
+    seen = int(distributed.sum_scalar(torch.tensor([float(ckpt.exists())], device=device)).item())
+    if 0 < seen < size:
+        raise RuntimeError(f"data-parallel EM: {seen} of {size} processes see the checkpoint {ckpt} (process "
+                           f"{rank} {'does' if ckpt.exists() else 'does not'}); --ckpt-dir must be on a filesystem "
+                           "every process sees")
+
+
+def join_group(device) -> int:
+    """Join the group of a launch of several processes (common.launch_rank: torchrun's
+    WORLD_SIZE, the tasks of an srun step; for srun, MASTER_ADDR and MASTER_PORT are derived from the job when unset); NCCL
+    on a CUDA ``device``, gloo otherwise. Returns the number of processes (1: no group)."""
+    if common.launch_rank()[1] <= 1:      # (a batch script's SLURM_NTASKS alone is no launch)
+        return 1
+    common.slurm_rendezvous()
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(device)     # NCCL's own buffers on this process's GPU, not on cuda:0
+    distributed.init_from_env(device)
+    rank, size = distributed.world()
+    if size > 1:
+        logging.getLogger("lvd").info("data-parallel EM: process %d of %d (%s), device %s", rank, size,
+                                      torch.distributed.get_backend(), device)
+    return size
 
 
 def control_budget(cfg, data: str, lvd_seconds: float | None, stage: str) -> dict:
@@ -154,4 +221,6 @@ def stage_main(argv, doc, config_cls, run_fn, pc_help: str, out_help: str, contr
     if control:
         kw = {"lvd_seconds": (float(sum(budget.benchmark_seconds(f) for f in args.lvd_benchmarks))
                               if args.lvd_benchmarks else None), "started": started}
+    join_group(device)
     run_fn(cfg, args.data, args.pc, args.out, args.ckpt_dir, device=device, snapshot_dir=args.snapshot_dir, **kw)
+    distributed.leave()     # (after a failure the process just exits: a group with a dead peer may not close)

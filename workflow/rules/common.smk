@@ -234,3 +234,24 @@ def dataset_files(wildcards):
             names = [name for name in sorted(files) if not name.startswith(".")]
             found += [os.path.join(folder, name) for name in names]
     return found if len(found) <= MAX_DATASET_FILES else folders
+
+
+def launcher(wildcards, resources):
+    """params function: what a rule's `python -m lvd.stages...` runs under, for its `tasks`
+    processes (data-parallel EM; docs/scaleout.md, "One circuit on several processes").
+
+    tasks 1 (or no `tasks` resource): nothing, one process. tasks N > 1: torchrun's N processes
+    on this machine; with an `mpi` resource (the SLURM executor's MPI jobs, which it does not
+    wrap in an srun of its own), that launcher, e.g. `srun`, with N tasks that may span nodes.
+    """
+    tasks = int(getattr(resources, "tasks", 1) or 1)
+    if tasks <= 1:
+        return ""
+    mpi = getattr(resources, "mpi", None)
+    if mpi:
+        return f"{mpi} --ntasks={tasks} --kill-on-bad-exit=1"
+    # `--`: torchrun's parser would take the stage's --log for an ambiguous option of its own
+    return (
+        "python -m torch.distributed.run --standalone --no-python"
+        f" --nproc-per-node={tasks} --"
+    )

@@ -9,6 +9,9 @@
 # Budget (docs/pc_stages.md, "Budgets"): under `budget: time` (images' default) a control
 # trains for LVD's training seconds of its seed, so it waits for LVD's jobs and reads their
 # benchmark files; under `passes` it does not depend on them.
+# Processes: finetune, train_baseline and train_hclt train one circuit on `tasks` processes
+# (data-parallel EM; `--set-resources finetune:tasks=4 finetune:gpu=4`; on SLURM also
+# `finetune:mpi=srun finetune:tasks_per_gpu=1`); docs/scaleout.md.
 
 
 rule latent_em:
@@ -87,8 +90,9 @@ rule finetune:
     params:
         cfg=seeded_config("finetune"),
         ckpt_dir="results/{run}/k{K}/{arm}/s{seed}/finetune_ckpt",
+        launch=launcher,
     shell:
-        "python -m lvd.stages.finetune --config {params.cfg:q}"
+        "{params.launch} python -m lvd.stages.finetune --config {params.cfg:q}"
         " --data {input.data} --pc {input.pc} --out {output.pc}"
         " --snapshot-dir {output.snapshots} --ckpt-dir {params.ckpt_dir}"
         " --threads {threads} --log {log}"
@@ -116,8 +120,9 @@ rule train_baseline:
     params:
         cfg=seeded_config("train_baseline"),
         ckpt_dir="results/{run}/k{K}/baseline/s{seed}_ckpt",
+        launch=launcher,
     shell:
-        "python -m lvd.stages.train_baseline --config {params.cfg:q}"
+        "{params.launch} python -m lvd.stages.train_baseline --config {params.cfg:q}"
         " --data {input.data} --pc {input.pc} --out {output.circuit}"
         " --lvd-benchmarks {input.lvd_seconds} --snapshot-dir {output.snapshots}"
         " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"
@@ -145,8 +150,9 @@ rule train_hclt:
     params:
         cfg=seeded_config("train_hclt"),
         ckpt_dir="results/{run}/k{K}/hclt/s{seed}_ckpt",
+        launch=launcher,
     shell:
-        "python -m lvd.stages.train_hclt --config {params.cfg:q}"
+        "{params.launch} python -m lvd.stages.train_hclt --config {params.cfg:q}"
         " --data {input.data} --pc {input.pc} --out {output.circuit}"
         " --lvd-benchmarks {input.lvd_seconds} --snapshot-dir {output.snapshots}"
         " --ckpt-dir {params.ckpt_dir} --threads {threads} --log {log}"

@@ -1,0 +1,35 @@
+"""One process of a data-parallel stage test (tests/stages/test_dataparallel.py), run by torchrun:
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 dp_worker.py finetune --data ...
+
+calls the stage's ``main`` with the remaining arguments. With DP_KILL_AT=<e>, process 1 kills
+itself (SIGKILL) as epoch e (0-based) starts: a worker lost in the middle of training.
+"""
+
+import os
+import signal
+import sys
+
+from lvd import pc
+from lvd.stages import finetune, train_baseline, train_hclt
+
+STAGES = {"finetune": finetune, "train_baseline": train_baseline, "train_hclt": train_hclt}
+
+
+def main() -> None:
+    stage, argv = sys.argv[1], sys.argv[2:]
+    kill_at = os.environ.get("DP_KILL_AT")
+    if kill_at is not None and os.environ.get("RANK") == "1":
+        real = pc.em_epoch
+
+        def em_epoch(circuit, sched, epoch, *args, **kwargs):
+            if epoch == int(kill_at):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(circuit, sched, epoch, *args, **kwargs)
+
+        pc.em_epoch = em_epoch
+    STAGES[stage].main(argv)
+
+
+if __name__ == "__main__":
+    main()

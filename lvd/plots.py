@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lvd import io, metrics
-from lvd.data.color import ycbcr_to_rgb
+from lvd.data import color as color_mod
 
 MISSING_RGB = (0.85, 0.15, 0.15)
 
@@ -36,11 +36,11 @@ def _save(fig, path) -> None:
 
 def to_rgb(images, num_cats: int, missing=None, color: str = "rgb") -> np.ndarray:
     """float [n, H, W, 3] in [0, 1]; grey images repeated over 3 channels, missing pixels red.
-    color "ycbcr": 3-channel images are 8-bit YCbCr (data.color) and are converted back to RGB
-    for viewing (lvd.data.color.ycbcr_to_rgb)."""
+    color (data.color) other than "rgb": 3-channel images in that space ("ycbcr", "ycocg_r") are
+    converted back to RGB for viewing (lvd.data.color.to_rgb; exact for ycocg_r)."""
     images = np.asarray(images)
-    if color == "ycbcr" and images.shape[-1] == 3:
-        images = ycbcr_to_rgb(np.clip(images, 0, 255))
+    if color != "rgb" and images.shape[-1] == 3:
+        images = color_mod.to_rgb(np.clip(np.rint(images), 0, 255).astype(np.uint8), color)
     x = np.asarray(images, dtype=np.float64) / max(num_cats - 1, 1)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, -1)

@@ -48,10 +48,13 @@ circuit under ``passes``, null if a time budget stopped them before it). figures
 test bpd (perplexity) against training seconds, one line per arm (mean over seeds, error bars
 the seeds' standard deviation), LVD's seconds marked. The verdict states both comparisons.
 
-Both: ``teacher_test_bpd`` / ``teacher_test_perplexity`` copied from teacher_metrics.json (may
-be null), ``num_params``, ``num_states``, ``seconds`` ({stage: seconds} from the ``s`` column
-of every ``*.tsv`` under --benchmarks-dir: run-level files and those under k<num_states>/, the
-prefix removed; a missing directory gives {}), ``total_seconds``. A metric that cannot be (a
+Both: the data protocol, lvd.data.protocol's keys (images: ``dataset``, ``color``,
+``lossless``, ``crop``, ``crop_train``, ``crop_eval``, ``crops_per_image`` and the sentence
+``protocol``; text: ``dataset``); ``teacher_test_bpd`` / ``teacher_test_perplexity`` copied
+from teacher_metrics.json (may be null), ``num_params``, ``num_states``, ``seconds``
+({stage: seconds} from the ``s`` column of every ``*.tsv`` under --benchmarks-dir: run-level
+files and those under k<num_states>/, the prefix removed; a missing directory gives {}),
+``total_seconds``. A metric that cannot be (a
 NaN or negative bpd, a perplexity below 1) is an error naming the circuit file.
 
     python -m lvd.stages.evaluate --data data.h5 --pc k16/lvd/s0/pc_final.h5 \
@@ -70,6 +73,7 @@ import numpy as np
 import torch
 
 from lvd import budget, io, metrics, pc, plots
+from lvd.data import protocol as data_protocol
 from lvd.stages import common, inputs
 from lvd.stages import curves as curves_mod
 
@@ -219,6 +223,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         to = (lambda v: metrics.bpd(v, info.num_vars)) if image else \
             (lambda v: metrics.perplexity(v, info.seq_len))  # noqa: E731
         m = {"kind": info.kind, "num_test": len(xt), "num_valid": len(xv), "num_seeds": lens["lvd"]}
+        m.update(data_protocol(data))   # what the numbers measure: dataset, colour space, crops
         seconds = read_benchmarks(benchmarks_dir, _num_states(files["lvd"][0], image))
 
         def score(circuit, path):

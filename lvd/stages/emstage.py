@@ -171,8 +171,9 @@ def check_shared_checkpoint(ckpt: Path, device) -> None:
 
 def join_group(device) -> int:
     """Join the group of a launch of several processes (common.launch_rank: torchrun's
-    WORLD_SIZE, the tasks of an srun step; for srun, MASTER_ADDR and MASTER_PORT are derived from the job when unset); NCCL
-    on a CUDA ``device``, gloo otherwise. Returns the number of processes (1: no group)."""
+    WORLD_SIZE, the tasks of an srun step, for which MASTER_ADDR and MASTER_PORT are derived from
+    the job when unset); NCCL on a CUDA ``device``, gloo otherwise. Returns the number of
+    processes (1: no group)."""
     if common.launch_rank()[1] <= 1:      # (a batch script's SLURM_NTASKS alone is no launch)
         return 1
     common.slurm_rendezvous()

@@ -41,7 +41,8 @@ def test_several_tasks_run_under_torchrun_or_srun(workdir):
     text = dry_run(workdir, "finetune:tasks=2", "train_baseline:tasks=3", "train_hclt:tasks=2",
                    "train_hclt:mpi=srun", "finetune:gpu=2")
     cmds = commands(text)
-    torchrun = "python -m torch.distributed.run --standalone --no-python --nproc-per-node={} -- python -m lvd.stages.{} "
+    torchrun = ("python -m torch.distributed.run --standalone --no-python --nproc-per-node={} -- "
+                "python -m lvd.stages.{} ")
     assert all(c.startswith(torchrun.format(2, "finetune")) for c in cmds["finetune"]), cmds["finetune"]
     assert all(c.startswith(torchrun.format(3, "train_baseline")) for c in cmds["train_baseline"])
     assert all(c.startswith("srun --ntasks=2 --kill-on-bad-exit=1 python -m lvd.stages.train_hclt ")

@@ -34,6 +34,9 @@ RENAMED = {
     "latent_em.top_step_size": "latent_top_em.step_size",
     "latent_em.top_step_size_end": "latent_top_em.step_size_end",
     "latent_em.lls_memory_gb": "latent_top_em.patch_lls_memory_gb",
+    "latent_top_em.second_epochs": "latent_top_em.next_phases[0].epochs",
+    "latent_top_em.second_step_size": "latent_top_em.next_phases[0].step_size",
+    "latent_top_em.second_step_size_end": "latent_top_em.next_phases[0].step_size_end",
 }
 
 

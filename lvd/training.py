@@ -4,11 +4,18 @@
     circuit, record = train(circuit, x, sched, stage="finetune", valid=valid, ckpt=path,
                             resume_key=key)
 
-Every epoch is one ``pc.em_epoch`` of the schedule (lvd.pc.schedule: mini-batch epochs with the
-step size of global step t from ``Schedule.step_size_at``, then full-batch epochs with step 1;
-epoch e shuffles with ``Schedule.epoch_seed(e)``). finetune, train_baseline and train_hclt
-(through lvd.stages.emstage) and latent_top_em train with it; latent_em trains its groups with
-the same Schedule through ``pc.em_groups``. Log lines go to ``lvd.<stage>``.
+Every epoch is one ``pc.em_epoch`` of the schedule (lvd.pc.schedule: a list of phases, each
+mini-batch epochs with the step size of step t from ``Schedule.step_size_at`` or full-batch
+epochs; epoch e of the whole schedule shuffles with ``Schedule.epoch_seed(e)``). finetune,
+train_baseline and train_hclt (through lvd.stages.emstage) and latent_top_em (all its phases in
+one schedule) train with it; latent_em and grow_patch_pcs train their groups with the same
+Schedule through ``pc.em_groups``. Log lines go to ``lvd.<stage>``.
+
+A stage Config gives its schedule by the keys of its section (``schedule_from``): ``epochs``
+mini-batch epochs at ``step_size`` -> ``step_size_end``, then the mini-batch phases listed in
+``next_phases`` (latent_top_em: ``[{epochs, step_size, step_size_end}, ...]``), then
+``full_batch_epochs`` full-batch epochs (step 1), with its ``batch_size``, ``pseudocount`` and
+``seed``. ``check_schedule`` checks every phase of that list.
 
 History: every circuit artifact carries the attribute ``history``, a JSON list with one record
 per training stage it went through, in order; ``train`` returns its stage's record::
@@ -43,40 +50,58 @@ seconds so far, for the stage to save (``Snapshots.save``) and evaluate to score
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from pathlib import Path
 
-import numpy as np
-
 from lvd import io, pc
 
-SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(pc.Schedule))
+PHASE_KEYS = ("epochs", "step_size", "step_size_end")   # a mini-batch phase in a config section
+
+
+def config_phases(cfg, section: str) -> list[tuple[str, dict]]:
+    """(where, {epochs, step_size, step_size_end}) of every mini-batch phase of a stage Config, in
+    order: its own keys (where = ``section``), then each of ``next_phases`` (where =
+    ``section.next_phases[i]``). Raises ValueError naming a malformed entry."""
+    out = [(section, {k: getattr(cfg, k) for k in PHASE_KEYS})]
+    later = getattr(cfg, "next_phases", ())
+    if not isinstance(later, (list, tuple)):
+        raise ValueError(f"{section}.next_phases is {later!r}, expected a list of {{epochs, step_size, step_size_end}}")
+    for i, p in enumerate(later):
+        where = f"{section}.next_phases[{i}]"
+        if not isinstance(p, dict) or set(p) != set(PHASE_KEYS):
+            raise ValueError(f"{where} is {p!r}, expected an object with the keys epochs, step_size, step_size_end")
+        out.append((where, p))
+    return out
 
 
 def check_schedule(cfg, section: str) -> None:
-    """Raise ValueError naming ``section.<field>`` when an EM setting of a stage Config is out of range."""
-    for name in ("epochs", "full_batch_epochs", "batch_size", "second_epochs", "curve_points"):
-        if hasattr(cfg, name):
-            v = getattr(cfg, name)
-            lo = 1 if name == "batch_size" else 0
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{section}.{name} is {v!r}, expected an integer >= {lo}")
-    for name in ("step_size", "step_size_end", "second_step_size", "second_step_size_end"):
-        if name.startswith("second") and not hasattr(cfg, name):   # (latent_top_em's second phase)
-            continue
-        v = getattr(cfg, name)
+    """Raise ValueError naming ``section.<field>`` (or ``section.next_phases[i].<field>``) when an
+    EM setting of a stage Config is out of range: every phase of ``config_phases``, the
+    full-batch epochs, batch size, pseudocount (and curve_points where the stage has them)."""
+    ints = [(f"{section}.{name}", getattr(cfg, name), 1 if name == "batch_size" else 0)
+            for name in ("full_batch_epochs", "batch_size", "curve_points") if hasattr(cfg, name)]
+    steps = []
+    for where, p in config_phases(cfg, section):
+        ints.append((f"{where}.epochs", p["epochs"], 0))
+        steps += [(f"{where}.{k}", p[k]) for k in ("step_size", "step_size_end")]
+    for where, v, lo in ints:
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{where} is {v!r}, expected an integer >= {lo}")
+    for where, v in steps:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
-            raise ValueError(f"{section}.{name} is {v!r}, expected a number in (0, 1]")
+            raise ValueError(f"{where} is {v!r}, expected a number in (0, 1]")
     if getattr(cfg, "pseudocount", 0) < 0:
         raise ValueError(f"{section}.pseudocount is {cfg.pseudocount!r}, expected >= 0")
 
 
 def schedule_from(cfg) -> pc.Schedule:
-    """The Schedule of a stage Config (every EM section has the Schedule's fields, same names)."""
-    return pc.Schedule(**{name: getattr(cfg, name) for name in SCHEDULE_FIELDS})
+    """The Schedule of a stage Config (module docstring): its mini-batch phases (``epochs`` at
+    ``step_size`` -> ``step_size_end``, then ``next_phases``), then ``full_batch_epochs``."""
+    phases = [pc.Phase(p["epochs"], p["step_size"], p["step_size_end"]) for _, p in config_phases(cfg, "")]
+    return pc.Schedule(phases=[*phases, pc.Phase.full(cfg.full_batch_epochs)], batch_size=cfg.batch_size,
+                       pseudocount=cfg.pseudocount, seed=cfg.seed)
 
 
 def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, resume_key: str = "",
@@ -120,8 +145,7 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
     best = None                                   # keep_best: (valid ll, epoch, parameters on the CPU)
     while _more(epoch, sched, record, budget_seconds):
         t0 = clock()
-        gen = np.random.default_rng(sched.epoch_seed(epoch))
-        mean_ll = pc.em_epoch(circuit, sched, epoch, x, gen=gen, shuffle=shuffle, logger=log, **arrays)
+        mean_ll = pc.em_epoch(circuit, sched, epoch, x, shuffle=shuffle, logger=log, **arrays)  # seeded by epoch
         record["train_ll"].append(float(mean_ll))
         if valid is not None:
             record["valid_ll"].append(float(valid(circuit)))

@@ -74,3 +74,47 @@ def test_schedule_from_a_stage_config_and_its_checks():
                        (dict(step_size=1.5), r"finetune\.step_size is 1\.5"), (dict(pseudocount=-1.0), "pseudocount")):
         with pytest.raises(ValueError, match=match):
             training.check_schedule(EMSettings(**bad), "finetune")
+
+
+@dataclass(frozen=True)
+class PhasedSettings(EMSettings):
+    next_phases: tuple = ({"epochs": 2, "step_size": 0.05, "step_size_end": 0.02},)
+
+
+def test_a_config_with_next_phases_gives_one_schedule_of_its_phases(monkeypatch):
+    """The phases of a section (latent_top_em's next_phases) make one Schedule: every step size
+    from its phase's formula, epoch e of the whole run seeded by (seed, e), the loop's record
+    counting the epochs of every phase."""
+    sched = training.schedule_from(PhasedSettings())
+    assert sched.phases == (pc.Phase(2, 0.2, 0.01), pc.Phase(2, 0.05, 0.02), pc.Phase.full(1))
+    assert (sched.epochs, sched.full_batch_epochs, sched.total_epochs) == (4, 1, 5)
+    steps, real = [], em_module.update
+
+    def update(circuit, flow, step_size, pseudocount):
+        steps.append(step_size)
+        return real(circuit, flow, step_size, pseudocount)
+
+    monkeypatch.setattr(em_module, "update", update)
+    X = as_t(np.random.default_rng(2).integers(0, 3, (20, 5)))     # batch 8: 3 steps per epoch
+    c, record = training.train(tree_circuit([-1, 0, 0, 1, 1], 3, 3, seed=0), X, sched, stage="t")
+    first = [0.2 + (0.01 - 0.2) * u / 5 for u in range(6)]
+    second = [0.05 + (0.02 - 0.05) * u / 5 for u in range(6)]
+    np.testing.assert_allclose(steps, first + second + [1.0], rtol=0, atol=1e-15)
+    assert (record["epochs"], record["full_batch_epochs"], len(record["train_ll"])) == (4, 1, 5)
+    part = tree_circuit([-1, 0, 0, 1, 1], 3, 3, seed=0)          # epoch by epoch, each seeded by (seed, e)
+    for e in range(sched.total_epochs):
+        pc.em_epoch(part, sched, e, X, gen=np.random.default_rng(pc.schedule.derived_seed(3, e)))
+    for k, t in c.params.items():
+        assert bool((t == part.params[k]).all()), k
+
+
+def test_check_schedule_names_the_phase():
+    ok = {"epochs": 1, "step_size": 0.1, "step_size_end": 0.1}
+    training.check_schedule(PhasedSettings(), "latent_top_em")
+    training.check_schedule(PhasedSettings(next_phases=()), "latent_top_em")
+    for bad, match in ((({**ok, "epochs": 1.0},), r"latent_top_em\.next_phases\[0\]\.epochs is 1\.0"),
+                       (({**ok, "x": 1},), r"latent_top_em\.next_phases\[0\] is .*keys epochs"),
+                       ((ok, ok, {**ok, "step_size": 2}), r"latent_top_em\.next_phases\[2\]\.step_size is 2,"),
+                       (({**ok, "step_size_end": 0},), r"next_phases\[0\]\.step_size_end is 0,")):
+        with pytest.raises(ValueError, match=match):
+            training.check_schedule(PhasedSettings(next_phases=bad), "latent_top_em")

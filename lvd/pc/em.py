@@ -8,8 +8,11 @@ The update (docs/method.md, "EM"), for a distribution with n entries:
 
 with step size s and pseudocount a. Full-batch EM accumulates flows over the epoch and
 updates once. Tied parameters are single table rows, so their flows already add up. The step
-size of every mini-batch step comes from lvd.pc.schedule (``Schedule.step_size_at``):
-``em_epoch`` runs one epoch of a Schedule, ``em`` a whole one-off run.
+size of every step comes from lvd.pc.schedule (``Schedule.step_size_at``: a list of phases,
+mini-batch or full-batch), and epoch e of a schedule shuffles with ``Schedule.epoch_seed(e)``:
+``em_epoch`` runs one epoch of a Schedule, ``em`` a whole one. Every EM loop of the project
+runs its epochs through ``em_epoch`` (``em``, lvd.training's loop of the stages) or, for
+independent groups trained in one batch, through ``pc.em_groups`` with the same Schedule.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 
 from lvd.pc.queries import check_values, values_checked
-from lvd.pc.schedule import FULL_BATCH_STEP, Schedule
+from lvd.pc.schedule import Phase, Schedule
 from lvd.pc import _fused_update, distributed
 from lvd.pc._cpu import index_add
 from lvd.pc.treell import log_handles, sparse_leaf_flows
@@ -222,17 +225,18 @@ def check_data(circuit, x, missing=None, chunk: int = 8192) -> None:
 
 
 def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.Generator | None = None,
-             shuffle: bool = True, params=None, full_batch_step: float = FULL_BATCH_STEP, logger=None,
-             checked: bool = False, **arrays) -> float:
-    """Run epoch ``epoch`` (0-based) of ``sched`` on ``circuit`` in place; returns its mean train ll.
+             shuffle: bool = True, params=None, logger=None, checked: bool = False, **arrays) -> float:
+    """Run epoch ``epoch`` (0-based, counted over the whole schedule) of ``sched`` on ``circuit``
+    in place; returns its mean train ll.
 
-    A mini-batch epoch (epoch < sched.epochs) updates after every batch with the schedule's step
-    size of that step (``Schedule.step_size_at``); a full-batch epoch accumulates the flows of
-    every batch and updates once with ``full_batch_step`` (1 = exact EM), its mean ll being the
-    one at the start of the epoch. data, arrays, params: as for ``em``. gen: the shuffling
-    generator (default: one seeded with ``sched.epoch_seed(epoch)``). logger: where the progress
-    lines go (default lvd.pc.em). checked: the caller has run ``check_data`` on these arrays
-    (otherwise it runs once here); the steps never read values back from the device.
+    An epoch of a mini-batch phase updates after every batch with the schedule's step size of
+    that step (``Schedule.step_size_at``); an epoch of a full-batch phase (or past the
+    schedule's end) accumulates the flows of every batch and updates once with its phase's step
+    size (1 = exact EM), its mean ll being the one at the start of the epoch. data, arrays,
+    params: as for ``em``. gen: the shuffling generator (default, the one rule of every loop: one
+    seeded with ``sched.epoch_seed(epoch)``). logger: where the progress lines go (default
+    lvd.pc.em). checked: the caller has run ``check_data`` on these arrays (otherwise it runs
+    once here); the steps never read values back from the device.
 
     Under a process group of several processes (lvd.pc.distributed) each process computes the
     flows of its share of every batch (rows rank, rank + N, ..), the flows are summed over the
@@ -269,7 +273,7 @@ def em_epoch(circuit, sched: Schedule, epoch: int, data=None, *, gen: np.random.
             update(circuit, distributed.sum_flows(f), sched.step_size_at(epoch * nb + j, nb), sched.pseudocount)
     bar.close()
     if full_batch:                            # (summed over the processes once, at the end)
-        update(circuit, distributed.sum_flows(acc), full_batch_step, sched.pseudocount)
+        update(circuit, distributed.sum_flows(acc), sched.full_batch_step(epoch), sched.pseudocount)
     return float(distributed.sum_scalar(ll_sum)) / N
 
 
@@ -280,30 +284,38 @@ def _zero_flows(circuit, names) -> dict:
 
 def em(circuit, data=None, epochs: int = 1, batch_size: int = 512, step_size: float = 0.1,
        pseudocount: float = 0.1, full_batch: bool = False, step_size_end: float | None = None,
-       params=None, shuffle: bool = True, seed: int = 0, callback=None, **arrays) -> list[float]:
+       params=None, shuffle: bool = True, seed: int = 0, callback=None, schedule: Schedule | None = None,
+       **arrays) -> list[float]:
     """Train ``circuit`` in place by EM; returns the mean train log-likelihood of each epoch.
 
     data: int64 [N, V] (array, tensor or h5py dataset) or None for circuits without leaves.
     Extra aligned arrays (missing=[N, V] bool, z=..., evidence=[N, ...]) go to
-    ``circuit.objective``. step_size is annealed linearly to ``step_size_end`` over all
-    mini-batch steps (constant if None): the steps of ``Schedule(epochs, batch_size=batch_size,
-    step_size=step_size, step_size_end=step_size_end)``. full_batch: every epoch accumulates
-    the flows of the whole epoch and updates once, with step_size (1.0 = exact EM). One
-    shuffling generator seeded with ``seed`` serves all epochs. params: names (or prefixes
-    like "top.") of the tables to train; None = all. callback(epoch, mean_ll) is called after
-    every epoch.
+    ``circuit.objective``. schedule: the Schedule to run (lvd.pc.schedule: its phases, batch
+    size, pseudocount and seed); without it, the keywords give one phase: ``epochs`` mini-batch
+    epochs of ``batch_size`` rows with the step size annealed linearly from ``step_size`` to
+    ``step_size_end`` over all steps (constant if None), or with ``full_batch`` ``epochs``
+    full-batch epochs (flows of the whole epoch, one update of ``step_size`` each: 1.0 = exact
+    EM); ``pseudocount``; ``seed``. Epoch e shuffles with a seed derived from (seed, e)
+    (``Schedule.epoch_seed``). params: names (or prefixes like "top.") of the tables to train;
+    None = all. callback(epoch, mean_ll) is called after every epoch.
     """
-    sched = Schedule(epochs=0 if full_batch else epochs, full_batch_epochs=epochs if full_batch else 0,
-                     batch_size=batch_size, step_size=step_size, step_size_end=step_size_end,
-                     pseudocount=pseudocount, seed=seed)
-    gen = np.random.default_rng(seed)
+    if schedule is None:
+        phase = Phase.full(epochs, step_size) if full_batch else Phase(epochs, step_size, step_size_end)
+        schedule = Schedule(phases=[phase], batch_size=batch_size, pseudocount=pseudocount, seed=seed)
+    else:
+        given = {k: v for k, v, default in (("epochs", epochs, 1), ("batch_size", batch_size, 512),
+                                            ("step_size", step_size, 0.1), ("pseudocount", pseudocount, 0.1),
+                                            ("full_batch", full_batch, False), ("step_size_end", step_size_end, None),
+                                            ("seed", seed, 0)) if v != default}
+        if given:
+            raise ValueError(f"em: a schedule and its settings {sorted(given)} given; put them in the schedule")
     history = []
     check_data(circuit, data, arrays.get("missing"))      # once; the steps skip the check
-    for epoch in range(epochs):
+    for epoch in range(schedule.total_epochs):
         t0 = time.perf_counter()
-        history.append(em_epoch(circuit, sched, epoch, data, gen=gen, shuffle=shuffle, params=params,
-                                full_batch_step=step_size, checked=True, **arrays))
-        log.info("EM epoch %d/%d: mean train ll %.4f (%.1f s)", epoch + 1, epochs, history[-1],
+        history.append(em_epoch(circuit, schedule, epoch, data, shuffle=shuffle, params=params, checked=True,
+                                **arrays))
+        log.info("EM epoch %d/%d: mean train ll %.4f (%.1f s)", epoch + 1, schedule.total_epochs, history[-1],
                  time.perf_counter() - t0)
         if callback is not None:
             callback(epoch, history[-1])

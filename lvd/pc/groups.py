@@ -8,19 +8,23 @@ over them: each step stacks one mini-batch of every group into x [B, G, V] (rows
 group's batch are padding with weight 0) and runs one pass of the tree for all groups.
 
 Every group follows exactly the schedule (lvd.pc.schedule.Schedule) it would follow alone,
-so the result does not depend on which other groups share its batch (up to floating-point
-summation order):
-    group g with n_g members takes nb_g = ceil(n_g / batch_size) steps per epoch; epoch e
-    splits a permutation of its members (drawn from its own generator, seeded by
-    ``group_seeds[g]``) into nb_g near-equal chunks; its step t = e * nb_g + j has the step
-    size ``schedule.step_size_at(t, nb_g)`` (annealed over its own epochs * nb_g steps); in a
-    batch step where it has no chunk left its step size is 0 (its tables do not move).
+seeded by its own seed, so the result does not depend on which other groups share its batch
+(up to floating-point summation order):
+    group g with n_g members takes nb_g = ceil(n_g / batch_size) steps per epoch; epoch e of a
+    mini-batch phase splits a permutation of its members (drawn from a generator seeded with
+    the epoch's seed of its schedule, ``schedule.epoch_seed(e)`` with ``seed = group_seeds[g]``:
+    the rule of every EM loop) into nb_g near-equal chunks; its step t = e * nb_g + j has the
+    step size ``schedule.step_size_at(t, nb_g)`` (annealed over its phase's epochs * nb_g
+    steps); in a batch step where it has no chunk left its step size is 0 (its tables do not
+    move). An epoch of a full-batch phase splits the members in order and updates every group
+    once with the phase's step size (1: exact EM per group).
 Groups without members keep their tables. Groups are processed in blocks that bound the
 working memory (``max_bytes``); blocks are independent, so blocking changes nothing either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -52,12 +56,12 @@ def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, gr
     """Train the G groups of TreeCircuit ``tc`` in place; returns history [G, total epochs].
 
     xs[g]: int64 [n_g, V] the members of group g; heads[g]: int64 [n_g] each member's head.
-    schedule (or its fields as keywords: epochs=, batch_size=, step_size=, ...): ``epochs``
-    mini-batch epochs, then ``full_batch_epochs`` full-batch epochs (every group's flows
-    accumulated over its members, one update with step 1: exact EM per group); its ``seed``
-    is not used (each group has its own). history[g, e] = mean log p_{g, head}(x) of group
-    g's members during epoch e (NaN when n_g = 0; a full-batch epoch's is at its start).
-    group_seeds[g]: seed of group g's shuffling (default g).
+    schedule (or the keywords of ``Schedule(...)``: epochs=, batch_size=, step_size=, ...): its
+    phases in order, mini-batch or full-batch (every group's flows accumulated over its
+    members, one update per epoch: with step 1, exact EM per group); its ``seed`` is not used:
+    group g runs it with seed ``group_seeds[g]`` (default g), epoch e shuffling with
+    ``derived_seed(group_seeds[g], e)``. history[g, e] = mean log p_{g, head}(x) of group g's
+    members during epoch e (NaN when n_g = 0; a full-batch epoch's is at its start).
 
     masks: {table name: bool tensor shaped like that table} of the entries allowed to be
     non-zero (lvd.pc.grow: pruned edges, inactive states); after every update the other
@@ -90,7 +94,7 @@ def em_groups(tc, xs: list, heads: list, schedule: Schedule | None = None, *, gr
                      [seeds[g] for g in groups], sched, hist, masks)
         if time.perf_counter() - t_last > progress_seconds or b0 + block >= len(active):
             log.info("groups: %d / %d trained (%d epochs each)", min(b0 + block, len(active)),
-                     len(active), sched.epochs)
+                     len(active), sched.total_epochs)
             t_last = time.perf_counter()
     return hist
 
@@ -104,15 +108,15 @@ def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist, masks=None
                                         for k, m in masks.items()}
     # the block's tables as a circuit of Gb groups (copies; written back at the end)
     sub = tc.select_groups(groups)
-    rngs = [np.random.default_rng(s) for s in seeds]
+    scheds = [dataclasses.replace(sched, seed=s) for s in seeds]      # each group: its own seed
     n = np.array([len(a) for a in xs])
     nb = np.maximum(1, -(-n // batch_size))                          # steps per epoch per group
     X = [torch.as_tensor(np.asarray(a), dtype=torch.long) for a in xs]
     Hd = [torch.as_tensor(np.asarray(h), dtype=torch.long) for h in heads]
     for e in range(sched.total_epochs):
         full = sched.is_full_batch(e)
-        chunks = [np.array_split(np.arange(k) if full else r.permutation(k), m)
-                  for r, k, m in zip(rngs, n, nb)]
+        chunks = [np.array_split(np.arange(k) if full else np.random.default_rng(sc.epoch_seed(e)).permutation(k), m)
+                  for sc, k, m in zip(scheds, n, nb)]
         ll_sum = torch.zeros(Gb, dtype=torch.float64, device=dev)
         acc = None
         for t in range(int(nb.max())):
@@ -153,10 +157,14 @@ def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist, masks=None
                         masked_(q, bmask[k], sub.norm_dims[k])
                         p.copy_(torch.where(step.view(shape) > 0, q, p))
         if full:
+            s_full = min(sched.full_batch_step(e), 1.0)                 # the phase's one step size
             with torch.no_grad():
                 for k, F in zip(names, acc):
                     p = sub.params[k]
-                    p.copy_(target(F, p, sub.norm_dims[k], pseudocount))
+                    if s_full == 1.0:
+                        p.copy_(target(F, p, sub.norm_dims[k], pseudocount))
+                    else:
+                        p.lerp_(target(F, p, sub.norm_dims[k], pseudocount), s_full)
                     if bmask is not None and k in bmask:
                         masked_(p, bmask[k], sub.norm_dims[k])
         mean = (ll_sum.cpu().numpy() / n)

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from lvd.pc.groups import em_groups
+from lvd.pc.schedule import Schedule, derived_seed
 from lvd.pc.masks import (Masks, _edge_nodes, _root, apply_masks, init_masks,  # noqa: F401 (re-exported)
                           prune, rebuild_edge_mask)
 
@@ -300,12 +301,11 @@ def progressive_growing(tc, masks: Masks, xs: list, heads: list, embs: list, set
     pruned = np.zeros((G, rounds), dtype=np.int64)
     result = GrowResult(heads, curve, pruned)
     seeds = [int(s) for s in group_seeds]
-    for r in range(rounds):
-        em_groups(tc, xs, heads, epochs=settings.em_epochs, batch_size=settings.batch_size,
-                  step_size=settings.step_size, step_size_end=settings.step_size_end,
-                  pseudocount=settings.pseudocount, full_batch_epochs=settings.full_batch_epochs,
-                  group_seeds=[int(np.random.SeedSequence([s, r]).generate_state(1)[0]) for s in seeds],
-                  masks=masks.as_dict())
+    sched = Schedule(epochs=settings.em_epochs, full_batch_epochs=settings.full_batch_epochs,
+                     batch_size=settings.batch_size, step_size=settings.step_size,
+                     step_size_end=settings.step_size_end, pseudocount=settings.pseudocount)
+    for r in range(rounds):       # group g's schedule in round r: seed derived from (its seed, r)
+        em_groups(tc, xs, heads, sched, group_seeds=[derived_seed(s, r) for s in seeds], masks=masks.as_dict())
         flow, _ = member_pass(tc, xs, heads, batch_size=pass_batch)
         pruned[:, r] = prune(tc, masks, flow, settings.prune_threshold * n)
         _, lls = member_pass(tc, xs, heads, batch_size=pass_batch, flows=False)

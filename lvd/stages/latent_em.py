@@ -14,9 +14,11 @@ only (method.md section 2 step 6). With H heads per group (lvd.pc.lvdcircuit):
 
 Each member's flow runs through its own head; the sub-circuit below the root is shared by the
 group's heads only. The shard's groups train together in one batched EM (lvd.pc.groups:
-every group keeps the schedule it would have alone). Shard i of S trains groups
-i, i+S, i+2S, ...; group g shuffles with a seed derived from (seed, g) alone, so the gathered
-result does not depend on the number of shards. latent_top_em gathers the shards.
+every group keeps the schedule it would have alone, lvd.training.schedule_from of this
+section). Shard i of S trains groups i, i+S, i+2S, ...; group g runs the schedule with a seed
+s_g derived from (seed, g) alone, its epoch e shuffling with a seed from (s_g, e) (the rule of
+every EM loop), so the gathered result does not depend on the number of shards. latent_top_em
+gathers the shards.
 
 Shard file (lvd.io.write_shard, the layout described there): ``groups`` int64 [g],
 ``num_examples`` int64 [g], ``history`` float64 [g, epochs] (mean log p(patch | observed head)
@@ -53,7 +55,7 @@ class Config:
     step_size_end: float = 0.01
     pseudocount: float = 0.1        # EM pseudocount
     num_shards: int = 1             # jobs the groups are split over (Snakemake makes one per shard)
-    seed: int = 0                   # group g shuffles with a seed from (seed, g)
+    seed: int = 0                   # group g runs the schedule with a seed from (seed, g)
 
     def __post_init__(self):
         training.check_schedule(self, "latent_em")

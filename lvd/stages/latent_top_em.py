@@ -16,8 +16,9 @@ beside the output holding L minus its per-(n, i) maximum, rows in a seeded rando
 sequentially, the float32 maxima kept in memory), and the top tree (count-initialized from z by materialize_pc) is trained by mini-batch
 EM on the true marginal sum_z p_top(z) prod_i exp(L[n, i, z_i]) with the schedule of
 lvd.training (``epochs`` mini-batch epochs, step size ``step_size`` -> ``step_size_end``, then
-``full_batch_epochs``). Its valid log-likelihood after each epoch is the whole circuit's valid
-log p(x).
+the mini-batch phases of ``next_phases``, then ``full_batch_epochs``; one Schedule, epoch e of
+it shuffling with a seed from (seed, e)). Its valid log-likelihood after each epoch is the
+whole circuit's valid log p(x).
 
     python -m lvd.stages.latent_top_em --config '{"epochs": 10}' --data data.h5 \
         --latents k16/latents.h5 --pc k16/pc_init.h5 --shards k16/latent_em/shard*.h5 --out k16/pc_latent_em.h5
@@ -50,14 +51,14 @@ class Config:
     step_size: float = 0.1           # annealed linearly to step_size_end over all mini-batch steps
     step_size_end: float = 0.01
     pseudocount: float = 0.1         # EM pseudocount
-    second_epochs: int = 0           # a second mini-batch phase after the first (LVD-PG: 10 epochs at
-    second_step_size: float = 0.01   # 0.01 -> 0.001 after 10 at 0.1 -> 0.01); full_batch_epochs come last
-    second_step_size_end: float = 0.001
+    next_phases: tuple = ()          # mini-batch phases after the first, each {epochs, step_size, step_size_end}
+                                     # (LVD-PG: [{epochs: 10, step_size: 0.01, step_size_end: 0.001}] after 10
+                                     # epochs at 0.1 -> 0.01); full_batch_epochs come last
     patch_lls_memory_gb: float = 2.0  # L in memory (float32) up to this size, else a float16 temp file
     seed: int = 0                    # shuffling (epoch e with a seed from (seed, e)); the temp file's row order
 
     def __post_init__(self):
-        training.check_schedule(self, "latent_top_em")     # (the second phase's keys too)
+        training.check_schedule(self, "latent_top_em")     # every phase, next_phases' too
         if not self.patch_lls_memory_gb >= 0:
             raise ValueError(f"latent_top_em.patch_lls_memory_gb is {self.patch_lls_memory_gb!r}, expected >= 0")
 
@@ -217,37 +218,13 @@ def spill_patch_lls(c: pc.LVDCircuit, x: np.ndarray, near: str, rows: int, seed:
     return L, perm
 
 
-def phases(cfg: Config) -> list[pc.Schedule]:
-    """The top's EM schedules in order: ``epochs`` at step_size -> step_size_end, then (when
-    second_epochs > 0) ``second_epochs`` at second_step_size -> second_step_size_end (its own
-    shuffling seeds), the full-batch epochs at the end of the last phase."""
-    first = training.schedule_from(cfg)
-    if not cfg.second_epochs:
-        return [first]
-    second = pc.Schedule(epochs=cfg.second_epochs, full_batch_epochs=cfg.full_batch_epochs,
-                         batch_size=cfg.batch_size, step_size=cfg.second_step_size,
-                         step_size_end=cfg.second_step_size_end, pseudocount=cfg.pseudocount,
-                         seed=pc.schedule.derived_seed(cfg.seed, 1_000_003))
-    return [pc.Schedule(**{**asdict(first), "full_batch_epochs": 0}), second]
-
-
-def train_phases(c: pc.LVDCircuit, cfg: Config, valid, shuffle: bool, **arrays) -> dict:
-    """Run ``phases(cfg)`` on the top tree; one record (train_ll / valid_ll of every epoch in
-    order, ``phase_epochs`` the epochs of each phase)."""
-    record = None
-    for i, sched in enumerate(phases(cfg)):
-        _, r = training.train(c.top, None, sched, stage="latent_top_em" if i == 0 else "latent_top_em phase 2",
-                              valid=valid, shuffle=shuffle, **arrays)
-        if record is None:
-            record = {**r, "phase_epochs": [sched.total_epochs]}
-        else:
-            record["train_ll"] += r["train_ll"]
-            record["valid_ll"] += r["valid_ll"]
-            record["seconds"] += r["seconds"]
-            record["phase_epochs"].append(sched.total_epochs)
-            record["epochs"] += sched.epochs
-            record["full_batch_epochs"] = sched.full_batch_epochs
-    record["stage"] = "latent_top_em"
+def train_top(c: pc.LVDCircuit, cfg: Config, valid, shuffle: bool, **arrays) -> dict:
+    """Run the schedule of ``cfg`` (lvd.training.schedule_from: the first phase, ``next_phases``,
+    then the full-batch epochs; epoch e of the whole schedule shuffles with a seed from (seed, e))
+    on the top tree; returns its record, with ``phase_epochs`` the epochs of each phase."""
+    sched = training.schedule_from(cfg)
+    _, record = training.train(c.top, None, sched, stage="latent_top_em", valid=valid, shuffle=shuffle, **arrays)
+    record["phase_epochs"] = [p.epochs for p in sched.phases]
     return record
 
 
@@ -297,7 +274,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
             valid = lambda t: pc.mean_log_likelihood(t, None, **{key: valid_L})  # noqa: E731
             start = valid(c.top)
             log.info("before top EM: valid ll %.4f (bpd %.4f)", start, metrics.bpd(start, c.num_vars))
-            record = train_phases(c, cfg, valid, shuffle, **{key: L})
+            record = train_top(c, cfg, valid, shuffle, **{key: L})
         finally:
             if disk is not None:
                 disk.close()

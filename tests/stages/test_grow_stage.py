@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import pc_fixtures as fx
-from lvd import io, pc
+from lvd import configcheck, io, pc, training
 from lvd.pc.patches import patch_index
-from lvd.stages import assign_latents, grow_patch_pcs, latent_top_em, materialize_pc, topinit
+from lvd.stages import assign_latents, common, grow_patch_pcs, latent_top_em, materialize_pc, topinit
 
 GCFG = grow_patch_pcs.Config(epochs=2, full_batch_epochs=1, batch_size=64, prune_threshold=1e-3)
 TOP = latent_top_em.Config(epochs=1, batch_size=64)
@@ -55,6 +55,8 @@ def build(d):
 def test_materialize_allocates_one_state_per_growing_round(pg_dir):
     c = pc.load(pg_dir / "pc_init.h5")
     assert c.mode == "shared" and c.num_states == 9
+    attrs = pc.load_attrs(pg_dir / "pc_init.h5")   # the config's word and the circuit's layout, both said
+    assert (attrs["latents_mode"], attrs["mode"]) == ("clusters", "shared")
     assert (c.patch.num_groups, c.patch.num_heads, c.patch.num_latents) == (3, 3, 3)
 
 
@@ -268,18 +270,37 @@ def undirected(parents):
     return {frozenset((v, int(p))) for v, p in enumerate(parents) if p >= 0}
 
 
-def test_latent_top_em_runs_the_second_phase(pg_dir, tmp_path):
+SECOND = {"epochs": 2, "step_size": 0.01, "step_size_end": 0.001}
+
+
+def test_latent_top_em_runs_its_phases_as_one_schedule(pg_dir, tmp_path):
     d = pg_dir
-    cfg = latent_top_em.Config(epochs=1, second_epochs=2, full_batch_epochs=1, batch_size=64)
-    scheds = latent_top_em.phases(cfg)
-    assert [(s.epochs, s.full_batch_epochs, s.step_size, s.step_size_end) for s in scheds] == \
-        [(1, 0, 0.1, 0.01), (2, 1, 0.01, 0.001)]
+    cfg = latent_top_em.Config(epochs=1, next_phases=(SECOND,), full_batch_epochs=1, batch_size=64, seed=5)
+    sched = training.schedule_from(cfg)
+    assert sched == pc.Schedule(phases=[pc.Phase(1, 0.1, 0.01), pc.Phase(2, 0.01, 0.001), pc.Phase.full(1)],
+                                batch_size=64, pseudocount=0.1, seed=5)
     latent_top_em.run(cfg, str(d / "data.h5"), str(d / "latents.h5"), str(d / "pc_init.h5"),
                       [str(d / "grow1_0.h5")], str(tmp_path / "pc_latent.h5"))
     rec = pc.load_attrs(tmp_path / "pc_latent.h5")["history"][-1]
-    assert rec["stage"] == "latent_top_em" and rec["phase_epochs"] == [1, 3]
+    assert rec["stage"] == "latent_top_em" and rec["phase_epochs"] == [1, 2, 1]
+    assert (rec["epochs"], rec["full_batch_epochs"]) == (3, 1)
     assert len(rec["train_ll"]) == len(rec["valid_ll"]) == 4
-    for bad, match in (({"second_epochs": -1}, "second_epochs is -1"), ({"second_step_size": 0}, "second_step_size is 0"),
-                       ({"second_step_size_end": 1.5}, "second_step_size_end is 1.5")):
+    for bad, match in (({"next_phases": ({**SECOND, "epochs": -1},)}, r"next_phases\[0\]\.epochs is -1"),
+                       ({"next_phases": ({**SECOND, "step_size": 0},)}, r"next_phases\[0\]\.step_size is 0"),
+                       ({"next_phases": (SECOND, {**SECOND, "step_size_end": 1.5})},
+                        r"next_phases\[1\]\.step_size_end is 1\.5"),
+                       ({"next_phases": ({"epochs": 2},)}, r"next_phases\[0\] is .* the keys epochs, step_size"),
+                       ({"next_phases": 3}, r"next_phases is 3, expected a list")):
         with pytest.raises(ValueError, match=match):
             latent_top_em.Config(**bad)
+
+
+def test_latent_top_em_refuses_the_second_phase_keys_naming_next_phases():
+    for old in ("second_epochs", "second_step_size", "second_step_size_end"):
+        with pytest.raises(SystemExit, match=rf"'latent_top_em.{old}' is now 'latent_top_em.next_phases\[0\]\."):
+            common.load_config(latent_top_em.Config, {old: 1})
+    with pytest.raises(ValueError, match=r"'latent_top_em.second_epochs' is now 'latent_top_em.next_phases\[0\]\.epochs'"):
+        configcheck.reject_renamed_keys({"latent_top_em": {"epochs": 10, "second_epochs": 10}})   # (the workflow's check)
+    cfg = common.load_config(latent_top_em.Config, {"next_phases": [SECOND]})     # JSON's list: a tuple
+    assert cfg.next_phases == (SECOND,)
+    assert [p.epochs for p in training.schedule_from(cfg).phases] == [10, 2]

@@ -129,7 +129,7 @@ def test_preset_header_arithmetic(preset):
     k = cfg["latents"]["num_states"][0]
     assert k == 1600 and cfg["latents"]["heads_per_cluster"] == 4 and cfg["latents"]["initial_heads"] == 2
     assert cfg["grow"]["epochs"] == 50 and cfg["grow"]["num_shards"] >= 4
-    assert top["epochs"] == 10 and top["second_epochs"] == 10
+    assert top["epochs"] == 10 and [p["epochs"] for p in top["next_phases"]] == [10]
     L = train * m * k * 4                        # bytes, float32
     L_valid = valid * m * k * 4
     x = train * side * side * 3 * 8              # the training split as int64 rows
@@ -153,7 +153,8 @@ TINY = {   # a few images and states; every protocol setting of the preset is ke
     "latents": {"num_states": [8], "niter": 5, "nredo": 1},
     "pc": {"num_latents": 2, "top_init_epochs": 1},
     "grow": {"epochs": 1, "num_shards": 2, "prune_threshold": 0.001},
-    "latent_top_em": {"epochs": 1, "second_epochs": 1, "batch_size": 32},
+    "latent_top_em": {"epochs": 1, "next_phases": [{"epochs": 1, "step_size": 0.01, "step_size_end": 0.001}],
+                      "batch_size": 32},
     "finetune": {"epochs": 1, "full_batch_epochs": 0, "batch_size": 32},
     "baseline": {"batch_size": 32},
     "hclt": {"batch_size": 32},

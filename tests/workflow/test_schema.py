@@ -17,7 +17,7 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SWEEP_KEYS = {("latents", "num_states")}
 # "auto" in the config, resolved by the workflow (common.smk lvd_budget) before the stage sees it
 AUTO_KEYS = {(section, name) for section in ("baseline", "hclt") for name in ("epochs", "full_batch_epochs")}
-JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
+JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null", tuple: "array"}
 
 
 def validated(cfg):

@@ -53,13 +53,14 @@ def lvd_budget():
     """LVD's passes over the training set, the budget of the controls trained from scratch.
 
     Every pass of EM counts as an epoch, whichever part of the circuit it trains. Images:
-    latent_em epochs + latent_top_em epochs (both phases, mini-batch and full-batch) + finetune
+    latent_em epochs + latent_top_em epochs (every phase, mini-batch and full-batch) + finetune
     epochs; text: finetune epochs. Then the same full-batch epochs as finetune.
     """
     epochs = config["finetune"]["epochs"]
     if not is_text():
         top = config["latent_top_em"]
-        epochs += top["epochs"] + top.get("second_epochs", 0) + top["full_batch_epochs"]
+        phases = [top["epochs"]] + [p["epochs"] for p in top.get("next_phases", [])]
+        epochs += sum(phases) + top["full_batch_epochs"]
         if is_pg():
             # every growing round trains every cluster: grow.epochs + its full-batch epochs
             lat, grow = config["latents"], config["grow"]

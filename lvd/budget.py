@@ -6,11 +6,11 @@
     value_at(points, 42.0)                                       # a curve read at 42 s
 
 An arm's training seconds for one seed are the summed job seconds (the ``s`` column of the
-Snakemake benchmark files) of every job under ``k<K>/<arm dir>/s<seed>/``: LVD's materialize_pc,
-latent_em (or grow_patch_pcs) shards, latent_top_em and finetune; the random-latent arm's
-random_latents and the same stages; train_baseline; train_hclt. Shards that run side by side
-count each. The teacher, the embeddings and the k-means (``SHARED_STAGES``) serve every LVD
-run of a dataset and are reported apart.
+Snakemake benchmark files) of every job under ``k<K>/<arm>/s<seed>/`` (an arm's name is its
+folder, lvd.arms): LVD's materialize_pc, latent_em (or grow_patch_pcs) shards, latent_top_em and
+finetune; random_latents' random_latents and the same stages; train_baseline; train_hclt.
+Shards that run side by side count each. The teacher, the embeddings and the k-means
+(``SHARED_STAGES``) serve every LVD run of a dataset and are reported apart.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lvd import arms
+
 log = logging.getLogger("lvd.budget")
 
 BUDGETS = ("auto", "passes", "time")
 SHARED_STAGES = ("train_teacher", "extract_embeddings", "assign_latents")
-ARM_DIRS = {"lvd": "lvd", "random_latents": "random", "baseline": "baseline", "hclt": "hclt"}
 
 
 def resolve(budget: str, kind: str) -> str:
@@ -74,7 +75,9 @@ def read_benchmarks(directory, num_states: int) -> dict[str, float]:
 def arm_seconds(seconds: dict[str, float], arm: str, seed: int) -> float | None:
     """An arm's training seconds for one seed (the module docstring); None when no job of it
     has a benchmark."""
-    prefix = f"{ARM_DIRS[arm]}/s{seed}/"
+    if arm not in arms.ARMS:
+        raise ValueError(f"no arm {arm!r}; the arms: {', '.join(arms.ARMS)}")
+    prefix = f"{arm}/s{seed}/"
     found = [v for k, v in seconds.items() if k.startswith(prefix)]
     return float(sum(found)) if found else None
 

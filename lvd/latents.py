@@ -1,11 +1,14 @@
 """Discrete latents from continuous embeddings: FAISS k-means (L2).
 
-Two modes over embeddings ``emb`` [N, P, D] (N samples, P = num_positions, D = dim):
+Three modes over embeddings ``emb`` [N, P, D] (N samples, P = num_positions, D = dim), named
+as the config's ``latents.mode`` names them:
 
     position  a separate k-means at every position p over emb[:, p, :]   (LVD)
               -> z [N, P], centroids [P, K, D], sizes [P, K], inertia [P]
-    shared    one k-means over all N*P rows, one vocabulary of K states     (LVD-PG)
+    shared    one k-means over all N*P rows, one vocabulary of K states     (text, shared images)
               -> z [N, P], centroids [1, K, D], sizes [1, K], inertia [1]
+    clusters  ``shared`` into K / H clusters, each split into sub-clusters   (LVD-PG)
+              -> z [N, P], state = cluster * H + head (``clusters`` below)
 
 ``emb`` may be a NumPy array or an h5py dataset: rows are read ``chunk_rows`` samples at
 a time, converted to float32 chunk by chunk. FAISS trains on at most

@@ -40,7 +40,8 @@ MODES = ("position", "shared", "clusters")
 
 @dataclass(frozen=True)
 class Config:
-    mode: str = "position"  # "position": k-means per position (LVD); "shared": one vocabulary (LVD-PG)
+    mode: str = "position"  # "position": k-means per position (LVD); "shared": one vocabulary;
+                            # "clusters": one vocabulary of clusters split into heads (LVD-PG)
     num_states: int = 64  # K, clusters per k-means (CLI --num-states overrides, e.g. a wildcard)
     niter: int = 50  # Lloyd iterations per k-means run
     nredo: int = 1  # k-means runs with different seeds; the lowest training objective wins

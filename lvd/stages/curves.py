@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lvd import budget, metrics, pc, training
+from lvd import arms, budget, metrics, pc, training
 from lvd.stages import inputs
 
-CONTROLS = ("random_latents", "baseline", "hclt")
+CONTROLS = arms.CONTROLS
 
 
 def snapshot_folder(path) -> Path:

@@ -1,9 +1,9 @@
 """evaluate: test metrics of LVD and of every control, with their spread over seeds; figures.
 
 Reads data.h5 (valid, test), the circuits of every arm and seed (``--pc``: LVD's pc_final.h5
-files, ``--random``: the random-latent arm's, ``--baseline``, ``--hclt``; one file per seed
-each, seed order), teacher_metrics.json and the Snakemake benchmark files; writes metrics.json
-and figures into --figdir.
+files, ``--random-latents``: the random-latent arm's, ``--baseline``, ``--hclt``; one file per
+seed each, seed order; the arms and their names: lvd.arms), teacher_metrics.json and the
+Snakemake benchmark files; writes metrics.json and figures into --figdir.
 
 Images: ``test_bpd`` = - mean test log-likelihood / (ln 2 * num_vars) over whole test images,
 the mean over LVD's seeds; ``<arm>_test_bpd`` the same for arm in random_latents, baseline,
@@ -20,8 +20,9 @@ curves.png (valid and train bpd per epoch of every arm on one epoch axis). ``tea
 LVD's test bpd minus the teacher's (< 0: the PC beats its teacher's bound; the verdict says so).
 LVD-PG runs (a grow_patch_pcs record in the circuits' history): growing.png, each cluster's
 mean log p(patch | own head) after every growing round (LVD and random latents, seed 0), and
-``growing_mean_ll`` {arm: the size-weighted mean per round}. data.color ycbcr: the figures
-show the images converted back to RGB (the bpd stays in YCbCr space, ``color``).
+``growing_mean_ll`` {arm (lvd, random_latents): the size-weighted mean per round}. data.color
+ycbcr: the figures show the images converted back to RGB (the bpd stays in YCbCr space,
+``color``).
 
 Text: the same with ``test_perplexity`` = exp(- sum over test windows of log p(window) /
 (num_windows * seq_len)) (every window scored on its own from the HMM's initial distribution;
@@ -58,13 +59,15 @@ files and those under k<num_states>/, the prefix removed; a missing directory gi
 NaN or negative bpd, a perplexity below 1) is an error naming the circuit file.
 
     python -m lvd.stages.evaluate --data data.h5 --pc k16/lvd/s0/pc_final.h5 \
-        --random k16/random/s0/pc_final.h5 --baseline k16/baseline/s0.h5 --hclt k16/hclt/s0.h5 \
+        --random-latents k16/random_latents/s0/pc_final.h5 --baseline k16/baseline/s0.h5 \
+        --hclt k16/hclt/s0.h5 \
         --teacher-metrics teacher_metrics.json --benchmarks-dir benchmarks/run \
         --out k16/metrics.json --figdir k16/figures
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +75,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lvd import arms as arms_mod
 from lvd import budget, io, metrics, pc, plots
 from lvd.data import protocol as data_protocol
 from lvd.stages import common, inputs
@@ -134,12 +138,8 @@ def curve_series(history: list, label: str, to_metric, num_vars: int, style: str
             {"label": f"{label} train", "x": xs, "y": conv(ts), "style": style + "--", "color": color}]
 
 
-ARMS = ("lvd", "random_latents", "baseline", "hclt")    # metrics prefix: "" for lvd, else "<arm>_"
-CONTROLS = ARMS[1:]
-
-
-def prefix(arm: str) -> str:
-    return "" if arm == "lvd" else f"{arm}_"
+ARMS, CONTROLS = arms_mod.ARMS, arms_mod.CONTROLS
+prefix = arms_mod.prefix     # metrics prefix: "" for lvd, else "<arm>_"
 
 
 def compare(m: dict, key: str) -> dict:
@@ -274,8 +274,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         m["controls"] = compare(m, f"test_{unit}")
         m["equal_passes"], m["equal_time"] = curves_mod.compute_tables(m, curves, planned, f"test_{unit}")
         fig = Path(figdir)
-        styles = {"lvd": ("LVD", "o", "C0"), "random_latents": ("random latents", "v", "C2"),
-                  "baseline": ("baseline", "s", "C1"), "hclt": ("HCLT", "^", "C3")}
+        styles = {arm: (arms_mod.LABELS[arm], arms_mod.MARKERS[arm], arms_mod.COLORS[arm]) for arm in ARMS}
         if image:
             m["teacher_test_bpd"] = read_teacher(teacher_metrics, "teacher_test_bpd")
             m["color"] = data_color(data)   # "ycbcr": every bpd is in the lossy YCbCr space
@@ -286,12 +285,13 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             plots.curves_figure(fig / "curves.png", series, m["teacher_test_bpd"])
             if m["teacher_test_bpd"] is not None:   # < 0: the PC beats its teacher's bound
                 m["teacher_gap"] = m["test_bpd"] - m["teacher_test_bpd"]
-            grown = [(styles[arm][0], r) for arm in ("lvd", "random_latents") for r in histories.get(arm, [])
+            grown = [(arm, r) for arm in ("lvd", "random_latents") for r in histories.get(arm, [])
                      if r.get("stage") == "grow_patch_pcs"]
             if grown:   # LVD-PG: seed 0's per-cluster growing curves of every arm
-                plots.growing_figure(fig / "growing.png", [(label, np.asarray(r["growing_curves"], dtype=float),
-                                                            np.asarray(r["group_sizes"])) for label, r in grown])
-                m["growing_mean_ll"] = {label: growing_means(r) for label, r in grown}
+                panels = [(styles[arm][0], np.asarray(r["growing_curves"], dtype=float), np.asarray(r["group_sizes"]))
+                          for arm, r in grown]
+                plots.growing_figure(fig / "growing.png", panels)
+                m["growing_mean_ll"] = {arm: growing_means(r) for arm, r in grown}
         else:
             tp = lambda v, n: metrics.perplexity(v, info.seq_len)  # noqa: E731
             m["teacher_test_perplexity"] = read_teacher(teacher_metrics, "teacher_test_perplexity")
@@ -353,7 +353,9 @@ def main(argv=None) -> None:
     p = common.parser(__doc__)
     p.add_argument("--data", required=True, help="data.h5 (format lvd.data)")
     p.add_argument("--pc", nargs="+", required=True, help="LVD's pc_final.h5, one per seed")
-    p.add_argument("--random", nargs="*", default=[], help="the random-latent arm's pc_final.h5, one per seed")
+    p.add_argument("--random-latents", nargs="*", default=[],
+                   help="the random-latent arm's pc_final.h5, one per seed")
+    p.add_argument("--random", nargs="*", default=None, help=argparse.SUPPRESS)   # the old name: refused
     p.add_argument("--baseline", nargs="*", default=[], help="baseline circuits, one per seed")
     p.add_argument("--hclt", nargs="*", default=[], help="plain HCLTs, one per seed (images)")
     p.add_argument("--teacher-metrics", required=True, help="teacher_metrics.json")
@@ -361,9 +363,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="metrics.json to write")
     p.add_argument("--figdir", required=True, help="directory for the figures")
     args = p.parse_args(argv)
+    if args.random is not None:
+        p.error("--random is now --random-latents (the arm random_latents, lvd.arms)")
     cfg = common.load_config(Config, args.config)
     device = common.setup(args, seed=cfg.seed)
-    arms = {"lvd": args.pc, "random_latents": args.random, "baseline": args.baseline, "hclt": args.hclt}
+    arms = {"lvd": args.pc, "random_latents": args.random_latents, "baseline": args.baseline, "hclt": args.hclt}
     run(cfg, args.data, arms, args.teacher_metrics, args.benchmarks_dir, args.out, args.figdir, device=device)
 
 

@@ -105,8 +105,8 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
         x = inputs.load_split(data, "train")
         z, mode, K = inputs.load_latents(latents, len(x), c.num_positions)
         if mode != c.mode or K != c.num_states:
-            raise io.ArtifactError(f"{latents}: mode {mode!r} with {K} states, but {pc_path} was built "
-                                   f"for mode {c.mode!r} with {c.num_states} states")
+            raise io.ArtifactError(f"{latents}: latents mode {mode!r} with {K} states, but {pc_path} was built "
+                                   f"in the circuit layout {c.mode!r} with {c.num_states} states")
         groups = shard_groups(c.patch.num_groups, shard, num_shards)
         log.info("shard %d/%d: %d of %d groups (%s mode), %d epochs each", shard, num_shards, len(groups),
                  c.patch.num_groups, mode, cfg.epochs)

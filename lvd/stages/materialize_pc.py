@@ -1,15 +1,18 @@
 """materialize_pc: build the circuit around the teacher's latents and count-initialize it.
 
 Reads data.h5 (train split) and latents.h5 (``z`` [N, num_positions], attrs mode, num_states);
-writes pc_init.h5 (format lvd.pc).
+writes pc_init.h5 (format lvd.pc; root attributes ``latents_mode``, the latents' mode as
+latents.mode names it, and ``mode``, the circuit's layout as lvd.pc.lvdcircuit names it).
 
 Images: an LVD circuit p(x) = sum_z p_top(z) prod_i p_i(x_i | z_i) (lvd.pc.lvd_circuit): the
 patch tree is the Chow-Liu tree of the training patches with ``num_latents`` hidden states, the
-top tree the Chow-Liu tree of z with num_states states; the latents' ``mode`` decides
-"position" (one parameter group of num_states heads per patch position) or "shared"
-(``num_groups`` groups of num_states / num_groups heads shared by all positions). The top tree
-is count-initialized from z (method.md section 2 step 6); the patch heads stay random until
-latent_em trains them.
+top tree the Chow-Liu tree of z with num_states states; the latents' mode decides the
+circuit's layout: latents "position" -> layout "position" (one parameter group of num_states
+heads per patch position), "shared" -> "shared" (``num_groups`` groups of num_states /
+num_groups heads shared by all positions), "clusters" (LVD-PG) -> "shared" with one group of
+heads_per_cluster heads per cluster (docs/glossary.md, "latents mode, circuit layout"). The top
+tree is count-initialized from z (method.md section 2 step 6); the patch heads stay random
+until latent_em trains them.
 
 Text: a homogeneous HMM with num_states hidden states over windows of seq_len tokens,
 count-initialized from z and the windows: initial #(z_1 = a), transitions #(z_t = a, z_t+1 = b),
@@ -37,9 +40,10 @@ WRITER = "lvd.stages.materialize_pc"
 @dataclass(frozen=True)
 class Config:
     num_latents: int = 16      # images: hidden states of every patch-tree node (text: unused, H = num_states)
-    num_groups: int = 1        # images, shared mode: patch sub-circuits; must divide num_states
-    heads_per_group: int = 0   # images: states sharing one patch circuit; 0 = the mode's default
-                               # (position: 1, every state its own circuit; shared: K / num_groups)
+    num_groups: int = 1        # images, latents mode shared: patch sub-circuits; must divide num_states
+    heads_per_group: int = 0   # images: states sharing one patch circuit; 0 = the latents mode's default
+                               # (position: 1, every state its own circuit; shared: K / num_groups;
+                               # clusters: heads_per_cluster)
     root_states: bool = False  # images: head h of a patch circuit is its root state h; Z_i = the
                                # patch tree's root variable (num_latents = heads_per_group = K)
     top: str = "tree"          # images: "tree" = Chow-Liu tree over the Z's (count-initialized from z);
@@ -98,19 +102,21 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
         info = inputs.data_info(data)
         x = inputs.load_split(data, "train")
         z, mode, K = inputs.load_latents(latents, len(x), inputs.num_positions(info))
+        latents_mode = mode   # mode: from here on the circuit's layout (position | shared)
         log.info("%s: %d train rows of %d variables; %s: %s mode, %d states", data, len(x),
                  info.num_vars, latents, mode, K)
         if info.kind == "image":
             if mode == "shared" and K % cfg.num_groups:   # (mode clusters: the groups are the clusters)
                 raise ValueError(f"pc.num_groups={cfg.num_groups} must divide num_states={K} "
-                                 f"(from {latents}) in shared mode")
+                                 f"(from {latents}) with latents mode shared")
             H, nl = cfg.heads_per_group or None, cfg.num_latents
             groups = cfg.num_groups
             patch_tree = cfg.patch_tree if cfg.patch_tree != "auto" else ("group" if mode == "clusters" else "pooled")
             if mode == "clusters":   # LVD-PG: grow_patch_pcs grows every cluster's circuit
                 mode, groups, H, nl = "shared", *pg_layout(latents, cfg.num_latents)
-                log.info("latents mode clusters: %d clusters of %d heads; %d hidden states per node "
-                         "allocated (%d initial + one per growing round)", groups, H, nl, cfg.num_latents)
+                log.info("latents mode clusters: circuit layout shared, one patch group per cluster: %d "
+                         "clusters of %d heads; %d hidden states per node allocated (%d initial + one per "
+                         "growing round)", groups, H, nl, cfg.num_latents)
             elif cfg.root_states:   # Z_i is the root variable: every patch-tree node gets K states
                 H = nl = K
                 log.info("pc.root_states: num_latents = heads_per_group = num_states = %d", K)
@@ -145,9 +151,10 @@ def run(cfg: Config, data: str, latents: str, out: str, device="cpu") -> dict:
                        seed=cfg.seed, device=device)
             chunked_count_init(c, z, x, pseudocount=cfg.pseudocount)
             log.info("HMM: %d hidden states, vocabulary %d, seq_len %d", K, info.num_cats, info.seq_len)
-    summary = {"kind": info.kind, "mode": mode, "num_states": K, "num_params": c.num_params,
+    summary = {"kind": info.kind, "latents_mode": latents_mode, "num_states": K, "num_params": c.num_params,
                "seconds": timer.seconds}
     if info.kind == "image":
+        summary["mode"] = mode   # the circuit's layout (lvd.pc.save writes it too)
         summary["top"] = cfg.top
         summary["patch_tree"] = patch_tree
         summary["patch_tree_nodes"] = c.patch.num_nodes

@@ -8,7 +8,7 @@ difference between this arm and LVD is the teacher's information alone. Attribut
 ``control = "random_latents"``, ``seed``, ``source_fingerprint`` (of the teacher's latents).
 
     python -m lvd.stages.random_latents --latents k16/latents.h5 --seed 0 \
-        --out k16/random/s0/latents.h5
+        --out k16/random_latents/s0/latents.h5
 """
 
 from __future__ import annotations

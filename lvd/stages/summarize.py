@@ -27,17 +27,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lvd import io
+from lvd import arms, io
 from lvd.stages import common
 
 log = logging.getLogger("lvd.summarize")
 
 MAIN_METRICS = ("test_bpd", "test_perplexity")  # images, text
 LEADING = ("num_states",)
-ARMS = (("", "LVD", "o-", "C0", "num_params"),
-        ("random_latents_", "random latents", "v-.", "C2", "num_params"),
-        ("baseline_", "baseline (random-init EM)", "s--", "C1", "baseline_num_params"),
-        ("hclt_", "plain HCLT", "^:", "C3", "hclt_num_params"))
+LINES = {"lvd": "-", "random_latents": "-.", "baseline": "--", "hclt": ":"}
+# (metrics prefix, label, line style, colour, the key of its size) of every arm (lvd.arms)
+ARMS = tuple((arms.prefix(a), arms.LABELS[a], arms.MARKERS[a] + LINES[a], arms.COLORS[a],
+              arms.prefix(a) + "num_params") for a in arms.ARMS)
 BUDGET_TABLES = ("equal_time", "equal_passes")
 
 

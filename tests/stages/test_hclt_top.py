@@ -73,7 +73,7 @@ def test_finetune_baseline_and_evaluate_with_the_hclt_top(hclt_dir, tmp_path):
     out = tmp_path / f"k{K}" / "metrics.json"
     evaluate.main(["--config", json.dumps({"num_samples": 4, "num_inpaint": 2}), "--data", str(data),
                    "--pc", str(tmp_path / "pc_final.h5"), "--baseline", str(tmp_path / "baseline.h5"),
-                   "--random", "--hclt", "--teacher-metrics",
+                   "--random-latents", "--hclt", "--teacher-metrics",
                    str(fx.write_teacher_metrics(tmp_path / "t.json", teacher_test_bpd=1.5)),
                    "--out", str(out), "--figdir", str(tmp_path / "fig"), "--device", "cpu", "--threads", "1"])
     m = json.loads(out.read_text())

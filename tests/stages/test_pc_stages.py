@@ -61,6 +61,7 @@ def test_materialize_shared_mode_and_bad_num_groups(run_dir, tmp_path):
     materialize_pc.run(materialize_pc.Config(num_latents=KH, num_groups=2), run_dir["data"], lat, tmp_path / "pc.h5")
     c = pc.load(tmp_path / "pc.h5")
     assert (c.mode, c.patch.num_groups, c.patch.num_heads) == ("shared", 2, 2)
+    assert pc.load_attrs(tmp_path / "pc.h5")["latents_mode"] == "shared"
     with pytest.raises(ValueError, match="num_groups=3 must divide num_states=4"):
         materialize_pc.run(materialize_pc.Config(num_groups=3), run_dir["data"], lat, tmp_path / "bad.h5")
     bad = fx.write_latents(tmp_path / "short.h5", z[:10], K)
@@ -257,7 +258,7 @@ def test_evaluate_images_metrics_and_figures(run_dir, tmp_path):
     out = tmp_path / f"k{K}" / "metrics.json"
     evaluate.main(["--config", json.dumps({"num_samples": 4, "num_inpaint": 2}), "--data", str(data),
                    "--pc", str(tmp_path / "pc_final.h5"), "--baseline", str(tmp_path / "baseline.h5"),
-                   "--random", "--hclt",
+                   "--random-latents", "--hclt",
                    "--teacher-metrics", str(teacher), "--benchmarks-dir", str(bench), "--out", str(out),
                    "--figdir", str(tmp_path / "fig"), "--device", "cpu", "--threads", "1"])
     m = json.loads(out.read_text())

@@ -61,8 +61,8 @@ def check_finished_run(run: Run, keys: set[str]):
         assert metrics["num_params"] > 0
         # seconds: {stage: seconds} from the benchmark files of this K's jobs and the shared ones
         stages = {"prepare_data", "train_teacher", "extract_embeddings", "assign_latents",
-                  "lvd/s0/materialize_pc", "lvd/s0/finetune", "random/s0/random_latents",
-                  "random/s0/finetune", "baseline/s0/train_baseline"}
+                  "lvd/s0/materialize_pc", "lvd/s0/finetune", "random_latents/s0/random_latents",
+                  "random_latents/s0/finetune", "baseline/s0/train_baseline"}
         if not run.text:
             stages |= {"lvd/s0/latent_top_em", "hclt/s0/train_hclt"}
         assert stages <= set(metrics["seconds"]) and all(v > 0 for v in metrics["seconds"].values())
@@ -85,13 +85,11 @@ def check_compute(run: Run, k: int, metrics: dict) -> None:
     sums of its benchmark files, the curves end at them, the controls' budget is images' time
     (text: passes), and the verdict states both comparisons."""
     seeds = run.config["evaluate"]["num_seeds"]
-    arms = {"lvd": "lvd", "random_latents": "random", "baseline": "baseline"}
-    if not run.text:
-        arms["hclt"] = "hclt"
+    arms = ["lvd", "random_latents", "baseline"] + ([] if run.text else ["hclt"])   # each its folder's name
     bench = run.workdir / "benchmarks" / run.config["run"] / f"k{k}"
-    for arm, folder in arms.items():
+    for arm in arms:
         pre = "" if arm == "lvd" else f"{arm}_"
-        per = [sum(float(p.read_text().splitlines()[1].split("\t")[0]) for p in (bench / folder / f"s{s}").rglob("*.tsv"))
+        per = [sum(float(p.read_text().splitlines()[1].split("\t")[0]) for p in (bench / arm / f"s{s}").rglob("*.tsv"))
                for s in range(seeds)]
         assert metrics[f"{pre}train_seconds"] == pytest.approx(sum(per) / seeds), arm
         curves = metrics["curves"][arm]
@@ -114,7 +112,7 @@ def test_tiny_images_whole_dag(tiny):
     for k in tiny.config["latents"]["num_states"]:
         for name in ("samples", "inpainting", "curves"):
             assert (tiny.results / f"k{k}" / "figures" / f"{name}.png").stat().st_size > 0
-        for arm in ("lvd", "random"):
+        for arm in ("lvd", "random_latents"):
             shards = sorted(p.name for p in (tiny.results / f"k{k}" / arm / "s0" / "latent_em").iterdir())
             assert shards == [f"shard{i}.h5" for i in range(tiny.config["latent_em"]["num_shards"])]
 
@@ -125,17 +123,17 @@ def test_tiny_forcerun_finetune_reruns_exactly_finetune_and_downstream(tiny):
     ks = tiny.config["latents"]["num_states"]
     k_dir = tiny.results / f"k{ks[0]}"
     names = ("lvd/s0/pc_init.h5", "lvd/s0/pc_latent_em.h5", "baseline/s0.h5", "hclt/s0.h5", "lvd/s0/pc_final.h5",
-             "random/s0/pc_final.h5")
+             "random_latents/s0/pc_final.h5")
     before = {name: os.stat(k_dir / name).st_mtime_ns for name in names}
     proc, _ = snakemake(tiny.workdir, *tiny.args, "--forcerun", "finetune")
     seeds = tiny.config["evaluate"]["num_seeds"]
-    arms = 2 * seeds          # lvd and random, every seed
+    arms = 2 * seeds          # lvd and random_latents, every seed
     # budget time (images): the controls train for LVD's seconds, so they follow LVD's finetune
     assert job_stats(proc.stdout + proc.stderr) == {"finetune": arms * len(ks), "train_baseline": seeds * len(ks),
                                                     "train_hclt": seeds * len(ks), "evaluate": len(ks),
                                                     "summarize": 1, "all": 1}
     after = {name: os.stat(k_dir / name).st_mtime_ns for name in before}
-    assert {n for n in before if before[n] != after[n]} == {"lvd/s0/pc_final.h5", "random/s0/pc_final.h5",
+    assert {n for n in before if before[n] != after[n]} == {"lvd/s0/pc_final.h5", "random_latents/s0/pc_final.h5",
                                                            "baseline/s0.h5", "hclt/s0.h5"}
 
 

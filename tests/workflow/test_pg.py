@@ -21,7 +21,7 @@ def test_tiny_pg_whole_dag(tiny_pg):
         k_dir = tiny_pg.results / f"k{k}"
         with h5py.File(k_dir / "latents.h5", "r") as f:
             assert f.attrs["mode"] == "clusters" and f.attrs["num_clusters"] == k // H
-        for arm in ("lvd", "random"):
+        for arm in ("lvd", "random_latents"):
             assert not (k_dir / arm / "s0" / "latent_em").exists()
             shards = sorted((k_dir / arm / "s0" / "grow").iterdir())
             assert [p.name for p in shards] == [f"shard{i}.h5" for i in range(cfg["grow"]["num_shards"])]
@@ -44,7 +44,7 @@ def test_tiny_pg_reports_growing_and_keeps_masks(tiny_pg):
         assert (k_dir / "figures" / "growing.png").stat().st_size > 0
         m = json.loads((k_dir / "metrics.json").read_text())
         rounds = tiny_pg.config["latents"]["heads_per_cluster"] - tiny_pg.config["latents"]["initial_heads"] + 1
-        assert set(m["growing_mean_ll"]) == {"LVD", "random latents"}
+        assert set(m["growing_mean_ll"]) == {"lvd", "random_latents"}   # keyed by the arms' names
         assert all(len(v) == rounds and np.isfinite(v).all() for v in m["growing_mean_ll"].values())
         assert "teacher's bound" in m["verdict"] and np.isfinite(m["teacher_gap"])
         final = pc.load(k_dir / "lvd" / "s0" / "pc_final.h5")

@@ -107,6 +107,22 @@ def test_a_key_of_the_old_latent_em_layout_stops_the_workflow_naming_its_new_pla
     assert "config key 'latent_em.top_epochs' is now 'latent_top_em.epochs'" in proc.stdout + proc.stderr
 
 
+def test_results_under_the_old_random_arm_folder_stop_the_workflow_naming_the_new_one(tmp_path):
+    """A run made when the random-latent arm's folder was random/ is not trained again beside it:
+    the dry run stops, naming the folder, the new name and the command that renames it."""
+    work = copy_workflow(tmp_path / "old")
+    run = yaml.safe_load((REPO / "config.yaml").read_text())["run"]
+    (work / "results" / run / "k8" / "random" / "s0").mkdir(parents=True)
+    proc, _ = snakemake(work, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"results/{run}/k8/random: made under an arm's old name ('random' is now 'random_latents')" in out
+    assert f"mv results/{run}/k8/random results/{run}/k8/random_latents" in out
+    (work / "results" / run / "k8" / "random").rename(work / "results" / run / "k8" / "random_latents")
+    proc, _ = snakemake(work, "-n")
+    assert "random_latents/s0/latents.h5" in proc.stdout
+
+
 def test_editing_one_section_reruns_only_that_stage_and_what_follows(workdir):
     """Settings reach the stages as params: Snakemake's params trigger does the rest.
 

@@ -147,7 +147,7 @@ def job_stats(text: str) -> dict[str, int]:
 
 def expected_jobs(config: dict, text: bool) -> dict[str, int]:
     """Job counts of a full run computed by hand from the config: per K, the teacher's latents,
-    and for every seed: the random-latent control, both arms' circuits (lvd, random), the
+    and for every seed: the random-latent control, both arms' circuits (lvd, random_latents), the
     baseline and (images) the HCLT."""
     k = len(config["latents"]["num_states"])
     s = config["evaluate"]["num_seeds"]

@@ -6,15 +6,17 @@
 # Below k{K}/, the arms of the comparison, each once per seed s in 0 .. evaluate.num_seeds-1:
 #   lvd/s{seed}/      the teacher's latents -> pc_init, latent_em shards (LVD-PG: grow/ shards),
 #                     pc_latent_em, pc_final
-#   random/s{seed}/   the same pipeline on random latents (random_latents: z permuted per position)
+#   random_latents/s{seed}/   the same pipeline on random latents (z permuted per position)
 #   baseline/s{seed}.h5   the LVD structure, random init, EM on x alone
 #   hclt/s{seed}.h5       a plain HCLT of about the LVD circuit's size (images only)
+# An arm's folder is its name in metrics.json and in evaluate's tables too (lvd.arms); a run
+# with folders under an old name (random/) stops here, naming the new one.
 
 import json
 import os
 import re
 
-from lvd import sections
+from lvd import arms, sections
 
 RUN = config["run"]
 NUM_STATES = config["latents"]["num_states"]
@@ -22,8 +24,11 @@ SHARDS = list(range(config["latent_em"]["num_shards"]))
 # grow_patch_pcs's shards (latents.mode: clusters)
 GROW_SHARDS = list(range(config["grow"]["num_shards"]))
 SEEDS = list(range(config["evaluate"]["num_seeds"]))
-ARMS = ("lvd", "random")
+# the arms trained through materialize_pc .. finetune (the controls baseline, hclt: pc.smk)
+ARMS = ("lvd", "random_latents")
 TEXT_DATASETS = ("wikitext2",)
+# results/{run}/k*/random/ of an older version: rename or delete
+arms.reject_old_dirs(RUN)
 
 
 wildcard_constraints:
@@ -31,7 +36,7 @@ wildcard_constraints:
     K=r"[1-9][0-9]*",
     shard=r"[0-9]+",
     seed=r"[0-9]+",
-    arm="lvd|random",
+    arm="|".join(ARMS),
 
 
 def stage_config(stage, drop=()):
@@ -141,7 +146,7 @@ def arm_dir(wildcards):
 
 def arm_latents(wildcards):
     """The latents an arm materializes: the teacher's, or their per-seed permutation."""
-    if wildcards.arm == "random":
+    if wildcards.arm == "random_latents":
         return f"{arm_dir(wildcards)}/latents.h5"
     return f"results/{wildcards.run}/k{wildcards.K}/latents.h5"
 

@@ -7,12 +7,12 @@ rule evaluate:
     input:
         data="results/{run}/data.h5",
         pc=arm_files("pc_final.h5", "lvd"),
-        random=arm_files("pc_final.h5", "random"),
+        random_latents=arm_files("pc_final.h5", "random_latents"),
         baseline=control_files("baseline"),
         hclt=control_files("hclt"),
         teacher_metrics="results/{run}/teacher_metrics.json",
         snapshots=arm_files("pc_final_snapshots", "lvd")
-        + arm_files("pc_final_snapshots", "random")
+        + arm_files("pc_final_snapshots", "random_latents")
         + [name.replace(".h5", "_snapshots") for name in control_files("baseline")]
         + [name.replace(".h5", "_snapshots") for name in control_files("hclt")],
     output:
@@ -41,7 +41,7 @@ rule evaluate:
         benchmarks="benchmarks/{run}",
     shell:
         "python -m lvd.stages.evaluate --config {params.cfg:q}"
-        " --data {input.data} --pc {input.pc} --random {input.random}"
+        " --data {input.data} --pc {input.pc} --random-latents {input.random_latents}"
         " --baseline {input.baseline} --hclt {input.hclt}"
         " --teacher-metrics {input.teacher_metrics} --benchmarks-dir {params.benchmarks}"
         " --out {output.metrics} --figdir {params.figdir} --threads {threads} --log {log}"

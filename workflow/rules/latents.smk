@@ -1,6 +1,7 @@
-# One k{K}/ directory per K in latents.num_states: k-means latents, their random control, then
-# the count-initialized PC of each arm and seed. num_states reaches the stage as --num-states K
-# (not through params), so adding a K to the list leaves the other K's results alone.
+# One k{K}/ directory per K in latents.num_states: k-means latents, their random control (the
+# arm random_latents), then the count-initialized PC of each arm and seed. num_states reaches
+# the stage as --num-states K (not through params), so adding a K to the list leaves the other
+# K's results alone.
 
 
 rule assign_latents:
@@ -31,11 +32,11 @@ rule random_latents:
     input:
         "results/{run}/k{K}/latents.h5",
     output:
-        "results/{run}/k{K}/random/s{seed}/latents.h5",
+        "results/{run}/k{K}/random_latents/s{seed}/latents.h5",
     log:
-        "logs/{run}/k{K}/random/s{seed}/random_latents.log",
+        "logs/{run}/k{K}/random_latents/s{seed}/random_latents.log",
     benchmark:
-        "benchmarks/{run}/k{K}/random/s{seed}/random_latents.tsv"
+        "benchmarks/{run}/k{K}/random_latents/s{seed}/random_latents.tsv"
     conda:
         "../../envs/lvd.yaml"
     threads: 1

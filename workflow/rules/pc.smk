@@ -1,6 +1,6 @@
-# Training the circuits of each arm (lvd: the teacher's latents, random: the random-latent
-# control) and seed: the patch heads with the latents observed (images only; one job per
-# shard of the patch groups, then one job gathering the shards and training the top circuit;
+# Training the circuits of each arm (lvd: the teacher's latents, random_latents: the
+# random-latent control) and seed: the patch heads with the latents observed (images only; one
+# job per shard of the patch groups, then one job gathering the shards and training the top circuit;
 # LVD-PG runs grow the shards with grow_patch_pcs instead, workflow/rules/pg.smk),
 # fine-tuning on x alone; and the controls trained from scratch with LVD's budget: the
 # baseline (LVD's structure, random init) and a plain HCLT of the same size (images).

@@ -37,7 +37,7 @@ def _missing_parts() -> list[str]:
     """Files of the workflow, and stage modules its rules call, that do not exist (yet)."""
     missing = [p for p in NEEDED if not (REPO / p).exists()]
     for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        for module in sorted(set(re.findall(r"python -m (lvd[\w.]*)", rules.read_text()))):
+        for module in sorted(set(re.findall(r"python -m (lvd(?:\.\w+)*)", rules.read_text()))):
             if importlib.util.find_spec(module) is None:
                 missing.append(f"{module} (called in {rules.relative_to(REPO)})")
     return missing
@@ -189,3 +189,35 @@ def test_lvd_pg_runs_on_slurm_one_gpu_job_per_shard(slurm_pg_run, slurm_cluster)
         assert "gres/gpu=1" in tres, (path, tres)
     metrics = sorted((slurm_pg_run / "results").rglob("metrics.json"))
     assert metrics and all("growing_mean_ll" in json.loads(p.read_text()) for p in metrics)
+
+
+def test_finetune_runs_as_two_tasks_through_srun(slurm_run, slurm_cluster):
+    """Data-parallel EM (docs/scaleout.md): the tiny preset's finetune of the SLURM run again as
+    one job of 2 tasks (resources tasks=2, mpi=srun: sbatch --ntasks=2, the rule's srun starts
+    them; gpu=2, tasks_per_gpu=1: one GPU per task). Both tasks join one gloo group (the fake
+    GPUs have no CUDA); the circuit equals the one-process job's to float tolerance."""
+    import torch
+
+    from lvd import pc
+
+    finals = sorted((slurm_run / "results").rglob("lvd/s0/pc_final.h5"))
+    assert finals, "the SLURM run wrote no pc_final.h5"
+    target = finals[0]
+    before = slurm_run / "pc_final_one_task.h5"
+    shutil.copy2(target, before)
+    _snakemake(slurm_run, "--executor", "slurm", "--workflow-profile", "workflow/profiles/slurm",
+               "--profile", str(slurm_run / "user_profile"), "--jobs", "2", str(target.relative_to(slurm_run)),
+               "--latency-wait", "10", "--slurm-init-seconds-before-status-checks", "2", "--forcerun", "finetune",
+               "--set-resources", "finetune:tasks=2", "finetune:mpi=srun", "finetune:gpu=2",
+               "finetune:tasks_per_gpu=1")   # (the target before the options that take several values)
+    with h5py.File(target, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    assert int(attrs["processes"]) == 2
+    job = str(attrs["slurm_job_id"])
+    slurm_cluster.wait_accounted({job})
+    steps = _cluster.sh(["sacct", "-n", "-P", "-j", job, "-o", "JobID,NTasks,AllocTRES"]).stdout
+    assert any(line.split("|")[1] == "2" for line in steps.splitlines() if line.count("|") >= 2), steps
+    assert "gres/gpu=2" in steps, steps
+    a, b = pc.load(before), pc.load(target)
+    for k, t in a.params.items():
+        torch.testing.assert_close(b.params[k], t, rtol=1e-4, atol=1e-6, msg=k)

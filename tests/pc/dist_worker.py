@@ -32,6 +32,8 @@ def main(case: str, out: str) -> None:
         if distributed.is_main():
             np.savez(os.path.join(out, f"{name}.npz"), lls=np.array(lls), world=size,
                      **{k.replace(".", "/"): v for k, v in params.items()})
+    distributed.barrier("the end of the cases")    # leave together: a peer gone mid-teardown aborts gloo
+    distributed.leave()
 
 
 if __name__ == "__main__":

@@ -27,11 +27,15 @@ def engine_path():
     yield
 
 
-def _torchrun(case, out, timeout_s=30):
+def _torchrun(case, out, timeout_s=300):
+    """torchrun with two workers. The collectives' timeout is generous: a worker compiling the
+    numba kernels from a cold cache, or measuring them (lvd.pc.kernels), under a loaded machine
+    keeps the other waiting at its first all-reduce for tens of seconds (seen: a 30 s timeout
+    tripped in a full test run, and gloo aborted the waiting worker)."""
     env = {**os.environ, "LVD_DIST_TIMEOUT_S": str(timeout_s), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--standalone", str(HERE / "dist_worker.py"), case, str(out)],
-                          capture_output=True, text=True, env=env, timeout=240)
+                          capture_output=True, text=True, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 
 from lvd import io, pc
+from lvd.pc import distributed
 
 PHASE_KEYS = ("epochs", "step_size", "step_size_end")   # a mini-batch phase in a config section
 
@@ -162,7 +163,7 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
             snapshots.offer(circuit, epoch, record["seconds"])
         if keep_best and record["valid_ll"] and (best is None or record["valid_ll"][-1] > best[0]):
             best = (record["valid_ll"][-1], epoch, {k: v.detach().to("cpu", copy=True) for k, v in circuit.params.items()})
-        if ckpt is not None:
+        if ckpt is not None and distributed.is_main():   # (data-parallel: process 0 writes it)
             pc.save(circuit, ckpt, writer=writer, config=config, epoch=epoch, record=record,
                     resume_key=resume_key)
     if budget_seconds is not None:

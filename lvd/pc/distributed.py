@@ -48,13 +48,13 @@ def timeout_s() -> float:
 def init_from_env(device: torch.device | str | None = None) -> bool:
     """Join the process group that torchrun or srun describe in the environment (WORLD_SIZE > 1);
     returns whether one was joined. The backend is NCCL for a CUDA ``device``, gloo otherwise."""
-    size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
+    size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_STEP_NUM_TASKS", "1")) or 1)
     if size <= 1 or dist.is_initialized():
         return dist.is_initialized()
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     for var in ("MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
-            raise RuntimeError(f"data-parallel EM: {size} processes asked for (WORLD_SIZE/SLURM_NTASKS) but {var} "
+            raise RuntimeError(f"data-parallel EM: {size} processes asked for (WORLD_SIZE/SLURM_STEP_NUM_TASKS) but {var} "
                                "is not set; launch with torchrun, or set MASTER_ADDR and MASTER_PORT for srun")
     cuda = device is not None and torch.device(device).type == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=size,

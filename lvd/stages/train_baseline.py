@@ -9,7 +9,7 @@ full-batch epochs. Writes baseline.h5 (format lvd.pc) with the same attributes a
 Budget: set the epochs equal to the LVD pipeline's passes over the training set (the
 workflow's ``epochs: auto``, lvd_budget in workflow/rules/common.smk):
     images: epochs = latent_em.epochs + latent_em.full_batch_epochs + latent_top_em.epochs
-                     + latent_top_em.second_epochs + latent_top_em.full_batch_epochs + finetune.epochs
+                     + the epochs of latent_top_em.next_phases + latent_top_em.full_batch_epochs + finetune.epochs
     text:   epochs = finetune.epochs
     full_batch_epochs = finetune.full_batch_epochs
 (every pass of EM counts as an epoch, whichever part of the circuit it trains; a patch-head or

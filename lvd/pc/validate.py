@@ -27,8 +27,6 @@ so a flipped bit that leaves a plausible table is still caught. Errors are
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import numpy as np
 
@@ -36,38 +34,19 @@ from lvd import io
 
 TOLERANCE = 1e-3
 NORM_DIMS = {"edges": -1, "root": -1, "leaves": 2}
-CHECKSUM_ATTR = "sha256"
+CHECKSUM_ATTR = io.CHECKSUM_ATTR
 
 
 def _fail(where: str, field: str, problem: str):
     raise io.ArtifactError(f"{where}: field {field!r} {problem}")
 
 
-def checksums(arrays: dict[str, np.ndarray]) -> dict[str, str]:
-    """{field: sha256 hex of its dtype, shape and bytes}."""
-    out = {}
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-        out[name] = h.hexdigest()
-    return out
+checksums = io.checksums          # {field: SHA-256 of its dtype, shape and bytes}, the one definition
 
 
 def check_checksums(where: str, stored, arrays: dict[str, np.ndarray]) -> None:
     """Compare ``arrays`` with the JSON ``stored`` attribute (None: an older file, unchecked)."""
-    if stored is None:
-        return
-    try:
-        want = json.loads(stored)
-        assert isinstance(want, dict)
-    except (ValueError, TypeError, AssertionError):
-        raise io.ArtifactError(f"{where}: attribute {CHECKSUM_ATTR!r} is not a JSON object of digests") from None
-    got = checksums(arrays)
-    for name in sorted(set(want) | set(got)):
-        if want.get(name) != got.get(name):
-            _fail(where, name, f"does not match its checksum (attribute {CHECKSUM_ATTR!r}): the file is "
-                               f"corrupt or was edited; rerun the stage that wrote it")
+    io.check_checksums(where, CHECKSUM_ATTR, stored, arrays)
 
 
 def check_table(where: str, field: str, a: np.ndarray, shape: tuple, norm_dim: int,

@@ -59,15 +59,18 @@ def planned_epochs(path) -> int | None:
 
 def read_off(m: dict, key: str, values: list, reason: str) -> dict:
     """A control's metric at one budget (one value per seed, None: not measured) against LVD's:
-    the fields of ``compare``, or the reason it was not measured."""
+    the fields of ``compare`` and ``reason`` (None when measured; else why not, the numbers None).
+    The keys are the same either way, so that runs whose timings differ have the same keys."""
+    seeds = [None if v is None else float(v) for v in values]
     if not values or any(v is None for v in values):
-        return {key: None, "reason": reason}
+        return {key: None, f"{key}_std": None, f"{key}_seeds": seeds, "margin": None, "spread": None,
+                "beats": None, "beats_3std": None, "reason": reason}
     mean, sd = float(np.mean(values)), metrics.spread(values)
     margin, spread = mean - m[key], max(m[f"{key}_std"], sd)
     one = len(values) < 2
-    return {key: mean, f"{key}_std": sd, f"{key}_seeds": [float(v) for v in values], "margin": margin,
+    return {key: mean, f"{key}_std": sd, f"{key}_seeds": seeds, "margin": margin,
             "spread": spread, "beats": None if one else bool(margin > spread),
-            "beats_3std": None if one else bool(margin > 3 * spread)}
+            "beats_3std": None if one else bool(margin > 3 * spread), "reason": None}
 
 
 def compute_tables(m: dict, curves: dict, planned: dict, key: str) -> tuple[dict, dict]:

@@ -264,3 +264,16 @@ def test_keep_best_returns_the_best_valid_epochs_parameters(bruteforce_path, val
     assert "best_epoch" not in rec2
     for k, v in c2.params.items():
         assert torch.equal(v, after[4][k]), k
+
+
+def test_a_reading_has_the_same_keys_measured_or_not():
+    """equal_time's record of a control has the same keys whether its curve reached LVD's seconds
+    or not (a run's timings decide that, so two runs of one preset must not differ in keys)."""
+    from lvd.stages import curves
+
+    m = {"test_bpd": 2.0, "test_bpd_std": 0.01}
+    got = curves.read_off(m, "test_bpd", [2.1, 2.2], "why")
+    missing = curves.read_off(m, "test_bpd", [2.1, None], "why")
+    assert set(got) == set(missing)
+    assert got["reason"] is None and got["margin"] == pytest.approx(0.15)
+    assert missing["reason"] == "why" and missing["test_bpd"] is None and missing["test_bpd_seeds"] == [2.1, None]

@@ -17,7 +17,7 @@ to the best head with ``stay_bonus`` nats for the current one, and growth of the
 cluster g's randomness derives from (seed, g) alone, so the gathered result does not depend on
 the number of shards (tested: 1 shard == 3 shards).
 
-Shard file (lvd.io.write_shard; the layout is described there): latent_em's fields (``groups``,
+Shard file (lvd.shardio.write_shard; the layout is described there): latent_em's fields (``groups``,
 ``num_examples``, ``history`` [g, rounds] = the growing curve: mean log p(patch | own head) of
 each cluster after each round's EM and pruning, ``params/edges``, ``params/root``,
 ``params/leaves``) and the grown fields: ``heads`` int64 [sum n_g] (final head of every member,
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lvd import fingerprints, io, metrics, pc, training
+from lvd import fingerprints, io, metrics, pc, shardio, training
 from lvd.pc import grow
 from lvd.stages import common, inputs
 from lvd.stages.shards import group_seed, shard_groups
@@ -167,7 +167,7 @@ def run(cfg: Config, data: str, latents: str, embeddings: str, pc_path: str, sha
              "pruned": res.pruned.astype(np.int64).reshape(len(groups), rounds),
              "masks/edges": masks.edges.cpu().numpy(), "masks/root": masks.root.cpu().numpy(),
              "masks/active": masks.active.cpu().numpy()}
-    io.write_shard(out, WRITER, asdict(cfg), summary, groups=np.asarray(groups, dtype=np.int64), num_examples=n,
+    shardio.write_shard(out, WRITER, asdict(cfg), summary, groups=np.asarray(groups, dtype=np.int64), num_examples=n,
                    history=np.asarray(res.curve, dtype=np.float64).reshape(len(groups), rounds),
                    params={k: v.cpu().numpy() for k, v in sub.params.items()}, grown=grown)
     log.info("wrote %s: %d clusters in %.1f s", out, len(groups), timer.seconds)

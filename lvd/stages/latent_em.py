@@ -20,7 +20,7 @@ s_g derived from (seed, g) alone, its epoch e shuffling with a seed from (s_g, e
 every EM loop), so the gathered result does not depend on the number of shards. latent_top_em
 gathers the shards.
 
-Shard file (lvd.io.write_shard, the layout described there): ``groups`` int64 [g],
+Shard file (lvd.shardio.write_shard, the layout described there): ``groups`` int64 [g],
 ``num_examples`` int64 [g], ``history`` float64 [g, epochs] (mean log p(patch | observed head)
 per epoch; NaN for a group without members), the trained tables ``params/edges``
 [E_t, g, K, K], ``params/root`` [g, H, K], ``params/leaves`` [L_t, g, C, K]; attrs shard,
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lvd import fingerprints, io, pc, training
+from lvd import fingerprints, io, pc, shardio, training
 from lvd.stages import common, inputs
 from lvd.stages.shards import group_seed, shard_groups
 
@@ -120,7 +120,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shard: int, num_shar
                "groups": len(groups), "seconds": timer.seconds,
                "pc_fingerprint": fingerprints.fingerprint(pc_path),
                "latents_fingerprint": fingerprints.fingerprint(latents)}
-    io.write_shard(out, WRITER, asdict(cfg), summary, groups=np.asarray(groups, dtype=np.int64),
+    shardio.write_shard(out, WRITER, asdict(cfg), summary, groups=np.asarray(groups, dtype=np.int64),
                    num_examples=np.asarray(counts, dtype=np.int64),
                    history=np.asarray(hists, dtype=np.float64).reshape(len(groups), cfg.epochs + cfg.full_batch_epochs),
                    params={name: t.cpu().numpy() for name, t in params.items()})

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from lvd import fingerprints, io, metrics, pc, training
+from lvd import fingerprints, io, metrics, pc, shardio, training
 from lvd.pc import validate
 from lvd.stages import common, inputs, topinit
 from lvd.stages.shards import shard_groups
@@ -66,10 +66,10 @@ class Config:
 def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> dict:
     """Copy the shards' trained tables into ``c.patch`` (in place); returns the per-group records.
 
-    Every shard is read and checked by lvd.io.read_shard; here they are checked against each
-    other and against this circuit, pc_init and latents (io.ShardError naming the file)."""
+    Every shard is read and checked by lvd.shardio.read_shard; here they are checked against each
+    other and against this circuit, pc_init and latents (shardio.ShardError naming the file)."""
     if not shards:
-        raise io.ShardError("no shard files given (--shards)")
+        raise shardio.ShardError("no shard files given (--shards)")
     G = c.patch.num_groups
     want_pc, want_lat = fingerprints.fingerprint(pc_path), fingerprints.fingerprint(latents)
     seen: dict[int, str] = {}
@@ -78,35 +78,35 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
     counts = np.zeros(G, dtype=np.int64)
     pg = PGGather(c.patch)    # grow_patch_pcs's grown fields (LVD-PG shards)
     for path in shards:
-        sh = io.read_shard(path)
+        sh = shardio.read_shard(path)
         s, S = sh.shard, sh.num_shards
         if num_shards is None:
             num_shards = S
         elif S != num_shards:
-            raise io.ShardError(f"{path}: attribute 'num_shards' is {S}, but {shards[0]} has {num_shards}")
+            raise shardio.ShardError(f"{path}: attribute 'num_shards' is {S}, but {shards[0]} has {num_shards}")
         if s in seen:
-            raise io.ShardError(f"{path}: shard {s} given twice (also {seen[s]})")
+            raise shardio.ShardError(f"{path}: shard {s} given twice (also {seen[s]})")
         if sh.attrs["pc_fingerprint"] != want_pc:
-            raise io.ShardError(f"{path}: attribute 'pc_fingerprint' does not match {pc_path}: the shard "
+            raise shardio.ShardError(f"{path}: attribute 'pc_fingerprint' does not match {pc_path}: the shard "
                                 f"was trained from another pc_init; rerun latent_em")
         if sh.attrs["latents_fingerprint"] != want_lat:
-            raise io.ShardError(f"{path}: attribute 'latents_fingerprint' does not match {latents}: the "
+            raise shardio.ShardError(f"{path}: attribute 'latents_fingerprint' does not match {latents}: the "
                                 f"shard was trained on other latents; rerun latent_em")
         groups = sh.groups
         expected = shard_groups(G, s, S)
         if groups.tolist() != expected:
-            raise io.ShardError(f"{path}: field 'groups' is {groups.tolist()[:8]}..., expected groups "
+            raise shardio.ShardError(f"{path}: field 'groups' is {groups.tolist()[:8]}..., expected groups "
                                 f"{expected[:8]}... of shard {s}/{S} over {G} groups")
         if set(sh.params) != set(c.patch.params):
-            raise io.ShardError(f"{path}: tables {sorted(sh.params)}, but the patch tree of {pc_path} has "
+            raise shardio.ShardError(f"{path}: tables {sorted(sh.params)}, but the patch tree of {pc_path} has "
                                 f"{sorted(c.patch.params)}")
         for name, table in c.patch.params.items():
-            dim = io.SHARD_GROUP_DIMS[name]
+            dim = shardio.SHARD_GROUP_DIMS[name]
             want = list(table.shape)
             want[dim] = len(groups)
             arr = sh.params[name]
             if list(arr.shape) != want:
-                raise io.ShardError(f"{path}: field 'params/{name}' has shape {arr.shape}, expected {tuple(want)}")
+                raise shardio.ShardError(f"{path}: field 'params/{name}' has shape {arr.shape}, expected {tuple(want)}")
             validate.check_table(str(path), f"params/{name}", arr, tuple(want), c.patch.norm_dims[name])
             t = torch.from_numpy(arr).to(table.device)
             table.index_copy_(dim, torch.as_tensor(groups, device=table.device), t)
@@ -120,7 +120,7 @@ def gather(c: pc.LVDCircuit, shards: list[str], pc_path: str, latents: str) -> d
         seen[s] = path
     missing = sorted(set(range(num_shards)) - set(seen))
     if missing:
-        raise io.ShardError(f"missing shard(s) {missing} of num_shards={num_shards}; given: {shards}")
+        raise shardio.ShardError(f"missing shard(s) {missing} of num_shards={num_shards}; given: {shards}")
     log.info("gathered %d shards covering %d groups", num_shards, G)
     return {"history": hist, "num_examples": counts, "pg": pg if pg.shards else None}
 
@@ -140,23 +140,23 @@ class PGGather:
         self.pruned = np.zeros((G, 0), dtype=np.int64)
         self.shards, self.plain = 0, 0
 
-    def add(self, sh: io.Shard) -> None:
-        """Gather one shard's grown fields (their layout checked by io.read_shard, the tables'
+    def add(self, sh: shardio.Shard) -> None:
+        """Gather one shard's grown fields (their layout checked by shardio.read_shard, the tables'
         shapes against the circuit by ``gather``)."""
         if sh.grown is None:
             self.plain += 1
             if self.shards:
-                raise io.ShardError(f"{sh.path}: no grown fields (a latent_em shard?) but other shards "
+                raise shardio.ShardError(f"{sh.path}: no grown fields (a latent_em shard?) but other shards "
                                     f"are grow_patch_pcs's")
             return
         if self.plain:
-            raise io.ShardError(f"{sh.path}: a grow_patch_pcs shard among latent_em shards")
+            raise shardio.ShardError(f"{sh.path}: a grow_patch_pcs shard among latent_em shards")
         arrays, groups = sh.grown, sh.groups
         g = torch.as_tensor(groups)
         if self.edges is None:
             self.edges, self.root = (torch.ones(self.shapes[k], dtype=torch.bool) for k in ("edges", "root"))
         for name, full in (("edges", self.edges), ("root", self.root)):
-            full.index_copy_(io.SHARD_GROUP_DIMS[name], g, torch.from_numpy(arrays[f"masks/{name}"]))
+            full.index_copy_(shardio.SHARD_GROUP_DIMS[name], g, torch.from_numpy(arrays[f"masks/{name}"]))
         for grp, part in zip(groups.tolist(), np.split(arrays["heads"], np.cumsum(sh.num_examples)[:-1])):
             self.heads[grp] = part
         self.num_heads[groups] = arrays["num_heads"]
@@ -176,7 +176,7 @@ class PGGather:
         for g, heads in self.heads.items():
             members = order[starts[g]:starts[g + 1]]
             if len(members) != len(heads):
-                raise io.ShardError(f"cluster {g}: {len(heads)} heads in its shard but {len(members)} patches "
+                raise shardio.ShardError(f"cluster {g}: {len(heads)} heads in its shard but {len(members)} patches "
                                     f"in the latents")
             out[members] = g * H + heads
         out = out.reshape(z.shape)
@@ -201,11 +201,11 @@ def patch_lls(c: pc.LVDCircuit, x: np.ndarray, rows: int) -> torch.Tensor:
 
 def spill_patch_lls(c: pc.LVDCircuit, x: np.ndarray, near: str, rows: int, seed: int):
     """The patch log-likelihoods L [N, m, K] in a temporary float16 file beside ``near``
-    (lvd.io.SpillArray), rows in a seeded random order: file row r is example perm[r], read
+    (lvd.shardio.SpillArray), rows in a seeded random order: file row r is example perm[r], read
     sequentially by the unshuffled EM. Returns (the SpillArray, perm); close it when done."""
     N = len(x)
     perm = np.random.default_rng(seed).permutation(N)
-    L = io.SpillArray(near, (N, c.num_positions, c.num_states), tag="lls")
+    L = shardio.SpillArray(near, (N, c.num_positions, c.num_states), tag="lls")
     try:  # an error or SIGTERM while filling removes the file too
         for i in range(0, N, rows):
             block = c.latent_lls(x[perm[i:i + rows]]).cpu().numpy()       # [rows, m, K]

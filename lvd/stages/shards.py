@@ -1,8 +1,8 @@
 """The sharded stages' shared rules (not a stage): which groups a shard holds and each group's
 seed.
 
-latent_em and grow_patch_pcs each write one lvd.pc_shard file per job (lvd.io.write_shard, the
-layout described there); latent_top_em reads them with lvd.io.read_shard and gathers them.
+latent_em and grow_patch_pcs each write one lvd.pc_shard file per job (lvd.shardio.write_shard, the
+layout described there); latent_top_em reads them with lvd.shardio.read_shard and gathers them.
 Shard i of S holds groups i, i+S, i+2S, ... (``shard_groups``), and group g's randomness derives
 from (seed, g) alone (``group_seed``), so the gathered result does not depend on the number of
 shards. The three stages share these here rather than import one another: a stage

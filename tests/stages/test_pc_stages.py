@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import pc_fixtures as fx
-from lvd import io, pc
+from lvd import io, pc, shardio
 from lvd.pc import kernels
 from lvd.stages import evaluate, finetune, inputs, latent_em, latent_top_em, materialize_pc, train_baseline, train_hclt
 
@@ -109,15 +109,15 @@ def test_sharded_latent_em_equals_unsharded(run_dir):
 def test_gather_rejects_missing_duplicate_and_foreign_shards(run_dir, tmp_path):
     d, data, lat = run_dir["dir"], run_dir["data"], run_dir["latents"]
     run = lambda shards: latent_top_em.run(TCFG, data, lat, d / "pc_init.h5", shards, tmp_path / "o.h5")  # noqa: E731
-    with pytest.raises(io.ShardError, match=r"missing shard\(s\) \[1\] of num_shards=2"):
+    with pytest.raises(shardio.ShardError, match=r"missing shard\(s\) \[1\] of num_shards=2"):
         run([d / "shard0.h5"])
-    with pytest.raises(io.ShardError, match="shard 0 given twice"):
+    with pytest.raises(shardio.ShardError, match="shard 0 given twice"):
         run([d / "shard0.h5", d / "shard0.h5"])
-    with pytest.raises(io.ShardError, match="num_shards"):
+    with pytest.raises(shardio.ShardError, match="num_shards"):
         run([d / "shard0.h5", d / "whole.h5"])
     materialize_pc.run(materialize_pc.Config(num_latents=KH, seed=5), data, lat, tmp_path / "other.h5")
     latent_em.run(LCFG, data, lat, tmp_path / "other.h5", 1, 2, tmp_path / "foreign1.h5")
-    with pytest.raises(io.ShardError, match="foreign1.h5: attribute 'pc_fingerprint' does not match"):
+    with pytest.raises(shardio.ShardError, match="foreign1.h5: attribute 'pc_fingerprint' does not match"):
         run([d / "shard0.h5", tmp_path / "foreign1.h5"])
     assert not (tmp_path / "o.h5").exists()
 

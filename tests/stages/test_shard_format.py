@@ -1,4 +1,4 @@
-"""The lvd.pc_shard format (lvd.io.write_shard / read_shard) and lvd.io.SpillArray.
+"""The lvd.pc_shard format (lvd.shardio.write_shard / read_shard) and lvd.shardio.SpillArray.
 
 The fixture in data/pc_shard_v1/ was written by latent_em and grow_patch_pcs at format version 1
 (make_shard_fixture.py); gathering it must keep giving the circuit whose digest was recorded
@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lvd import io, pc
+from lvd import io, pc, shardio
 from lvd.pc import validate
 from lvd.stages import inputs, latent_top_em
 
@@ -61,13 +61,13 @@ def test_write_shard_rewrites_a_version_1_shard_identically(run, tmp_path):
     """read_shard, then write_shard with what it read: the same fields, bytes, attributes and
     checksum attributes as the file the stage wrote."""
     src = V1 / run / "shard1.h5"
-    sh = io.read_shard(src)
+    sh = shardio.read_shard(src)
     assert (sh.shard, sh.num_shards) == (1, 2) and sh.groups.tolist() == list(range(1, sh.num_groups, 2))
     assert (sh.grown is not None) == (run == "grow")
-    own = ("format", "format_version", "writer", "created", "config", io.CHECKSUM_ATTR, io.GROWN_CHECKSUM_ATTR)
+    own = ("format", "format_version", "writer", "created", "config", io.CHECKSUM_ATTR, shardio.GROWN_CHECKSUM_ATTR)
     attrs = {k: v for k, v in sh.attrs.items() if k not in own and k not in io._provenance()}
     out = tmp_path / "again.h5"
-    io.write_shard(out, "tests", {}, attrs, groups=sh.groups, num_examples=sh.num_examples, history=sh.history,
+    shardio.write_shard(out, "tests", {}, attrs, groups=sh.groups, num_examples=sh.num_examples, history=sh.history,
                    params=sh.params, grown=sh.grown)
     with h5py.File(src, "r") as a, h5py.File(out, "r") as b:
         names_a, names_b = [], []
@@ -77,7 +77,7 @@ def test_write_shard_rewrites_a_version_1_shard_identically(run, tmp_path):
         for name in names_a:
             if isinstance(a[name], h5py.Dataset):
                 assert a[name].dtype == b[name].dtype and np.array_equal(a[name][()], b[name][()], equal_nan=True)
-        for k in attrs.keys() | {io.CHECKSUM_ATTR, io.GROWN_CHECKSUM_ATTR}:
+        for k in attrs.keys() | {io.CHECKSUM_ATTR, shardio.GROWN_CHECKSUM_ATTR}:
             assert str(a.attrs.get(k)) == str(b.attrs.get(k)), k
 
 
@@ -99,9 +99,9 @@ def test_read_shard_refuses_other_formats_and_versions(tmp_path):
     with h5py.File(p, "a") as f:
         f.attrs["format_version"] = 2
     with pytest.raises(io.ArtifactError, match=r"grow0\.h5: attribute 'format_version' is 2, expected 1 for lvd.pc_shard"):
-        io.read_shard(p)
+        shardio.read_shard(p)
     with pytest.raises(io.ArtifactError, match=r"pc_init\.h5: attribute 'format' is 'lvd.pc', expected 'lvd.pc_shard'"):
-        io.read_shard(V1 / "grow" / "pc_init.h5")
+        shardio.read_shard(V1 / "grow" / "pc_init.h5")
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -117,7 +117,7 @@ def test_read_shard_names_the_file_and_the_field(tmp_path, edit, match):
     with h5py.File(p, "a") as f:
         edit(f)
     with pytest.raises(io.ArtifactError, match=r"grow0\.h5: " + match):
-        io.read_shard(p)
+        shardio.read_shard(p)
 
 
 def test_read_shard_checks_both_checksums_and_the_layout(tmp_path):
@@ -129,33 +129,33 @@ def test_read_shard_checks_both_checksums_and_the_layout(tmp_path):
         f["heads"] = heads
     with pytest.raises(io.ArtifactError, match=r"grow0\.h5: field 'heads' does not match its checksum "
                                                r"\(attribute 'pg_checksums'\)"):
-        io.read_shard(p)
+        shardio.read_shard(p)
     with h5py.File(p, "a") as f:     # without checksums the layout is still checked
         del f.attrs["sha256"], f.attrs["pg_checksums"]
         del f["heads"]
         f["heads"] = heads[:-1]
-    with pytest.raises(io.ShardError, match=r"grow0\.h5: field 'heads' has \d+ entries, expected \d+ "
+    with pytest.raises(shardio.ShardError, match=r"grow0\.h5: field 'heads' has \d+ entries, expected \d+ "
                                             r"\(the shard's num_examples\)"):
-        io.read_shard(p)
+        shardio.read_shard(p)
     with h5py.File(p, "a") as f:
         del f["heads"]
         f["heads"] = heads
         root = f["params/root"][()]
         del f["params/root"]
         f["params/root"] = np.concatenate([root, root])
-    with pytest.raises(io.ShardError, match=r"grow0\.h5: field 'params/root' is float32 \(2, 3, 3\), expected a "
+    with pytest.raises(shardio.ShardError, match=r"grow0\.h5: field 'params/root' is float32 \(2, 3, 3\), expected a "
                                             r"float table of 1 group\(s\) on axis 0"):
-        io.read_shard(p)
+        shardio.read_shard(p)
 
 
 def test_write_shard_refuses_a_bad_layout(tmp_path):
-    sh = io.read_shard(V1 / "latent_em" / "shard0.h5")
-    attrs = {k: sh.attrs[k] for k in io.SHARD_ATTRS}
+    sh = shardio.read_shard(V1 / "latent_em" / "shard0.h5")
+    attrs = {k: sh.attrs[k] for k in shardio.SHARD_ATTRS}
     arrays = dict(groups=sh.groups, num_examples=sh.num_examples, history=sh.history, params=sh.params)
-    with pytest.raises(io.ShardError, match=r"o\.h5: field 'history' has 3 rows, expected 16"):
-        io.write_shard(tmp_path / "o.h5", "tests", {}, attrs, **{**arrays, "history": sh.history[:3]})
-    with pytest.raises(io.ShardError, match=r"o\.h5: attributes \['latents_fingerprint'\] not given"):
-        io.write_shard(tmp_path / "o.h5", "tests", {}, {k: v for k, v in attrs.items() if k != "latents_fingerprint"},
+    with pytest.raises(shardio.ShardError, match=r"o\.h5: field 'history' has 3 rows, expected 16"):
+        shardio.write_shard(tmp_path / "o.h5", "tests", {}, attrs, **{**arrays, "history": sh.history[:3]})
+    with pytest.raises(shardio.ShardError, match=r"o\.h5: attributes \['latents_fingerprint'\] not given"):
+        shardio.write_shard(tmp_path / "o.h5", "tests", {}, {k: v for k, v in attrs.items() if k != "latents_fingerprint"},
                        **arrays)
     assert not (tmp_path / "o.h5").exists()
 
@@ -163,7 +163,7 @@ def test_write_shard_refuses_a_bad_layout(tmp_path):
 def test_gather_refuses_a_shard_of_another_circuit(tmp_path):
     """A well-formed shard whose tables do not fit the circuit: named by gather, not the reader."""
     c = pc.load(V1 / "grow" / "pc_init.h5")
-    with pytest.raises(io.ShardError, match=r"pc_fingerprint' does not match"):
+    with pytest.raises(shardio.ShardError, match=r"pc_fingerprint' does not match"):
         latent_top_em.gather(c, [str(V1 / "latent_em" / "shard0.h5")], str(V1 / "grow" / "pc_init.h5"),
                              str(V1 / "grow" / "latents.h5"))
 
@@ -172,7 +172,7 @@ def test_spill_array_round_trip_and_cleanup(tmp_path):
     rng = np.random.default_rng(0)
     a = (rng.normal(size=(50, 3, 4)) * 20 - 100).astype(np.float32)      # [N, m, K]
     a[0, 0, 1] = -np.inf
-    with io.SpillArray(tmp_path / "out.h5", a.shape, tag="lls") as s:
+    with shardio.SpillArray(tmp_path / "out.h5", a.shape, tag="lls") as s:
         assert s.path.name == f".out.h5.lls-{os.getpid()}.h5" and len(s) == 50
         for i in range(0, 50, 16):
             s.write(i, a[i:i + 16])

@@ -112,6 +112,20 @@ def sync_params(circuit) -> None:
         _collective(f"the broadcast of the parameters ({k})", dist.broadcast, circuit.params[k], 0)
 
 
+def broadcast_rows(t: torch.Tensor, src: int, device="cpu") -> torch.Tensor:
+    """Process ``src``'s rows ``t`` (a CPU tensor, filled there) on every process, in place.
+    ``device``: where the group's tensors live (under NCCL the rows travel through the GPU).
+    latent_top_em splits its patch pass this way: each process computes some chunks of L and
+    every process ends with all of them."""
+    if world()[1] == 1:
+        return t
+    buf = t if torch.device(device).type == "cpu" else t.to(device)
+    _collective(f"the broadcast of process {src}'s rows", dist.broadcast, buf, src)
+    if buf is not t:
+        t.copy_(buf.cpu())
+    return t
+
+
 def agree(flag: bool, device="cpu") -> bool:
     """Process 0's ``flag`` on every process (a stopping decision taken by one clock); ``device``:
     where the group's tensors live (a CUDA device under NCCL)."""

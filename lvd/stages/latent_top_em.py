@@ -20,6 +20,18 @@ the mini-batch phases of ``next_phases``, then ``full_batch_epochs``; one Schedu
 it shuffling with a seed from (seed, e)). Its valid log-likelihood after each epoch is the
 whole circuit's valid log p(x).
 
+Several processes (data-parallel EM of the top, docs/scaleout.md "One circuit on several
+processes"): started by ``torchrun --nproc-per-node N`` or ``srun`` with N tasks (the rule's
+``tasks`` resource), the processes join one group (gloo on CPUs, NCCL on GPUs). Each gathers
+the shards (the same tables on every process), then the patch pass is split: chunk j of L is
+computed by process j mod N and broadcast, so every process holds all of L, because every
+mini-batch is split by rows (r, r + N, ..) across the processes (lvd.pc.em_epoch) and its rows
+are anywhere in L. Spilled L (over ``patch_lls_memory_gb``) is not split: every process computes
+its own temporary file (the process's rank in its name), since an HDF5 file takes no concurrent
+writers. The top's flows are summed over the processes before every update, so the result
+equals the single process's up to the order of float sums; process 0 alone writes the output
+and the log.
+
     python -m lvd.stages.latent_top_em --config '{"epochs": 10}' --data data.h5 \
         --latents k16/latents.h5 --pc k16/pc_init.h5 --shards k16/latent_em/shard*.h5 --out k16/pc_latent_em.h5
 """
@@ -33,8 +45,8 @@ import numpy as np
 import torch
 
 from lvd import fingerprints, io, metrics, pc, shardio, training
-from lvd.pc import validate
-from lvd.stages import common, inputs, topinit
+from lvd.pc import distributed, validate
+from lvd.stages import common, emstage, inputs, topinit
 from lvd.stages.shards import shard_groups
 
 log = logging.getLogger("lvd.latent_top_em")
@@ -183,8 +195,10 @@ class PGGather:
         return out, float((out != z).mean()) if z.size else 0.0
 
 
-def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
-    """Rows of images per chunk of the patch pass within ``budget`` bytes (about 4 buffers)."""
+def chunk_rows(c: pc.LVDCircuit, budget: int | None = None) -> int:
+    """Rows of images per chunk of the patch pass within ``budget`` bytes (default
+    ``CHUNK_BYTES``; about 4 buffers)."""
+    budget = CHUNK_BYTES if budget is None else budget
     groups_per_patch = c.groups_per_position if c.mode == "position" else c.patch.num_groups
     per_row = 4 * 4 * c.num_positions * c.patch.num_nodes * groups_per_patch * c.patch.num_latents
     return int(max(1, min(4096, budget // per_row)))
@@ -192,10 +206,17 @@ def chunk_rows(c: pc.LVDCircuit, budget: int = CHUNK_BYTES) -> int:
 
 def patch_lls(c: pc.LVDCircuit, x: np.ndarray, rows: int) -> torch.Tensor:
     """The patch log-likelihoods L [N, m, K] = log p_i(x_i(n) | Z_i = k), float32 in memory
-    (the engine computes them as ``LVDCircuit.latent_lls``)."""
+    (the engine computes them as ``LVDCircuit.latent_lls``). Under several processes chunk j
+    is computed by process j mod N and broadcast from it: every process returns all of L."""
     out = torch.empty(len(x), c.num_positions, c.num_states)
-    for i in range(0, len(x), rows):
-        out[i:i + rows] = c.latent_lls(x[i:i + rows]).cpu()
+    rank, size = distributed.world()
+    starts = range(0, len(x), rows)
+    for j, i in enumerate(starts):
+        if j % size == rank:
+            out[i:i + rows] = c.latent_lls(x[i:i + rows]).cpu()
+    if size > 1:
+        for j, i in enumerate(starts):
+            distributed.broadcast_rows(out[i:i + rows], j % size, c.device)
     return out
 
 
@@ -205,7 +226,8 @@ def spill_patch_lls(c: pc.LVDCircuit, x: np.ndarray, near: str, rows: int, seed:
     sequentially by the unshuffled EM. Returns (the SpillArray, perm); close it when done."""
     N = len(x)
     perm = np.random.default_rng(seed).permutation(N)
-    L = shardio.SpillArray(near, (N, c.num_positions, c.num_states), tag="lls")
+    rank, size = distributed.world()     # (each process of several writes a file of its own)
+    L = shardio.SpillArray(near, (N, c.num_positions, c.num_states), tag="lls" if size == 1 else f"lls-r{rank}")
     try:  # an error or SIGTERM while filling removes the file too
         for i in range(0, N, rows):
             block = c.latent_lls(x[perm[i:i + rows]]).cpu().numpy()       # [rows, m, K]
@@ -254,6 +276,7 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
             patch_record.update(stage="grow_patch_pcs", growing_curves=g["history"].tolist(),
                                 pruned=pg.pruned.tolist(), num_heads=pg.num_heads.tolist(),
                                 moved_fraction=moved)
+        distributed.sync_params(c.top)      # (identical already: the same files, the same counting)
         rows = chunk_rows(c)
         need = len(x) * c.num_positions * c.num_states * 4
         valid_L = patch_lls(c, xv, rows)
@@ -283,6 +306,11 @@ def run(cfg: Config, data: str, latents: str, pc_path: str, shards: list[str], o
     final = record["valid_ll"][-1] if record["valid_ll"] else start
     summary = {"seconds": timer.seconds, "valid_ll": final, "valid_bpd": metrics.bpd(final, c.num_vars),
                "patch_lls_on_disk": disk is not None}
+    size = distributed.world()[1]
+    if size > 1:
+        summary["processes"] = size
+    if not distributed.is_main():       # process 0 writes the output
+        return summary
     pc.save(c, out, writer=WRITER, config=asdict(cfg), history=history, **summary)
     log.info("wrote %s in %.1f s: valid bpd %.4f", out, timer.seconds, summary["valid_bpd"])
     return summary
@@ -298,7 +326,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     cfg = common.load_config(Config, args.config)
     device = common.setup(args, seed=cfg.seed)
+    emstage.join_group(device)
     run(cfg, args.data, args.latents, args.pc, args.shards, args.out, device=device)
+    distributed.leave()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Data-parallel EM stages (lvd.stages.emstage, docs/scaleout.md): finetune, train_baseline and
-train_hclt run by two CPU processes (gloo, launched by torchrun) write the circuit one process
+"""Data-parallel EM stages (lvd.stages.emstage, docs/scaleout.md): finetune, train_baseline,
+train_hclt and latent_top_em run by two CPU processes (gloo, launched by torchrun) write the circuit one process
 writes, to float tolerance; process 0 alone writes the output, the snapshots and the log; a
 time budget stops both processes after the same epoch; a worker killed mid-training fails the
 job, and the job started again resumes from the checkpoint and ends as an unkilled run."""
@@ -18,7 +18,8 @@ import torch
 import pc_fixtures as fx
 from lvd import pc
 from lvd.pc import kernels
-from lvd.stages import common, finetune, inputs, materialize_pc, train_baseline, train_hclt
+from lvd.stages import (common, finetune, inputs, latent_em, latent_top_em, materialize_pc, train_baseline,
+                        train_hclt)
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -87,6 +88,62 @@ def test_two_processes_train_the_controls_like_one(run_dir, tmp_path):
                             "--out", tmp_path / f"{stage}_two.h5"])
         assert r.returncode == 0, r.stderr[-4000:]
         _same_params(tmp_path / f"{stage}_one.h5", tmp_path / f"{stage}_two.h5")
+
+
+@pytest.mark.parametrize("top, memory_gb", [("tree", 2.0), ("hclt", 0.0)], ids=["tree-top", "hclt-top-spilled"])
+def test_two_processes_train_the_top_like_one(run_dir, tmp_path, top, memory_gb):
+    """latent_top_em: the patch pass split in chunks between the processes (L in memory), or
+    repeated by each into a file of its own (spilled: ``patch_lls_memory_gb: 0``); the top's EM
+    split by rows; the result one process's."""
+    data, lat = run_dir / "data.h5", run_dir / "latents.h5"
+    init = tmp_path / "pc_init.h5"
+    materialize_pc.run(materialize_pc.Config(num_latents=3, top=top, top_num_latents=3 if top == "hclt" else 0),
+                       data, lat, init)
+    latent_em.run(latent_em.Config(epochs=1, batch_size=64), str(data), str(lat), str(init), 0, 1,
+                  str(tmp_path / "shard0.h5"))
+    cfg = {"epochs": 2, "batch_size": 64, "full_batch_epochs": 1, "patch_lls_memory_gb": memory_gb,
+           "next_phases": [{"epochs": 1, "step_size": 0.05, "step_size_end": 0.01}]}
+    args = ["--data", data, "--latents", lat, "--pc", init, "--shards", tmp_path / "shard0.h5"]
+    with kernels.forced("torch"):
+        ref = latent_top_em.run(latent_top_em.Config(**cfg), str(data), str(lat), str(init),
+                                [str(tmp_path / "shard0.h5")], str(tmp_path / "one.h5"))
+    log = tmp_path / "two.log"
+    r = _launch("latent_top_em", ["--config", json.dumps(cfg), *args, "--out", tmp_path / "two.h5", "--log", log],
+                env={"DP_CHUNK_BYTES": "200000"})      # several chunks of the 200 training images
+    assert r.returncode == 0, r.stderr[-4000:]
+    _same_params(tmp_path / "one.h5", tmp_path / "two.h5")
+    attrs = pc.load_attrs(tmp_path / "two.h5")
+    assert attrs["processes"] == 2 and attrs["patch_lls_on_disk"] == (memory_gb == 0)
+    assert attrs["valid_ll"] == pytest.approx(ref["valid_ll"], rel=1e-5)
+    one, two = inputs.history_of(tmp_path / "one.h5")[-1], inputs.history_of(tmp_path / "two.h5")[-1]
+    assert len(two["train_ll"]) == 4 and two["train_ll"] == pytest.approx(one["train_ll"], rel=1e-5)
+    assert not list(tmp_path.glob(".two.h5.*"))                       # no temporary file left behind
+    text = log.read_text()
+    assert "data-parallel EM: process 0 of 2 (gloo)" in text and "[process 1]" not in text
+
+
+def test_the_patch_pass_is_split_between_the_processes(run_dir, monkeypatch):
+    """Process 1 of 2 computes chunks 1, 3, .. of L and receives every chunk from its owner (the
+    group simulated: world() and the broadcast replaced); the chunks it computed are L's."""
+    from lvd.pc import distributed
+
+    c = pc.load(run_dir / "pc_init.h5")
+    x = inputs.load_split(run_dir / "data.h5", "train")
+    rows = latent_top_em.chunk_rows(c, 200000)
+    assert rows * 3 <= len(x)                          # several chunks: the two-process test splits
+    ref = latent_top_em.patch_lls(c, x, rows)
+    computed, sent = [], []
+    real = c.latent_lls
+    monkeypatch.setattr(c, "latent_lls", lambda xb: computed.append(len(xb)) or real(xb))
+    monkeypatch.setattr(distributed, "world", lambda: (1, 2))
+    monkeypatch.setattr(distributed, "broadcast_rows", lambda t, src, device: sent.append((len(t), src)) or t)
+    L = latent_top_em.patch_lls(c, x, rows)
+    chunks = [min(rows, len(x) - i) for i in range(0, len(x), rows)]
+    assert computed == chunks[1::2]
+    assert sent == [(n, j % 2) for j, n in enumerate(chunks)]
+    for j, i in enumerate(range(0, len(x), rows)):
+        if j % 2 == 1:
+            torch.testing.assert_close(L[i:i + rows], ref[i:i + rows])
 
 
 def test_a_time_budget_stops_every_process_after_the_same_epoch(run_dir, tmp_path):

@@ -1,5 +1,5 @@
 """Data-parallel EM in the workflow (docs/scaleout.md, "One circuit on several processes"): the
-rules of finetune, train_baseline and train_hclt start `tasks` processes. A dry run shows the
+rules of latent_top_em, finetune, train_baseline and train_hclt start `tasks` processes. A dry run shows the
 launcher in each command line: nothing for one task, torchrun for several on one machine, the
 `mpi` resource's srun under SLURM."""
 
@@ -8,7 +8,7 @@ import re
 import pytest
 from workflow_helpers import copy_workflow, snakemake
 
-STAGES = ("finetune", "train_baseline", "train_hclt")
+STAGES = ("latent_top_em", "finetune", "train_baseline", "train_hclt")
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +39,14 @@ def test_one_task_is_one_process(workdir):
 
 def test_several_tasks_run_under_torchrun_or_srun(workdir):
     text = dry_run(workdir, "finetune:tasks=2", "train_baseline:tasks=3", "train_hclt:tasks=2",
-                   "train_hclt:mpi=srun", "finetune:gpu=2")
+                   "train_hclt:mpi=srun", "finetune:gpu=2", "latent_top_em:tasks=2")
     cmds = commands(text)
     torchrun = ("python -m torch.distributed.run --standalone --no-python --nproc-per-node={} -- "
                 "python -m lvd.stages.{} ")
     assert all(c.startswith(torchrun.format(2, "finetune")) for c in cmds["finetune"]), cmds["finetune"]
     assert all(c.startswith(torchrun.format(3, "train_baseline")) for c in cmds["train_baseline"])
+    assert cmds["latent_top_em"] and all(c.startswith(torchrun.format(2, "latent_top_em"))
+                                         for c in cmds["latent_top_em"]), cmds["latent_top_em"]
     assert all(c.startswith("srun --ntasks=2 --kill-on-bad-exit=1 python -m lvd.stages.train_hclt ")
                for c in cmds["train_hclt"]), cmds["train_hclt"]
     jobs = re.findall(r"rule finetune:.*?resources: ([^\n]*)", text, flags=re.S)

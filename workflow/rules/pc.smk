@@ -9,7 +9,7 @@
 # Budget (docs/pc_stages.md, "Budgets"): under `budget: time` (images' default) a control
 # trains for LVD's training seconds of its seed, so it waits for LVD's jobs and reads their
 # benchmark files; under `passes` it does not depend on them.
-# Processes: finetune, train_baseline and train_hclt train one circuit on `tasks` processes
+# Processes: latent_top_em, finetune, train_baseline and train_hclt train one circuit on `tasks` processes
 # (data-parallel EM; `--set-resources finetune:tasks=4 finetune:gpu=4`; on SLURM also
 # `finetune:mpi=srun finetune:tasks_per_gpu=1`); docs/scaleout.md.
 
@@ -63,8 +63,9 @@ rule latent_top_em:
         gpu=1,
     params:
         cfg=seeded_config("latent_top_em"),
+        launch=launcher,
     shell:
-        "python -m lvd.stages.latent_top_em --config {params.cfg:q}"
+        "{params.launch} python -m lvd.stages.latent_top_em --config {params.cfg:q}"
         " --data {input.data} --latents {input.latents} --pc {input.pc}"
         " --shards {input.shards} --out {output} --threads {threads} --log {log}"
 

@@ -41,13 +41,27 @@ valid and test, then the circuit itself at the arm's training seconds; a snapsho
 training stage sits at (the arm's seconds - that stage's training-loop seconds) + its seconds
 when taken (start-up and earlier stages come first). ``equal_time`` {control: at LVD's
 training seconds of each seed, its test metric read off its curve (lvd.budget.value_at: linear
-between the points around it, its last value past its end, null before its first point), the
-mean over seeds, ``*_std``, ``*_seeds``, ``margin``, ``spread``, ``beats``, ``beats_3std`` as in
-``controls``}; ``equal_passes`` the same at LVD's passes (the random-latent arm: its final
-circuit; the baseline and the HCLT: their point at the end of their planned schedule, the final
-circuit under ``passes``, null if a time budget stopped them before it). figures/compute.png:
-test bpd (perplexity) against training seconds, one line per arm (mean over seeds, error bars
-the seeds' standard deviation), LVD's seconds marked. The verdict states both comparisons.
+between the points around it, its last value past its end; a curve that begins later is read at
+its first point), the mean over seeds, ``*_std``, ``*_seeds``, ``margin``, ``spread``, ``beats``,
+``beats_3std`` as in ``controls``, ``seconds_seeds`` (where each seed was read) and
+``over_budget`` (a curve read at its first point, after LVD's seconds)}; ``equal_passes`` the
+same at LVD's passes, without the last two (the random-latent arm: its final circuit; the
+baseline and the HCLT: their point at the end of their planned schedule, the final circuit
+under ``passes``, null if a time budget stopped them before it). figures/compute.png: test bpd
+(perplexity) against training seconds, one line per arm (mean over seeds, error bars the seeds'
+standard deviation), LVD's seconds marked. The verdict states both comparisons.
+
+Images: ``finetune`` {lvd, random_latents: what whole-circuit fine-tuning bought, read off the
+arm's curve (lvd.stages.curves.finetune_gain)}: ``valid_bpd_before``, ``test_bpd_before`` (the
+epoch-0 point, finetune's input pc_latent_em.h5), ``valid_bpd_after``, ``test_bpd_after``
+(pc_final.h5), ``seconds`` (finetune's training loop: the final point's seconds minus the
+epoch-0 point's), ``valid_gain_bpd``, ``test_gain_bpd`` (before - after), ``gain_per_1000s``
+(test gain per 1000 s), each the mean over seeds with ``*_std`` and ``*_seeds``; ``chosen``
+("finetuned" or "frozen", by valid bpd, never test), ``chosen_seeds``, ``reason`` (why values
+are null: no epoch-0 snapshot) and ``note``. No fine-tuning (finetune.epochs and
+full_batch_epochs 0: pc_final.h5 is pc_latent_em.h5) is reported as such, not left out: before
+= after, 0 s, gains 0, ``gain_per_1000s`` null, "frozen", and the ``note`` says so. The
+verdict states LVD's gain and the chosen model.
 
 Both: the data protocol, lvd.data.protocol's keys (images: ``dataset``, ``color``,
 ``lossless``, ``crop``, ``crop_train``, ``crop_eval``, ``crops_per_image`` and the sentence
@@ -181,12 +195,35 @@ def verdict(m: dict, key: str, unit: str) -> str:
         table = m.get(name)
         if not table:
             continue
-        said = [f"vs {arm} {c[key]:.4f} (margin {c['margin']:+.4f}): {_words(c)}" if c.get(key) is not None
+        said = [f"vs {arm} {c[key]:.4f}{_late(c)} (margin {c['margin']:+.4f}): {_words(c)}" if c.get(key) is not None
                 else f"vs {arm}: not measured ({c['reason']})" for arm, c in table.items()]
         text += f". {label[0].upper()}{label[1:]}: LVD {m[key]:.4f} {unit} " + "; ".join(said)
     if m.get("budget"):
         text += f". Controls trained by budget: {m['budget']}"
+    if (m.get("finetune") or {}).get("lvd"):
+        text += ". " + finetune_words(m["finetune"]["lvd"])
     return text
+
+
+def _late(c: dict) -> str:
+    """equal_time read at a control's first point, after LVD's seconds (curves.compute_tables)."""
+    if not c.get("over_budget"):
+        return ""
+    late = max(s for s in c["seconds_seeds"] if s is not None)
+    return f" at its first point ({late:.1f} s, past LVD's seconds)"
+
+
+def finetune_words(f: dict) -> str:
+    """LVD's fine-tuning gain and the final model chosen on valid bpd (curves.finetune_gain)."""
+    if f["note"]:
+        return f"Fine-tuning: none ({f['note']}); the final model is the frozen one"
+    if f["chosen"] is None:
+        return f"Fine-tuning: gain not measured ({f['reason']})"
+    rate = "" if f["gain_per_1000s"] is None else f", {f['gain_per_1000s']:+.4f} per 1000 s"
+    model = "pc_final.h5 (fine-tuned)" if f["chosen"] == "finetuned" else "pc_latent_em.h5 (frozen)"
+    return (f"Fine-tuning: test bpd {f['test_bpd_before']:.4f} -> {f['test_bpd_after']:.4f} (gain "
+            f"{f['test_gain_bpd']:+.4f} in {f['seconds']:.1f} s{rate}); chosen on valid bpd "
+            f"({f['valid_bpd_before']:.4f} -> {f['valid_bpd_after']:.4f}): {model}")
 
 
 def growing_means(record: dict) -> list[float]:
@@ -273,6 +310,9 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         m["num_states"] = int(K)
         m["controls"] = compare(m, f"test_{unit}")
         m["equal_passes"], m["equal_time"] = curves_mod.compute_tables(m, curves, planned, f"test_{unit}")
+        if image:     # pc_latent_em (finetune's epoch 0) against pc_final; text has no pc_latent_em
+            m["finetune"] = {arm: curves_mod.finetune_gain(curves[arm]) for arm in ("lvd", "random_latents")
+                             if arm in curves}
         fig = Path(figdir)
         styles = {arm: (arms_mod.LABELS[arm], arms_mod.MARKERS[arm], arms_mod.COLORS[arm]) for arm in ARMS}
         if image:

@@ -1,6 +1,6 @@
 """Budgets (docs/pc_stages.md, "Budgets: equal passes and equal time"): the time budget by
-scripted clocks (no timed tests), the passes budget unchanged, the curve's points, no
-fine-tuning, and reading a curve at LVD's seconds."""
+scripted clocks (no timed tests), the passes budget unchanged, the curve's points, what
+fine-tuning bought, no fine-tuning, and reading a curve at LVD's seconds."""
 
 from __future__ import annotations
 
@@ -195,14 +195,24 @@ def test_the_curves_points_are_the_snapshots_recomputed_bpd(run_dir, tmp_path):
     assert m["curves"]["lvd"][0][0]["test_bpd"] == pytest.approx(bpd(d / "pc_latent_em.h5", xt), rel=1e-6)
     for arm in ("baseline", "hclt"):
         pts = [(p["seconds"], p["test_bpd"]) for p in m["curves"][arm][0]]
-        at = budget.value_at(pts, 16.0)
+        first = min(pts)                # a curve beginning after 16 s is read at its first point
+        at, when = (first[1], first[0]) if first[0] > 16.0 else (budget.value_at(pts, 16.0), 16.0)
         eq = m["equal_time"][arm]
-        if at is None:
-            assert eq["test_bpd"] is None and eq["reason"]
-        else:
-            assert eq["test_bpd"] == pytest.approx(at) and eq["margin"] == pytest.approx(at - m["test_bpd"])
+        assert eq["test_bpd"] == pytest.approx(at) and eq["margin"] == pytest.approx(at - m["test_bpd"])
+        assert eq["seconds_seeds"] == [pytest.approx(when)] and eq["over_budget"] == (when > 16.0)
         assert m["equal_passes"][arm]["test_bpd"] == pytest.approx(m[f"{arm}_test_bpd"])   # passes: the final
     assert m["equal_time"]["hclt"]["test_bpd"] == pytest.approx(m["hclt_test_bpd"])          # ended before 16 s
+    assert m["equal_time"]["hclt"]["over_budget"] is False
+    # fine-tuning: pc_latent_em (the epoch-0 snapshot) against pc_final, finetune's loop seconds apart
+    ft, lvd = m["finetune"]["lvd"], m["curves"]["lvd"][0]
+    assert set(m["finetune"]) == {"lvd"}
+    assert ft["test_bpd_before"] == pytest.approx(bpd(d / "pc_latent_em.h5", xt), rel=1e-6)
+    assert ft["valid_bpd_before"] == pytest.approx(bpd(d / "pc_latent_em.h5", xv), rel=1e-6)
+    assert ft["test_bpd_after"] == m["test_bpd"] and ft["valid_bpd_after"] == m["valid_bpd"]
+    assert ft["seconds"] == pytest.approx(inputs.history_of(tmp_path / "pc_final.h5")[-1]["seconds"])
+    assert ft["test_gain_bpd"] == pytest.approx(lvd[0]["test_bpd"] - lvd[-1]["test_bpd"])
+    assert ft["chosen"] == ("finetuned" if ft["valid_bpd_after"] < ft["valid_bpd_before"] else "frozen")
+    assert "Fine-tuning: test bpd" in m["verdict"]
     assert "At equal passes" in m["verdict"] and "At equal time (16.0 s" in m["verdict"]
     assert (tmp_path / "fig" / "compute.png").stat().st_size > 1000
 
@@ -239,6 +249,14 @@ def test_finetune_with_no_epochs_writes_the_input_circuit(run_dir, tmp_path):
     rec = hist_out[-1]
     assert rec["stage"] == "finetune" and rec["train_ll"] == [] and "unchanged" in rec["note"]
     assert training.read_snapshots(tmp_path / "snap") == []
+    # evaluate reports it as no fine-tuning: the frozen circuit, no seconds, no gain
+    teacher = fx.write_teacher_metrics(tmp_path / "t.json", teacher_test_bpd=2.0)
+    m = evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), run_dir["data"],
+                     {"lvd": [tmp_path / "pc_final.h5"]}, teacher, None, tmp_path / "metrics.json", tmp_path / "fig")
+    ft = m["finetune"]["lvd"]
+    assert ft["test_bpd_before"] == ft["test_bpd_after"] == m["test_bpd"] and ft["seconds"] == 0.0
+    assert ft["test_gain_bpd"] == 0.0 and ft["gain_per_1000s"] is None and ft["chosen"] == "frozen"
+    assert ft["note"] and "Fine-tuning: none" in m["verdict"]
 
 
 @pytest.mark.parametrize("valids, best", [([-3.0, -2.0, -2.5, -2.7], 2), ([-3.0, -2.5, -2.0, -1.0], 4),

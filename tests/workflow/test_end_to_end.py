@@ -83,7 +83,7 @@ def check_finished_run(run: Run, keys: set[str]):
 def check_compute(run: Run, k: int, metrics: dict) -> None:
     """The compute-fair keys (docs/pc_stages.md, "Budgets"): every arm's training seconds are the
     sums of its benchmark files, the curves end at them, the controls' budget is images' time
-    (text: passes), and the verdict states both comparisons."""
+    (text: passes), the verdict states both comparisons, and images report what fine-tuning bought."""
     seeds = run.config["evaluate"]["num_seeds"]
     arms = ["lvd", "random_latents", "baseline"] + ([] if run.text else ["hclt"])   # each its folder's name
     bench = run.workdir / "benchmarks" / run.config["run"] / f"k{k}"
@@ -99,6 +99,16 @@ def check_compute(run: Run, k: int, metrics: dict) -> None:
     assert metrics["budget"] == ("passes" if run.text else "time")
     controls = set(arms) - {"lvd"}
     assert set(metrics["equal_time"]) == set(metrics["equal_passes"]) == controls
+    assert all({"seconds_seeds", "over_budget"} <= set(c) for c in metrics["equal_time"].values())
+    if run.text:      # no pc_latent_em: nothing to compare fine-tuning against
+        assert "finetune" not in metrics
+    else:             # the presets fine-tune: pc_latent_em (the epoch-0 snapshot) against pc_final
+        assert set(metrics["finetune"]) == {"lvd", "random_latents"}
+        for arm, f in metrics["finetune"].items():
+            assert f["reason"] is None and f["note"] is None and f["seconds"] > 0, arm
+            assert f["test_gain_bpd"] == pytest.approx(f["test_bpd_before"] - f["test_bpd_after"]), arm
+            assert f["chosen"] in ("finetuned", "frozen") and len(f["chosen_seeds"]) == seeds, arm
+        assert "Fine-tuning: test bpd" in metrics["verdict"]
     assert "At equal passes" in metrics["verdict"] and "At equal time" in metrics["verdict"]
     assert (run.results / f"k{k}" / "figures" / "compute.png").stat().st_size > 0
     if not run.text:   # a time-budget control stops after the epoch that reaches its budget

@@ -157,3 +157,24 @@ def finetune_gain(curves_of_arm: list[list[dict]]) -> dict:
     out["note"] = ("no fine-tuning epochs (finetune.epochs and full_batch_epochs 0): pc_final.h5 is "
                    "pc_latent_em.h5" if none else None)
     return out
+
+
+def late_words(c: dict) -> str:
+    """equal_time read at a control's first point, after LVD's seconds (compute_tables)."""
+    if not c.get("over_budget"):
+        return ""
+    late = max(s for s in c["seconds_seeds"] if s is not None)
+    return f" at its first point ({late:.1f} s, past LVD's seconds)"
+
+
+def finetune_words(f: dict) -> str:
+    """LVD's fine-tuning gain and the final model chosen on valid bpd (finetune_gain)."""
+    if f["note"]:
+        return f"Fine-tuning: none ({f['note']}); the final model is the frozen one"
+    if f["chosen"] is None:
+        return f"Fine-tuning: gain not measured ({f['reason']})"
+    rate = "" if f["gain_per_1000s"] is None else f", {f['gain_per_1000s']:+.4f} per 1000 s"
+    model = "pc_final.h5 (fine-tuned)" if f["chosen"] == "finetuned" else "pc_latent_em.h5 (frozen)"
+    return (f"Fine-tuning: test bpd {f['test_bpd_before']:.4f} -> {f['test_bpd_after']:.4f} (gain "
+            f"{f['test_gain_bpd']:+.4f} in {f['seconds']:.1f} s{rate}); chosen on valid bpd "
+            f"({f['valid_bpd_before']:.4f} -> {f['valid_bpd_after']:.4f}): {model}")

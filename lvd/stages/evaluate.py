@@ -195,35 +195,15 @@ def verdict(m: dict, key: str, unit: str) -> str:
         table = m.get(name)
         if not table:
             continue
-        said = [f"vs {arm} {c[key]:.4f}{_late(c)} (margin {c['margin']:+.4f}): {_words(c)}" if c.get(key) is not None
+        said = [f"vs {arm} {c[key]:.4f}{curves_mod.late_words(c)} (margin {c['margin']:+.4f}): {_words(c)}"
+                if c.get(key) is not None
                 else f"vs {arm}: not measured ({c['reason']})" for arm, c in table.items()]
         text += f". {label[0].upper()}{label[1:]}: LVD {m[key]:.4f} {unit} " + "; ".join(said)
     if m.get("budget"):
         text += f". Controls trained by budget: {m['budget']}"
     if (m.get("finetune") or {}).get("lvd"):
-        text += ". " + finetune_words(m["finetune"]["lvd"])
+        text += ". " + curves_mod.finetune_words(m["finetune"]["lvd"])
     return text
-
-
-def _late(c: dict) -> str:
-    """equal_time read at a control's first point, after LVD's seconds (curves.compute_tables)."""
-    if not c.get("over_budget"):
-        return ""
-    late = max(s for s in c["seconds_seeds"] if s is not None)
-    return f" at its first point ({late:.1f} s, past LVD's seconds)"
-
-
-def finetune_words(f: dict) -> str:
-    """LVD's fine-tuning gain and the final model chosen on valid bpd (curves.finetune_gain)."""
-    if f["note"]:
-        return f"Fine-tuning: none ({f['note']}); the final model is the frozen one"
-    if f["chosen"] is None:
-        return f"Fine-tuning: gain not measured ({f['reason']})"
-    rate = "" if f["gain_per_1000s"] is None else f", {f['gain_per_1000s']:+.4f} per 1000 s"
-    model = "pc_final.h5 (fine-tuned)" if f["chosen"] == "finetuned" else "pc_latent_em.h5 (frozen)"
-    return (f"Fine-tuning: test bpd {f['test_bpd_before']:.4f} -> {f['test_bpd_after']:.4f} (gain "
-            f"{f['test_gain_bpd']:+.4f} in {f['seconds']:.1f} s{rate}); chosen on valid bpd "
-            f"({f['valid_bpd_before']:.4f} -> {f['valid_bpd_after']:.4f}): {model}")
 
 
 def growing_means(record: dict) -> list[float]:

@@ -20,6 +20,12 @@ seeded by its own seed, so the result does not depend on which other groups shar
     once with the phase's step size (1: exact EM per group).
 Groups without members keep their tables. Groups are processed in blocks that bound the
 working memory (``max_bytes``); blocks are independent, so blocking changes nothing either.
+
+Groups of very different sizes (LVD-PG's clusters: a background cluster can hold half of all
+patches) leave most groups without a chunk in the later steps of an epoch; those steps run the
+tree over the groups that still have one only (``LiveGroups``), instead of over every group
+with zero weights. The work per epoch is then proportional to the members, not to (the largest
+group) x G, and every number is the same (the groups are independent).
 """
 
 from __future__ import annotations
@@ -41,6 +47,39 @@ log = logging.getLogger("lvd.pc.groups")
 
 def _group_dim(name: str) -> int:
     return 0 if name == "root" else 1           # root [G, H, K]; edges, leaves [.., G, ..]
+
+
+class LiveGroups:
+    """Circuits over the groups of ``tc`` that still have rows in a step (``live``: indices into
+    tc's groups): tc itself when all do, else a circuit of those groups (made once per set of
+    groups, its tables copied from tc's current ones at every ``get``). ``expand`` puts the
+    flows of such a circuit back into tables shaped like tc's (zero for the other groups)."""
+
+    def __init__(self, tc):
+        self.tc = tc
+        self.cache: dict[tuple, object] = {}
+
+    def get(self, live: list[int]):
+        """(circuit, live as a long tensor on tc's device)."""
+        tc = self.tc
+        idx = torch.as_tensor(live, dtype=torch.long, device=tc.device)
+        if len(live) == tc.num_groups:
+            return tc, idx
+        key = tuple(live)
+        if key not in self.cache:
+            self.cache = {key: tc.select_groups(live)}        # sets only shrink within an epoch
+            return self.cache[key], idx
+        sub = self.cache[key]
+        with torch.no_grad():
+            for k, t in sub.params.items():
+                t.copy_(tc.params[k].index_select(_group_dim(k), idx))
+        return sub, idx
+
+    def expand(self, flows: dict, idx: torch.Tensor) -> dict:
+        """{name: flows of the live groups} -> {name: tables shaped like tc's}."""
+        if len(idx) == self.tc.num_groups:
+            return flows
+        return {k: torch.zeros_like(self.tc.params[k]).index_copy_(_group_dim(k), idx, f) for k, f in flows.items()}
 
 
 def _block_size(tc, batch_size: int, max_bytes: float) -> int:
@@ -113,6 +152,7 @@ def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist, masks=None
     nb = np.maximum(1, -(-n // batch_size))                          # steps per epoch per group
     X = [torch.as_tensor(np.asarray(a), dtype=torch.long) for a in xs]
     Hd = [torch.as_tensor(np.asarray(h), dtype=torch.long) for h in heads]
+    view = LiveGroups(sub)
     for e in range(sched.total_epochs):
         full = sched.is_full_batch(e)
         chunks = [np.array_split(np.arange(k) if full else np.random.default_rng(sc.epoch_seed(e)).permutation(k), m)
@@ -121,23 +161,25 @@ def _train_block(tc, groups, xs, heads, seeds, sched: Schedule, hist, masks=None
         acc = None
         for t in range(int(nb.max())):
             live = [j for j in range(Gb) if t < nb[j]]
+            cur, lidx = view.get(live)                                # the groups with a chunk left
             B = max(len(chunks[j][t]) for j in live)
-            x = torch.zeros(B, Gb, V, dtype=torch.long)
-            h = torch.zeros(B, Gb, dtype=torch.long)
-            w = torch.zeros(B, Gb)
-            for j in live:
+            x = torch.zeros(B, len(live), V, dtype=torch.long)
+            h = torch.zeros(B, len(live), dtype=torch.long)
+            w = torch.zeros(B, len(live))
+            for i, j in enumerate(live):
                 rows = torch.from_numpy(np.sort(chunks[j][t]))
-                x[:len(rows), j] = X[j][rows]
-                h[:len(rows), j] = Hd[j][rows]
-                w[:len(rows), j] = 1.0
+                x[:len(rows), i] = X[j][rows]
+                h[:len(rows), i] = Hd[j][rows]
+                w[:len(rows), i] = 1.0
             x, h, w = (_to_device(t, dev) for t in (x, h, w))        # pinned, non-blocking
-            logp = log_handles(sub.params, True)                       # no log of the tables
+            logp = log_handles(cur.params, True)                       # no log of the tables
             with values_checked():
-                lls = sub.group_lls(logp, x)                          # [B, Gb, H]
-            ll = lls.gather(2, h[..., None])[..., 0] * w              # [B, Gb]
+                lls = cur.group_lls(logp, x)                          # [B, live, H]
+            ll = lls.gather(2, h[..., None])[..., 0] * w              # [B, live]
             names = list(logp)
             grads = torch.autograd.grad(ll.sum(), [logp[k] for k in names])
-            ll_sum += ll.detach().double().sum(0)
+            grads = [view.expand({k: g}, lidx)[k] for k, g in zip(names, grads)]
+            ll_sum.index_add_(0, lidx, ll.detach().double().sum(0))
             if full:
                 acc = list(grads) if acc is None else [a + g for a, g in zip(acc, grads)]
                 continue

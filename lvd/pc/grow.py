@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lvd.pc.groups import em_groups
+from lvd.pc.groups import LiveGroups, em_groups
 from lvd.pc.schedule import Schedule, derived_seed
 from lvd.pc.masks import (Masks, _edge_nodes, _root, apply_masks, init_masks,  # noqa: F401 (re-exported)
                           prune, rebuild_edge_mask)
@@ -84,30 +84,32 @@ def member_pass(tc, xs: list, heads: list, *, batch_size: int = 1024, flows: boo
     Hd = [torch.as_tensor(np.asarray(h), dtype=torch.long) for h in heads]
     out_lls = [np.empty((k, H)) for k in n]
     acc = None
+    view = LiveGroups(tc)          # the groups with members left in a batch (lvd.pc.groups)
     for t0 in range(0, max(n, default=0), batch_size):
         live = [g for g in range(G) if t0 < n[g]]
+        cur, lidx = view.get(live)
         B = max(min(batch_size, n[g] - t0) for g in live)
-        x = torch.zeros(B, G, V, dtype=torch.long)
-        h = torch.zeros(B, G, dtype=torch.long)
-        w = torch.zeros(B, G)
-        for g in live:
+        x = torch.zeros(B, len(live), V, dtype=torch.long)
+        h = torch.zeros(B, len(live), dtype=torch.long)
+        w = torch.zeros(B, len(live))
+        for i, g in enumerate(live):
             k = min(batch_size, n[g] - t0)
-            x[:k, g] = X[g][t0:t0 + k]
-            h[:k, g] = Hd[g][t0:t0 + k]
-            w[:k, g] = 1.0 if only_heads is None else (Hd[g][t0:t0 + k] == int(only_heads[g])).float()
+            x[:k, i] = X[g][t0:t0 + k]
+            h[:k, i] = Hd[g][t0:t0 + k]
+            w[:k, i] = 1.0 if only_heads is None else (Hd[g][t0:t0 + k] == int(only_heads[g])).float()
         x, h, w = x.to(dev), h.to(dev), w.to(dev)
-        logp = {k: v.detach().clamp_min(1e-38).log().requires_grad_(flows) for k, v in tc.params.items()}
+        logp = {k: v.detach().clamp_min(1e-38).log().requires_grad_(flows) for k, v in cur.params.items()}
         with torch.set_grad_enabled(flows):
-            lls = tc.group_lls(logp, x)                                  # [B, G, H]
+            lls = cur.group_lls(logp, x)                                 # [B, live, H]
             if flows:
                 own = (lls.gather(2, h[..., None])[..., 0] * w).sum()
                 names = list(logp)
-                grads = torch.autograd.grad(own, [logp[k] for k in names])
-                acc = dict(zip(names, grads)) if acc is None else {k: acc[k] + g for k, g in zip(names, grads)}
+                grads = view.expand(dict(zip(names, torch.autograd.grad(own, [logp[k] for k in names]))), lidx)
+                acc = grads if acc is None else {k: acc[k] + grads[k] for k in names}
         L = lls.detach().double().cpu().numpy()
-        for g in live:
+        for i, g in enumerate(live):
             k = min(batch_size, n[g] - t0)
-            out_lls[g][t0:t0 + k] = L[:k, g]
+            out_lls[g][t0:t0 + k] = L[:k, i]
     if flows and acc is None:
         acc = {k: torch.zeros_like(v) for k, v in tc.params.items()}
     return (acc if flows else None), out_lls

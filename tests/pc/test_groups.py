@@ -108,3 +108,17 @@ def test_bad_inputs_are_refused():
         em_groups(tc, xs[:1], hs[:1], epochs=1, batch_size=2, step_size=0.1)
     with pytest.raises(ValueError, match="heads outside"):
         em_groups(tc, xs, [hs[0], hs[1] + 2], epochs=1, batch_size=2, step_size=0.1)
+
+
+def test_a_step_runs_the_tree_over_the_groups_with_a_chunk_left_only(monkeypatch):
+    """Sizes 40, 9, 0, 23 with batches of 8 make 5, 2, 0 and 3 chunks an epoch: steps 0 and 1 run
+    groups 0, 1 and 3, step 2 groups 0 and 3, steps 3 and 4 group 0 alone (not every step all 4
+    groups with zero weights); the tables equal those of each group trained alone (the test
+    above)."""
+    from lvd.pc.circuit import TreeCircuit
+
+    seen, real = [], TreeCircuit.group_lls
+    monkeypatch.setattr(TreeCircuit, "group_lls", lambda self, logp, x: seen.append(x.shape[1]) or real(self, logp, x))
+    xs, hs = members(4, 2, [40, 9, 0, 23], seed=2)
+    em_groups(tree_circuit(PARENTS, K, C, G=4, H=2, seed=3), xs, hs, epochs=2, batch_size=8)
+    assert seen == [3, 3, 2, 1, 1] * 2

@@ -1,5 +1,7 @@
 """grow_patch_pcs: clusters-mode latents -> pc_init -> grown shards -> gathered by latent_top_em."""
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -7,8 +9,9 @@ import torch
 
 import pc_fixtures as fx
 from lvd import configcheck, io, pc, training
+from lvd.pc import grow
 from lvd.pc.patches import patch_index
-from lvd.stages import assign_latents, common, grow_patch_pcs, latent_top_em, materialize_pc, topinit
+from lvd.stages import assign_latents, common, grow_patch_pcs, inputs, latent_top_em, materialize_pc, topinit
 
 GCFG = grow_patch_pcs.Config(epochs=2, full_batch_epochs=1, batch_size=64, prune_threshold=1e-3)
 TOP = latent_top_em.Config(epochs=1, batch_size=64)
@@ -304,3 +307,33 @@ def test_latent_top_em_refuses_the_second_phase_keys_naming_next_phases():
     cfg = common.load_config(latent_top_em.Config, {"next_phases": [SECOND]})     # JSON's list: a tuple
     assert cfg.next_phases == (SECOND,)
     assert [p.epochs for p in training.schedule_from(cfg).phases] == [10, 2]
+
+
+def test_grow_passes_script_times_a_shards_passes(pg_dir, tmp_path, capsys):
+    """scripts/grow_passes.py on a run's layout: the shard's clusters and patches, and the flow
+    checksum of the pass it timed, against member_pass run here."""
+    import importlib.util
+    import os
+
+    run = tmp_path / "run"
+    (run / "k9" / "lvd" / "s0").mkdir(parents=True)
+    os.symlink(pg_dir / "data.h5", run / "data.h5")
+    os.symlink(pg_dir / "latents.h5", run / "k9" / "latents.h5")
+    os.symlink(pg_dir / "pc_init.h5", run / "k9" / "lvd" / "s0" / "pc_init.h5")
+    spec = importlib.util.spec_from_file_location("grow_passes", Path(__file__).parents[2] / "scripts" / "grow_passes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main([str(run), "--num-states", "9", "--shard", "1", "--num-shards", "2", "--batch-size", "16"])
+    out = capsys.readouterr().out
+    c = pc.load(pg_dir / "pc_init.h5")
+    x = inputs.load_split(pg_dir / "data.h5", "train")
+    z = inputs.load_latents(pg_dir / "latents.h5", len(x), c.num_positions)[0]
+    groups = [1]                                          # shard 1 of 2 over 3 clusters
+    n = int(sum((z // 3 == g).sum() for g in groups))
+    assert f"shard 1/2: 1 clusters, {n:,} patches" in out
+    members = [grow_patch_pcs.cluster_members(c, x, z, np.zeros((len(x), c.num_positions, 1)), g) for g in groups]
+    flows, _ = grow.member_pass(c.patch.select_groups(groups), [m[0] for m in members], [m[1] for m in members],
+                                batch_size=16)
+    printed = float(out.split("flow checksum ")[1].split()[0])
+    assert printed == pytest.approx(sum(float(v.double().sum()) for v in flows.values()), rel=1e-6)
+    assert "one masked EM epoch (batch 256):" in out

@@ -9,7 +9,9 @@ An arm's training seconds for one seed are the summed job seconds (the ``s`` col
 Snakemake benchmark files) of every job under ``k<K>/<arm>/s<seed>/`` (an arm's name is its
 folder, lvd.arms): LVD's materialize_pc, latent_em (or grow_patch_pcs) shards, latent_top_em and
 finetune; random_latents' random_latents and the same stages; train_baseline; train_hclt.
-Shards that run side by side count each. The teacher, the embeddings and the k-means
+Shards that run side by side count each. The same sums over the benchmark files' ``cpu_time``
+column (``read_benchmarks(..., column="cpu_time")``) give each arm's CPU seconds, which do not
+depend on how many threads a job ran with. The teacher, the embeddings and the k-means
 (``SHARED_STAGES``) serve every LVD run of a dataset and are reported apart.
 """
 
@@ -42,22 +44,28 @@ def resolve(budget: str, kind: str) -> str:
     return budget
 
 
-def benchmark_seconds(path) -> float:
-    """The job seconds of one Snakemake benchmark file (mean of column ``s`` over its rows)."""
+def benchmark_seconds(path, column: str = "s") -> float | None:
+    """The job seconds of one Snakemake benchmark file: the mean of ``column`` over its rows
+    (``s``: wall seconds; ``cpu_time``: user + system CPU seconds of the job's processes). A
+    missing ``s`` is an error; a missing or "NA" other column gives None (older Snakemake, or a
+    platform where it is not measured)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     if not rows or "s" not in rows[0]:
         raise ValueError(f"{path}: expected a Snakemake benchmark table with a column 's'")
+    if column != "s" and (column not in rows[0] or any(r[column] in ("", "NA", None) for r in rows)):
+        return None
     try:
-        return float(np.mean([float(r["s"]) for r in rows]))
+        return float(np.mean([float(r[column]) for r in rows]))
     except ValueError as e:
-        raise ValueError(f"{path}: column 's' is not numeric ({e})") from e
+        raise ValueError(f"{path}: column {column!r} is not numeric ({e})") from e
 
 
-def read_benchmarks(directory, num_states: int) -> dict[str, float]:
+def read_benchmarks(directory, num_states: int, column: str = "s") -> dict[str, float]:
     """{job: seconds} of every benchmark file under ``directory``: run-level files by their name
     (``train_teacher``), those under ``k<num_states>/`` without that prefix (``lvd/s0/finetune``),
-    other K skipped; a missing directory gives {} (logged)."""
+    other K skipped; a missing directory gives {} (logged). ``column``: which seconds
+    (benchmark_seconds); files without it are left out."""
     if directory is None or not Path(directory).is_dir():
         log.info("no benchmark directory %s: seconds = {}", directory)
         return {}
@@ -68,7 +76,9 @@ def read_benchmarks(directory, num_states: int) -> dict[str, float]:
             if parts[0] != f"k{num_states}" or len(parts) == 1:
                 continue
             parts = parts[1:]
-        out["/".join(parts)] = benchmark_seconds(path)
+        value = benchmark_seconds(path, column)
+        if value is not None:
+            out["/".join(parts)] = value
     return out
 
 

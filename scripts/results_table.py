@@ -6,9 +6,9 @@
 Prints one section per file: a caption line; the headline table (one row per arm, then the
 teacher as a reference row: parameters, final test metric mean ± std over seeds with valid in
 brackets, the metric at equal time and at equal passes with the margin against LVD (> 0: LVD
-better) and whether LVD wins by more than 3 std, training seconds per seed); footnotes; a line
-per fine-tuned arm; the job seconds of every arm and seed, and the shared stages apart. The
-unit (bpd for images, perplexity for text) comes from the file unless --unit says otherwise.
+better) and whether LVD wins by more than 3 std, training seconds and CPU seconds per seed);
+footnotes; a line per fine-tuned arm; the job seconds of every arm and seed (with their CPU
+seconds), and the shared stages apart. The unit (bpd for images, perplexity for text) comes from the file unless --unit says otherwise.
 "n/m": not measured (missing or null in the file); "-": does not apply. A file that is not an
 evaluate metrics.json exits with status 2 and one line naming the file and the field.
 """
@@ -140,7 +140,7 @@ def headline(m: dict, unit: str) -> list[str]:
     """The headline table and its footnotes."""
     t = secs(num(m, "train_seconds"))
     head = ["arm", "parameters", f"test {unit} (valid)", f"equal time ({t} s)", "margin", "LVD by > 3 std",
-            "equal passes", "margin", "LVD by > 3 std", "train s / seed"]
+            "equal passes", "margin", "LVD by > 3 std", "train s / seed", "CPU s / seed"]
     rows, notes = [], []
     for arm in arms.ARMS:
         p = arms.prefix(arm)
@@ -155,11 +155,13 @@ def headline(m: dict, unit: str) -> list[str]:
         else:
             cmp = comparison(m, "equal_time", arm, unit, notes) + comparison(m, "equal_passes", arm, unit, notes)
         size = f"{int(params):,}" if params is not None and math.isfinite(params) else NM
-        rows.append([arms.LABELS[arm], size, final, *cmp, secs(num(m, f"{p}train_seconds"))])
+        rows.append([arms.LABELS[arm], size, final, *cmp, secs(num(m, f"{p}train_seconds")),
+                     secs(num(m, f"{p}cpu_seconds"))])
     if f"teacher_test_{unit}" in m:
         teacher = "teacher's bound" if unit == "bpd" else "teacher"
         rows.append([teacher, NM, fmt(num(m, f"teacher_test_{unit}"), unit), *["-"] * 6,
-                     secs(num(m.get("seconds") or {}, "train_teacher"))])
+                     secs(num(m.get("seconds") or {}, "train_teacher")),
+                     secs(num(m.get("job_cpu_seconds") or {}, "train_teacher"))])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out + ([""] + notes if notes else [])
@@ -197,6 +199,7 @@ def job_key(stage: str) -> tuple:
 def stage_tables(m: dict) -> list[str]:
     """Job seconds by arm and seed, then the shared stages and the other run-level jobs."""
     seconds = m.get("seconds") or {}
+    cpu = m.get("job_cpu_seconds") or {}
     runs, other = {}, {}
     for job, s in seconds.items():
         parts = job.split("/", 2)
@@ -206,10 +209,12 @@ def stage_tables(m: dict) -> list[str]:
             other[job] = float(s)
     if not seconds:
         return ["Job seconds: n/m (no benchmark files were read)."]
-    out = ["| arm | seed | jobs (s) | total s |", "|---|---|---|---|"]
+    out = ["| arm | seed | jobs (s) | total s | CPU s |", "|---|---|---|---|---|"]
     for (a, seed), jobs in sorted(runs.items()):
         listed = ", ".join(f"{k} {v:.1f}" for k, v in sorted(jobs.items(), key=lambda kv: job_key(kv[0])))
-        out.append(f"| {arms.LABELS[arms.ARMS[a]]} | {seed} | {listed} | {sum(jobs.values()):.1f} |")
+        used = [cpu.get(f"{arms.ARMS[a]}/s{seed}/{k}") for k in jobs]
+        total_cpu = NM if None in used else f"{sum(used):.1f}"
+        out.append(f"| {arms.LABELS[arms.ARMS[a]]} | {seed} | {listed} | {sum(jobs.values()):.1f} | {total_cpu} |")
     out += ["", "| shared stage | seconds |", "|---|---|"]
     out += [f"| {s} | {secs(other.pop(s, None))} |" for s in SHARED_STAGES]
     out.append(f"| total | {secs(num(m, 'shared_seconds'))} |")

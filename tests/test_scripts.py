@@ -123,7 +123,8 @@ def arm_metrics(prefix, unit, test, std, valid, params, seconds):
     return {t: test, f"{t}_std": std, f"{t}_seeds": [test - std, test + std],
             v: valid, f"{v}_std": std, f"{v}_seeds": [valid] * 2,
             f"{prefix}num_params": params, f"{prefix}train_seconds": seconds,
-            f"{prefix}train_seconds_seeds": [seconds - 1, seconds + 1]}
+            f"{prefix}train_seconds_seeds": [seconds - 1, seconds + 1],
+            f"{prefix}cpu_seconds": 2 * seconds, f"{prefix}cpu_seconds_seeds": [2 * seconds - 2, 2 * seconds + 2]}
 
 
 def read_off(unit, value, std, margin, beats_3std, reason=None, **extra):
@@ -159,6 +160,8 @@ def image_metrics():
                     "evaluate": 2.0, "extract_embeddings": 10.0, "lvd/s0/finetune": 14.0, "lvd/s0/grow/shard10": 3.0,
                     "lvd/s0/grow/shard2": 4.0, "lvd/s0/latent_top_em": 5.0, "lvd/s0/materialize_pc": 2.0,
                     "prepare_data": 1.0, "train_teacher": 100.0}
+    # CPU seconds of every job but baseline/s1's (an old benchmark file without the column)
+    m["job_cpu_seconds"] = {k: 1.5 * v for k, v in m["seconds"].items() if k != "baseline/s1/train_baseline"}
     m.update(curves={}, history={}, verdict="...", total_seconds=208.0, config={"num_seeds": 2})
     return m
 
@@ -182,16 +185,17 @@ def test_results_table_image_run_rows_footnotes_finetune_and_job_seconds(tmp_pat
                       "the controls' budget: time.")
     assert out[2:9] == [
         "| arm | parameters | test bpd (valid) | equal time (30.0 s) | margin | LVD by > 3 std | equal passes | margin "
-        "| LVD by > 3 std | train s / seed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        "| LVD | 1,234 | 2.1000 ± 0.0100 (2.1500) | 2.1000 ± 0.0100 | - | - | 2.1000 ± 0.0100 | - | - | 30.0 |",
+        "| LVD by > 3 std | train s / seed | CPU s / seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| LVD | 1,234 | 2.1000 ± 0.0100 (2.1500) | 2.1000 ± 0.0100 | - | - | 2.1000 ± 0.0100 | - | - | 30.0 "
+        "| 60.0 |",
         "| random latents | 1,234 | 2.3000 ± 0.0200 (2.3500) | 2.3100 ± 0.0200 | +0.2100 | yes | 2.3000 ± 0.0200 "
-        "| +0.2000 | yes | 33.0 |",
+        "| +0.2000 | yes | 33.0 | 66.0 |",
         "| baseline (random-init EM) | 1,234 | 2.2000 ± 0.0100 (2.2500) | 2.5000 ± 0.0100* | +0.4000 | yes | n/m "
-        "| n/m | n/m | 31.0 |",
+        "| n/m | n/m | 31.0 | 62.0 |",
         "| plain HCLT | 999 | 2.1500 ± 0.0300 (2.2000) | 2.1200 ± 0.0300 | +0.0200 | no | 2.1500 ± 0.0300 | +0.0500 "
-        "| no | 29.0 |",
-        "| teacher's bound | n/m | 1.9000 | - | - | - | - | - | - | 100.0 |"]
+        "| no | 29.0 | 58.0 |",
+        "| teacher's bound | n/m | 1.9000 | - | - | - | - | - | - | 100.0 | 150.0 |"]
     assert out[10:12] == [
         "\\* baseline (random-init EM): read at its curve's first point (42.5 s), after LVD's training seconds; "
         "it had more time than LVD.",
@@ -202,10 +206,11 @@ def test_results_table_image_run_rows_footnotes_finetune_and_job_seconds(tmp_pat
         "Fine-tuning, random latents: none (no fine-tuning epochs (finetune.epochs and full_batch_epochs 0)); "
         "the frozen model is the final one."]
     assert out[16:] == [
-        "| arm | seed | jobs (s) | total s |", "|---|---|---|---|",
-        "| LVD | 0 | materialize_pc 2.0, grow/shard2 4.0, grow/shard10 3.0, latent_top_em 5.0, finetune 14.0 | 28.0 |",
-        "| baseline (random-init EM) | 0 | train_baseline 30.0 | 30.0 |",
-        "| baseline (random-init EM) | 1 | train_baseline 32.0 | 32.0 |",
+        "| arm | seed | jobs (s) | total s | CPU s |", "|---|---|---|---|---|",
+        "| LVD | 0 | materialize_pc 2.0, grow/shard2 4.0, grow/shard10 3.0, latent_top_em 5.0, finetune 14.0 | 28.0 "
+        "| 42.0 |",
+        "| baseline (random-init EM) | 0 | train_baseline 30.0 | 30.0 | 45.0 |",
+        "| baseline (random-init EM) | 1 | train_baseline 32.0 | 32.0 | n/m |",
         "", "| shared stage | seconds |", "|---|---|", "| train_teacher | 100.0 |", "| extract_embeddings | 10.0 |",
         "| assign_latents | 5.0 |", "| total | 115.0 |", "", "Other jobs: evaluate 2.0 s, prepare_data 1.0 s."]
 
@@ -219,7 +224,7 @@ def test_results_table_missing_equal_time_values_print_nm(tmp_path, capsys):
     assert rc == 0
     assert out[2].split(" | ")[3] == "equal time (n/m s)"
     assert out[6] == ("| baseline (random-init EM) | 1,234 | 2.2000 ± 0.0100 | n/m | n/m | n/m | n/m | n/m | n/m "
-                      "| 31.0 |")
+                      "| 31.0 | 62.0 |")
     assert out[7].startswith("| plain HCLT | 999 | 2.1500 ± 0.0300 (2.2000) | n/m | n/m | n/m | 2.1500 ± 0.0300 |")
     assert out[10:] == ["n/m, baseline (random-init EM) at equal passes: stopped by its time budget before LVD's "
                         "passes.", "n/m, plain HCLT at equal time: its curve has no finite point.",
@@ -231,6 +236,7 @@ def test_results_table_text_run_in_perplexity_with_labels(tmp_path, capsys):
          "teacher_test_perplexity": 120.5, "shared_seconds": None, "seconds": {}}
     m.update(arm_metrics("", "perplexity", 250.0, 0.0, 260.0, 8000, 10.0))
     m.update(arm_metrics("baseline_", "perplexity", 300.0, 0.0, 310.0, 8000, 10.0))
+    m["baseline_cpu_seconds"] = None    # a job without CPU seconds
     m["controls"] = {"baseline": {"margin": 50.0, "spread": 0.0, "beats": None, "beats_3std": None}}
     m["equal_passes"] = {"baseline": read_off("perplexity", 300.0, 0.0, 50.0, None)}
     m["equal_time"] = {"baseline": read_off("perplexity", 305.25, 0.0, 55.25, None, seconds_seeds=[10.0],
@@ -240,11 +246,11 @@ def test_results_table_text_run_in_perplexity_with_labels(tmp_path, capsys):
     text = out[out.index("**WT2, K = 64**: test perplexity, mean ± std over 1 seed; the controls' budget: passes."):]
     assert text[2:7] == [
         "| arm | parameters | test perplexity (valid) | equal time (10.0 s) | margin | LVD by > 3 std | equal passes "
-        "| margin | LVD by > 3 std | train s / seed |", "|---|---|---|---|---|---|---|---|---|---|",
-        "| LVD | 8,000 | 250.00 ± 0.00 (260.00) | 250.00 ± 0.00 | - | - | 250.00 ± 0.00 | - | - | 10.0 |",
+        "| margin | LVD by > 3 std | train s / seed | CPU s / seed |", "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| LVD | 8,000 | 250.00 ± 0.00 (260.00) | 250.00 ± 0.00 | - | - | 250.00 ± 0.00 | - | - | 10.0 | 20.0 |",
         "| baseline (random-init EM) | 8,000 | 300.00 ± 0.00 (310.00) | 305.25 ± 0.00 | +55.25 | n/m | 300.00 ± 0.00 "
-        "| +50.00 | n/m | 10.0 |",
-        "| teacher | n/m | 120.50 | - | - | - | - | - | - | n/m |"]
+        "| +50.00 | n/m | 10.0 | n/m |",
+        "| teacher | n/m | 120.50 | - | - | - | - | - | - | n/m | n/m |"]
     assert text[7:] == ["", "Job seconds: n/m (no benchmark files were read)."]   # no HCLT, no fine-tuning
 
 

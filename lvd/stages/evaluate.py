@@ -32,7 +32,10 @@ controls are random_latents and baseline (the random-init HMM). Figure perplexit
 Compute (docs/pc_stages.md, "Budgets: equal passes and equal time"): ``train_seconds`` (LVD)
 and ``<arm>_train_seconds`` (mean over seeds, ``*_seeds`` per seed): the summed job seconds of
 the arm's training jobs of that seed (lvd.budget.arm_seconds; without benchmark files, the
-stages' own training seconds from the circuits' history); ``shared_seconds``: the teacher, the
+stages' own training seconds from the circuits' history); ``cpu_seconds`` and
+``<arm>_cpu_seconds`` (``*_seeds``): the same sums of the jobs' CPU seconds (the benchmark files'
+``cpu_time``; null when a job's file lacks it), which do not depend on the jobs' thread counts;
+``job_cpu_seconds`` {job: CPU seconds}; ``shared_seconds``: the teacher, the
 embeddings and this K's k-means. ``budget``: the controls' budget (``passes`` or ``time``, from
 their circuit files; {arm: budget} when they differ). ``curves`` {arm: one list per seed of
 points {epoch, seconds, valid_<unit>, test_<unit>}}: the snapshots saved beside each circuit
@@ -242,6 +245,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         m = {"kind": info.kind, "num_test": len(xt), "num_valid": len(xv), "num_seeds": lens["lvd"]}
         m.update(data_protocol(data))   # what the numbers measure: dataset, colour space, crops
         seconds = read_benchmarks(benchmarks_dir, _num_states(files["lvd"][0], image))
+        cpu = read_benchmarks(benchmarks_dir, _num_states(files["lvd"][0], image), column="cpu_time")
 
         def score(circuit, path):
             inputs.check_circuit(circuit, info, path)
@@ -276,6 +280,9 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             m[f"{prefix(arm)}num_params"] = int(first[arm].num_params)
             secs = [c[-1]["seconds"] for c in curves[arm]]
             m[f"{prefix(arm)}train_seconds"], m[f"{prefix(arm)}train_seconds_seeds"] = float(np.mean(secs)), secs
+            cpus = [budget.arm_seconds(cpu, arm, j) for j in range(len(paths))]
+            m[f"{prefix(arm)}cpu_seconds_seeds"] = cpus
+            m[f"{prefix(arm)}cpu_seconds"] = None if None in cpus else float(np.mean(cpus))
         m["shared_seconds"] = budget.shared_seconds(seconds)
         budgets = {arm: pc.load_attrs(files[arm][0]).get("budget") for arm in ("baseline", "hclt") if files[arm]}
         budgets = {arm: b for arm, b in budgets.items() if b}
@@ -328,6 +335,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         m["verdict"] = verdict(m, f"test_{unit}", unit)
     seconds["evaluate"] = timer.seconds
     m["seconds"], m["total_seconds"] = seconds, float(sum(seconds.values()))
+    m["job_cpu_seconds"] = cpu
     m["config"] = asdict(cfg)
     io.write_json(out, m)
     log.info("wrote %s: %s", out, m["verdict"])

@@ -97,6 +97,12 @@ def hmm_forward_ll(init, trans, emit, x):
     return np.array(out)
 
 
-def write_benchmark(path, seconds):
+def write_benchmark(path, seconds, cpu=None):
+    """A Snakemake benchmark file: rows of wall seconds ``s``; with ``cpu`` (one value a row) the
+    ``cpu_time`` column too, as Snakemake writes it (older versions have no such column)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("s\th:m:s\tmax_rss\n" + "".join(f"{s}\t0:00:01\t10.0\n" for s in seconds))
+    if cpu is None:
+        path.write_text("s\th:m:s\tmax_rss\n" + "".join(f"{s}\t0:00:01\t10.0\n" for s in seconds))
+    else:
+        path.write_text("s\th:m:s\tmax_rss\tmean_load\tcpu_time\n"
+                        + "".join(f"{s}\t0:00:01\t10.0\t99.0\t{c}\n" for s, c in zip(seconds, cpu, strict=True)))

@@ -158,11 +158,11 @@ def test_the_curves_points_are_the_snapshots_recomputed_bpd(run_dir, tmp_path):
                                              curve_points=2), data, d / "pc_init.h5", base,
                        snapshot_dir=str(base.with_name("s0_snapshots")))
     bench = tmp_path / "bench"
-    fx.write_benchmark(bench / "train_teacher.tsv", [20.0])
+    fx.write_benchmark(bench / "train_teacher.tsv", [20.0], cpu=[39.0])
     fx.write_benchmark(bench / f"k{K}" / "assign_latents.tsv", [3.0])
     for name, s in (("materialize_pc", 1.0), ("latent_em/shard0", 2.0), ("latent_top_em", 3.0), ("finetune", 10.0)):
-        fx.write_benchmark(bench / f"k{K}" / "lvd" / "s0" / f"{name}.tsv", [s])
-    fx.write_benchmark(bench / f"k{K}" / "baseline" / "s0" / "train_baseline.tsv", [30.0])
+        fx.write_benchmark(bench / f"k{K}" / "lvd" / "s0" / f"{name}.tsv", [s], cpu=[1.5 * s])
+    fx.write_benchmark(bench / f"k{K}" / "baseline" / "s0" / "train_baseline.tsv", [30.0], cpu=[59.5])
     fx.write_benchmark(bench / f"k{K}" / "hclt" / "s0" / "train_hclt.tsv", [5.0])
     teacher = fx.write_teacher_metrics(tmp_path / "t.json", teacher_test_bpd=2.0)
     m = evaluate.run(evaluate.Config(num_samples=0, num_inpaint=0), data,
@@ -174,6 +174,10 @@ def test_the_curves_points_are_the_snapshots_recomputed_bpd(run_dir, tmp_path):
         return metrics.bpd(pc.mean_log_likelihood(pc.load(path), x), 64)
 
     assert m["train_seconds"] == 16.0 and m["baseline_train_seconds"] == 30.0 and m["hclt_train_seconds"] == 5.0
+    # CPU seconds: the same sums over the cpu_time column; the HCLT's file has none
+    assert m["cpu_seconds"] == 24.0 and m["cpu_seconds_seeds"] == [24.0] and m["baseline_cpu_seconds"] == 59.5
+    assert m["hclt_cpu_seconds"] is None and m["hclt_cpu_seconds_seeds"] == [None]
+    assert m["job_cpu_seconds"]["train_teacher"] == 39.0 and "hclt/s0/train_hclt" not in m["job_cpu_seconds"]
     assert m["shared_seconds"] == 23.0 and m["budget"] == "passes"
     for arm, final, folder, secs in (("lvd", tmp_path / "pc_final.h5", tmp_path / "pc_final_snapshots", 16.0),
                                      ("baseline", base, base.with_name("s0_snapshots"), 30.0),
@@ -231,6 +235,26 @@ def test_reading_a_curve_at_a_time():
                "assign_latents": 1.0, "prepare_data": 7.0}
     assert budget.arm_seconds(seconds, "lvd", 0) == 3.5 and budget.arm_seconds(seconds, "hclt", 0) is None
     assert budget.shared_seconds(seconds) == 5.0
+
+
+def test_benchmark_columns_wall_and_cpu_seconds(tmp_path):
+    """``s`` is required; ``cpu_time`` is read where the file has it (mean over rows), else None."""
+    fx.write_benchmark(tmp_path / "k4" / "lvd" / "s0" / "finetune.tsv", [10.0, 12.0], cpu=[19.0, 23.0])
+    fx.write_benchmark(tmp_path / "k4" / "hclt" / "s0" / "train_hclt.tsv", [5.0])
+    (tmp_path / "k4" / "baseline" / "s0").mkdir(parents=True)
+    (tmp_path / "k4" / "baseline" / "s0" / "train_baseline.tsv").write_text("s\tcpu_time\n30.0\tNA\n")
+    assert budget.read_benchmarks(tmp_path, 4) == {"lvd/s0/finetune": 11.0, "hclt/s0/train_hclt": 5.0,
+                                                   "baseline/s0/train_baseline": 30.0}
+    cpu = budget.read_benchmarks(tmp_path, 4, column="cpu_time")
+    assert cpu == {"lvd/s0/finetune": 21.0}
+    assert budget.arm_seconds(cpu, "lvd", 0) == 21.0 and budget.arm_seconds(cpu, "hclt", 0) is None
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("s\tcpu_time\n1.0\tlong\n")
+    with pytest.raises(ValueError, match="bad.tsv: column 'cpu_time' is not numeric"):
+        budget.benchmark_seconds(bad, "cpu_time")
+    bad.write_text("seconds\n1.0\n")
+    with pytest.raises(ValueError, match="bad.tsv: expected a Snakemake benchmark table with a column 's'"):
+        budget.benchmark_seconds(bad, "cpu_time")
 
 
 def test_finetune_with_no_epochs_writes_the_input_circuit(run_dir, tmp_path):

@@ -34,8 +34,10 @@ and ``<arm>_train_seconds`` (mean over seeds, ``*_seeds`` per seed): the summed 
 the arm's training jobs of that seed (lvd.budget.arm_seconds; without benchmark files, the
 stages' own training seconds from the circuits' history); ``cpu_seconds`` and
 ``<arm>_cpu_seconds`` (``*_seeds``): the same sums of the jobs' CPU seconds (the benchmark files'
-``cpu_time``; null when a job's file lacks it), which do not depend on the jobs' thread counts;
-``job_cpu_seconds`` {job: CPU seconds}; ``shared_seconds``: the teacher, the
+``cpu_time``; null when a job's file lacks it), which do not depend on the jobs' thread counts
+(Snakemake samples them, every 30 s after a job's first 15 s, so up to the last 30 s of a job
+are missing: a close figure for long jobs, an undercount for short ones);
+``job_cpu_seconds`` {job: CPU seconds or null}, the keys of ``seconds``; ``shared_seconds``: the teacher, the
 embeddings and this K's k-means. ``budget``: the controls' budget (``passes`` or ``time``, from
 their circuit files; {arm: budget} when they differ). ``curves`` {arm: one list per seed of
 points {epoch, seconds, valid_<unit>, test_<unit>}}: the snapshots saved beside each circuit
@@ -335,7 +337,7 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
         m["verdict"] = verdict(m, f"test_{unit}", unit)
     seconds["evaluate"] = timer.seconds
     m["seconds"], m["total_seconds"] = seconds, float(sum(seconds.values()))
-    m["job_cpu_seconds"] = cpu
+    m["job_cpu_seconds"] = {job: cpu.get(job) for job in seconds}   # the same keys as "seconds"; null: not sampled
     m["config"] = asdict(cfg)
     io.write_json(out, m)
     log.info("wrote %s: %s", out, m["verdict"])

@@ -135,7 +135,10 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
         if attrs and attrs.get("resume_key") == resume_key:
             circuit = pc.load(ckpt, device=circuit.device)
             record, start = attrs["record"], int(attrs["epoch"])
-            log.info("%s: resuming from %s after epoch %d/%d", stage, ckpt, start, sched.total_epochs)
+            # the loop seconds of the earlier runs, which this job's benchmark file will not hold
+            record["carried_seconds"] = float(record["seconds"])
+            log.info("%s: resuming from %s after epoch %d/%d (%.1f s of training carried over)",
+                     stage, ckpt, start, sched.total_epochs, record["carried_seconds"])
         elif attrs:
             log.warning("%s: ignoring checkpoint %s from another input or config", stage, ckpt)
     N = len(x) if x is not None else len(next(a for a in arrays.values() if a is not None))

@@ -9,8 +9,10 @@ passes and equal time").
 A circuit file ``X.h5`` has its snapshots (lvd.training.Snapshots) in ``X_snapshots/`` beside
 it. A curve's points are {epoch, seconds, valid_<unit>, test_<unit>}: every snapshot scored,
 then the circuit itself at the arm's training seconds (lvd.budget.arm_seconds; without benchmark
-files, the stages' own training seconds from the history); a snapshot of the last training
-stage sits at (the arm's seconds - that stage's loop seconds) + its seconds when taken.
+files, the stages' own training seconds from the history; a last stage resumed from its
+checkpoint adds the loop seconds of its earlier runs, ``carried_seconds`` of its record, which
+its benchmark file does not hold); a snapshot of the last training stage sits at (the arm's
+seconds - that stage's loop seconds) + its seconds when taken.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def arm_curve(arm: str, seed: int, path, final: dict, seconds: dict, score, devi
     total = budget.arm_seconds(seconds, arm, seed)
     if total is None:   # no benchmark files (a stage run by hand): the stages' own training seconds
         total = float(sum(float(r.get("seconds", 0.0)) for r in hist))
+    else:               # a last stage resumed from its checkpoint: its earlier runs' loop seconds
+        total += float(last.get("carried_seconds", 0.0))
     offset = total - float(last.get("seconds", 0.0))
     points = []
     for snap in training.read_snapshots(snapshot_folder(path)):

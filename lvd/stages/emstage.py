@@ -202,6 +202,21 @@ def control_budget(cfg, data: str, lvd_seconds: float | None, stage: str) -> dic
     return {"mode": mode, "seconds": lvd_seconds if mode == "time" else None}
 
 
+def lvd_seconds_of(benchmark_files, lvd_pc) -> float:
+    """LVD's training seconds of one seed for a control's time budget: the summed benchmark files,
+    plus the loop seconds that LVD's finetune carried over a resume from its checkpoint
+    (``carried_seconds`` of its record; a benchmark file holds a job's last run only), read from
+    LVD's pc_final.h5 beside its pc_init.h5 ``lvd_pc`` (the control's --pc) when it is there."""
+    total = float(sum(budget.benchmark_seconds(f) for f in benchmark_files))
+    final = Path(lvd_pc).with_name("pc_final.h5")
+    hist = inputs.history_of(final) if final.exists() else []
+    carried = float(hist[-1].get("carried_seconds", 0.0)) if hist else 0.0
+    if carried:
+        logging.getLogger("lvd").info("LVD's finetune was resumed: %.1f s of its earlier runs (%s) added "
+                                      "to the %.1f s of its benchmark files", carried, final, total)
+    return total + carried
+
+
 def stage_main(argv, doc, config_cls, run_fn, pc_help: str, out_help: str, control: bool = False) -> None:
     """The command line of the EM stages: --data, --pc, --out, --ckpt-dir, --snapshot-dir (and for
     the controls --lvd-benchmarks), then run_fn."""
@@ -220,8 +235,8 @@ def stage_main(argv, doc, config_cls, run_fn, pc_help: str, out_help: str, contr
     device = common.setup(args, seed=cfg.seed)
     kw = {}
     if control:
-        kw = {"lvd_seconds": (float(sum(budget.benchmark_seconds(f) for f in args.lvd_benchmarks))
-                              if args.lvd_benchmarks else None), "started": started}
+        kw = {"lvd_seconds": lvd_seconds_of(args.lvd_benchmarks, args.pc) if args.lvd_benchmarks else None,
+              "started": started}
     join_group(device)
     run_fn(cfg, args.data, args.pc, args.out, args.ckpt_dir, device=device, snapshot_dir=args.snapshot_dir, **kw)
     distributed.leave()     # (after a failure the process just exits: a group with a dead peer may not close)

@@ -114,6 +114,25 @@ def test_the_time_budget_of_a_control_counts_its_start_up(run_dir, tmp_path):
         train_baseline.run(cfg, run_dir["data"], run_dir["dir"] / "pc_init.h5", tmp_path / "c.h5")
 
 
+def test_a_controls_budget_adds_the_seconds_lvds_resumed_finetune_carried(run_dir, tmp_path):
+    """LVD's finetune killed after 30 s of epochs and resumed: its benchmark file holds the last
+    run only, its pc_final.h5 (beside the pc_init.h5 the control builds on) the 30 s carried."""
+    from lvd.stages import emstage
+    lvd = tmp_path / "k4" / "lvd" / "s0"
+    lvd.mkdir(parents=True)
+    (lvd / "pc_init.h5").write_bytes((run_dir["dir"] / "pc_init.h5").read_bytes())
+    files = [tmp_path / "materialize_pc.tsv", tmp_path / "finetune.tsv"]
+    fx.write_benchmark(files[0], [10.0])
+    fx.write_benchmark(files[1], [25.0])
+    assert emstage.lvd_seconds_of(files, lvd / "pc_init.h5") == 35.0          # no pc_final.h5 (yet)
+    circuit = pc.load(run_dir["dir"] / "pc_init.h5")
+    pc.save(circuit, lvd / "pc_final.h5", history=[{"stage": "finetune", "seconds": 20.0}])
+    assert emstage.lvd_seconds_of(files, lvd / "pc_init.h5") == 35.0          # not resumed
+    pc.save(circuit, lvd / "pc_final.h5", history=[{"stage": "latent_top_em", "seconds": 3.0},
+                                                   {"stage": "finetune", "seconds": 50.0, "carried_seconds": 30.0}])
+    assert emstage.lvd_seconds_of(files, lvd / "pc_init.h5") == 65.0
+
+
 def test_the_passes_budget_trains_exactly_the_schedule_as_before(run_dir, tmp_path):
     """budget passes (given LVD's seconds or not, with snapshots or not) gives the parameters of
     the plain loop: random_like, then the schedule's epochs with their epoch seeds."""

@@ -101,3 +101,23 @@ def test_the_verdict_states_the_gain_and_the_chosen_model():
     assert "Fine-tuning: none (no fine-tuning epochs" in said(curves.finetune_gain([[pt(0, 15.0, 3.0, 3.1)]]))
     assert "gain not measured (no epoch-0" in said(curves.finetune_gain([[pt(4, 50.0, 2.8, 2.9)]]))
     assert "pc_latent_em.h5 (frozen)" in said(curves.finetune_gain([[pt(0, 0.0, 3.0, 3.0), pt(1, 9.0, 3.1, 2.0)]]))
+
+
+def test_a_resumed_last_stage_adds_its_carried_seconds(monkeypatch):
+    """finetune killed after 30 s of epochs and resumed: its benchmark file holds the second run
+    only (25 s: 5 s start-up, 20 s of epochs), its record 50 s of epochs of which 30 carried. The
+    arm's seconds: materialize 5 + 25 + 30 = 60; a snapshot taken at 10 s of epochs sits at
+    60 - 50 + 10 = 20."""
+    record = {"stage": "finetune", "seconds": 50.0, "carried_seconds": 30.0, "train_ll": [1.0, 2.0, 3.0]}
+    monkeypatch.setattr(curves.inputs, "history_of", lambda path: [{"stage": "latent_top_em"}, record])
+    monkeypatch.setattr(curves.training, "read_snapshots", lambda folder: ["epoch1.h5"])
+    monkeypatch.setattr(curves.pc, "load_attrs", lambda path: {"epoch": 1, "seconds": 10.0})
+    monkeypatch.setattr(curves.pc, "load", lambda path, device="cpu": None)
+    seconds = {"lvd/s0/materialize_pc": 5.0, "lvd/s0/finetune": 25.0, "baseline/s0/train_baseline": 99.0}
+    points = curves.arm_curve("lvd", 0, "k4/lvd/s0/pc_final.h5", {"test_bpd": 2.0}, seconds,
+                              lambda circuit, path: {"test_bpd": 2.5})
+    assert points == [{"epoch": 1, "seconds": 20.0, "test_bpd": 2.5}, {"epoch": 3, "seconds": 60.0, "test_bpd": 2.0}]
+    del record["carried_seconds"]      # without it, the benchmark files alone: the arm 30 s short and
+    points = curves.arm_curve("lvd", 0, "k4/lvd/s0/pc_final.h5", {"test_bpd": 2.0}, seconds,
+                              lambda circuit, path: {"test_bpd": 2.5})
+    assert [p["seconds"] for p in points] == [-10.0, 30.0]     # the snapshot before the arm began

@@ -181,6 +181,7 @@ def test_finetune_resumes_after_a_kill(run_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         finetune.run(FCFG, data, src, tmp_path / "out.h5", tmp_path / "ckpt")
     assert pc.load_attrs(tmp_path / "ckpt" / "finetune.h5")["epoch"] == 1 and not (tmp_path / "out.h5").exists()
+    before = pc.load_attrs(tmp_path / "ckpt" / "finetune.h5")["record"]["seconds"]
     calls.clear()
     limit = 99
     got = finetune.run(FCFG, data, src, tmp_path / "out.h5", tmp_path / "ckpt")
@@ -193,6 +194,9 @@ def test_finetune_resumes_after_a_kill(run_dir, tmp_path, monkeypatch):
     assert [r["stage"] for r in hist] == ["latent_em", "latent_top_em", "finetune"]
     assert hist[-1]["train_ll"] == inputs.history_of(tmp_path / "ref.h5")[-1]["train_ll"]
     assert len(hist[-1]["valid_ll"]) == 3 and hist[-1]["valid_ll"][-1] > hist[0 + 1]["valid_ll"][-1]
+    # the first run's loop seconds travel in the record, for the arm's training seconds (lvd.stages.curves)
+    assert before > 0 and hist[-1]["carried_seconds"] == before and hist[-1]["seconds"] > before
+    assert "carried_seconds" not in inputs.history_of(tmp_path / "ref.h5")[-1]
 
 
 def test_finetune_ignores_a_checkpoint_of_another_config(run_dir, tmp_path):

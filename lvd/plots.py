@@ -118,7 +118,8 @@ def curves_figure(path, series: list[dict], reference: float | None = None, ylab
         ax.axhline(reference, color="grey", linestyle=":", label=reference_label)
     ax.set_xlabel("epoch (passes of EM over the training set)")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:     # no curve and no reference: no legend to draw
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)

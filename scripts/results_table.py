@@ -8,7 +8,8 @@ teacher as a reference row: parameters, final test metric mean ± std over seeds
 brackets, the metric at equal time and at equal passes with the margin against LVD (> 0: LVD
 better) and whether LVD wins by more than 3 std, training seconds and CPU seconds per seed);
 footnotes; a line per fine-tuned arm; the job seconds of every arm and seed (with their CPU
-seconds), and the shared stages apart. The unit (bpd for images, perplexity for text) comes from the file unless --unit says otherwise.
+seconds), and the shared stages apart. The unit (bpd for images, perplexity for text) comes
+from the file unless --unit says otherwise.
 "n/m": not measured (missing or null in the file); "-": does not apply. A file that is not an
 evaluate metrics.json exits with status 2 and one line naming the file and the field.
 """

@@ -29,44 +29,16 @@ Text: the same with ``test_perplexity`` = exp(- sum over test windows of log p(w
 equal to exp(- mean window ll / seq_len), the teacher LM's definition, lvd.teachers.lm); the
 controls are random_latents and baseline (the random-init HMM). Figure perplexity.png.
 
-Compute (docs/pc_stages.md, "Budgets: equal passes and equal time"): ``train_seconds`` (LVD)
-and ``<arm>_train_seconds`` (mean over seeds, ``*_seeds`` per seed): the summed job seconds of
-the arm's training jobs of that seed (lvd.budget.arm_seconds; without benchmark files, the
-stages' own training seconds from the circuits' history); ``cpu_seconds`` and
-``<arm>_cpu_seconds`` (``*_seeds``): the same sums of the jobs' CPU seconds (the benchmark files'
-``cpu_time``; null when a job's file lacks it), which do not depend on the jobs' thread counts
-(Snakemake samples them, every 30 s after a job's first 15 s, so up to the last 30 s of a job
-are missing: a close figure for long jobs, an undercount for short ones);
-``job_cpu_seconds`` {job: CPU seconds or null}, the keys of ``seconds``; ``shared_seconds``: the teacher, the
-embeddings and this K's k-means. ``budget``: the controls' budget (``passes`` or ``time``, from
-their circuit files; {arm: budget} when they differ). ``curves`` {arm: one list per seed of
-points {epoch, seconds, valid_<unit>, test_<unit>}}: the snapshots saved beside each circuit
-file (``<name>_snapshots/epoch<e>.h5``, from finetune, train_baseline, train_hclt) scored on
-valid and test, then the circuit itself at the arm's training seconds; a snapshot of the last
-training stage sits at (the arm's seconds - that stage's training-loop seconds) + its seconds
-when taken (start-up and earlier stages come first). ``equal_time`` {control: at LVD's
-training seconds of each seed, its test metric read off its curve (lvd.budget.value_at: linear
-between the points around it, its last value past its end; a curve that begins later is read at
-its first point), the mean over seeds, ``*_std``, ``*_seeds``, ``margin``, ``spread``, ``beats``,
-``beats_3std`` as in ``controls``, ``seconds_seeds`` (where each seed was read) and
-``over_budget`` (a curve read at its first point, after LVD's seconds)}; ``equal_passes`` the
-same at LVD's passes, without the last two (the random-latent arm: its final circuit; the
-baseline and the HCLT: their point at the end of their planned schedule, the final circuit
-under ``passes``, null if a time budget stopped them before it). figures/compute.png: test bpd
-(perplexity) against training seconds, one line per arm (mean over seeds, error bars the seeds'
-standard deviation), LVD's seconds marked. The verdict states both comparisons.
-
-Images: ``finetune`` {lvd, random_latents: what whole-circuit fine-tuning bought, read off the
-arm's curve (lvd.stages.curves.finetune_gain)}: ``valid_bpd_before``, ``test_bpd_before`` (the
-epoch-0 point, finetune's input pc_latent_em.h5), ``valid_bpd_after``, ``test_bpd_after``
-(pc_final.h5), ``seconds`` (finetune's training loop: the final point's seconds minus the
-epoch-0 point's), ``valid_gain_bpd``, ``test_gain_bpd`` (before - after), ``gain_per_1000s``
-(test gain per 1000 s), each the mean over seeds with ``*_std`` and ``*_seeds``; ``chosen``
-("finetuned" or "frozen", by valid bpd, never test), ``chosen_seeds``, ``reason`` (why values
-are null: no epoch-0 snapshot) and ``note``. No fine-tuning (finetune.epochs and
-full_batch_epochs 0: pc_final.h5 is pc_latent_em.h5) is reported as such, not left out: before
-= after, 0 s, gains 0, ``gain_per_1000s`` null, "frozen", and the ``note`` says so. The
-verdict states LVD's gain and the chosen model.
+Compute (every key defined in docs/pc_stages.md, "Budgets: equal passes and equal time"):
+``train_seconds`` and ``<arm>_train_seconds`` (an arm's summed job seconds, lvd.budget;
+``*_seeds``), ``cpu_seconds``, ``<arm>_cpu_seconds`` and ``job_cpu_seconds`` (the same from the
+sampled ``cpu_time``, null where not sampled), ``shared_seconds`` (teacher, embeddings,
+k-means), ``budget``, ``curves`` (every arm's snapshots scored on valid and test, then its final
+circuit at its training seconds; lvd.stages.curves), ``equal_time`` and ``equal_passes`` (every
+control read off its curve at LVD's seconds and passes, with margins as in ``controls``) and
+figures/compute.png; the verdict states both comparisons. Images also ``finetune`` {lvd,
+random_latents}: pc_latent_em.h5 (the curve's epoch 0) against pc_final.h5, the gain, its
+seconds and the model chosen on valid bpd, never test ("What fine-tuning buys" there).
 
 Both: the data protocol, lvd.data.protocol's keys (images: ``dataset``, ``color``,
 ``lossless``, ``crop``, ``crop_train``, ``crop_eval``, ``crops_per_image`` and the sentence
@@ -246,8 +218,8 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             (lambda v: metrics.perplexity(v, info.seq_len))  # noqa: E731
         m = {"kind": info.kind, "num_test": len(xt), "num_valid": len(xv), "num_seeds": lens["lvd"]}
         m.update(data_protocol(data))   # what the numbers measure: dataset, colour space, crops
-        seconds = read_benchmarks(benchmarks_dir, _num_states(files["lvd"][0], image))
-        cpu = read_benchmarks(benchmarks_dir, _num_states(files["lvd"][0], image), column="cpu_time")
+        states = _num_states(files["lvd"][0], image)
+        seconds, cpu = (read_benchmarks(benchmarks_dir, states, column=c) for c in ("s", "cpu_time"))
 
         def score(circuit, path):
             inputs.check_circuit(circuit, info, path)
@@ -283,8 +255,8 @@ def run(cfg: Config, data: str, arms: dict, teacher_metrics: str, benchmarks_dir
             secs = [c[-1]["seconds"] for c in curves[arm]]
             m[f"{prefix(arm)}train_seconds"], m[f"{prefix(arm)}train_seconds_seeds"] = float(np.mean(secs)), secs
             cpus = [budget.arm_seconds(cpu, arm, j) for j in range(len(paths))]
-            m[f"{prefix(arm)}cpu_seconds_seeds"] = cpus
             m[f"{prefix(arm)}cpu_seconds"] = None if None in cpus else float(np.mean(cpus))
+            m[f"{prefix(arm)}cpu_seconds_seeds"] = cpus
         m["shared_seconds"] = budget.shared_seconds(seconds)
         budgets = {arm: pc.load_attrs(files[arm][0]).get("budget") for arm in ("baseline", "hclt") if files[arm]}
         budgets = {arm: b for arm, b in budgets.items() if b}

@@ -182,6 +182,13 @@ def train(circuit, x, sched: pc.Schedule, *, stage: str, valid=None, ckpt=None, 
     return circuit, record
 
 
+def kept_epoch_values(record: dict) -> dict:
+    """The train and valid ll of the epoch whose parameters ``train`` returned: the best valid
+    epoch's (``best_epoch``, keep_best), else the last epoch's; keys absent where not recorded."""
+    e = record.get("best_epoch", len(record["train_ll"])) - 1
+    return {k: record[k][e] for k in ("train_ll", "valid_ll") if 0 <= e < len(record[k])}
+
+
 def _more(epoch: int, sched: pc.Schedule, record: dict, budget_seconds: float | None) -> bool:
     """Whether the loop runs epoch ``epoch``: the schedule's epochs, or (budget) until its seconds
     are used; past the schedule's end a budget runs full-batch epochs (``is_full_batch``)."""

@@ -132,9 +132,10 @@ def train_and_save(c, cfg, data: str, out: str, *, source: str, stage: str, writ
     if not record["train_ll"]:
         record["note"] = "no epochs: the input circuit unchanged"
     summary = {"seconds": timer.seconds, "num_params": c.num_params, **(extra or {})}
-    if record["train_ll"]:
-        summary["train_ll"] = record["train_ll"][-1]
-    summary.update(split_metrics(info, record["valid_ll"][-1] if record["valid_ll"] else valid(c), "valid"))
+    kept = training.kept_epoch_values(record)    # the saved parameters' epoch (the best valid one under a budget)
+    if "train_ll" in kept:
+        summary["train_ll"] = kept["train_ll"]
+    summary.update(split_metrics(info, kept["valid_ll"] if "valid_ll" in kept else valid(c), "valid"))
     if size > 1:
         summary["processes"] = size
     if not distributed.is_main():     # process 0 writes the output and removes the checkpoint

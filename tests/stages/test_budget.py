@@ -328,6 +328,24 @@ def test_keep_best_returns_the_best_valid_epochs_parameters(bruteforce_path, val
         assert torch.equal(v, after[4][k]), k
 
 
+def test_a_control_writes_the_valid_ll_of_the_parameters_it_keeps(run_dir, tmp_path, monkeypatch):
+    """train_baseline under budget time keeps its best valid epoch (3 of 6, scripted valid lls):
+    the output's valid_ll / valid_bpd / train_ll are that epoch's, not the last one's."""
+    counter = itertools.count(start=1)
+    clock = lambda: 2.0 * next(counter)  # noqa: E731   readings 2, 4, 6, ...: 6 epochs in 11 s
+    valids = iter([-50.0, -40.0, -30.0, -35.0, -36.0, -37.0])
+    monkeypatch.setattr(pc, "mean_log_likelihood", lambda *a, **k: next(valids))
+    cfg = train_baseline.Config(epochs=2, full_batch_epochs=0, batch_size=64, budget="time", curve_points=0)
+    train_baseline.run(cfg, run_dir["data"], run_dir["dir"] / "pc_init.h5", tmp_path / "b.h5", lvd_seconds=13.0,
+                       started=0.0, clock=clock)
+    rec = inputs.history_of(tmp_path / "b.h5")[-1]
+    assert rec["epochs_run"] == 6 and rec["best_epoch"] == 3
+    attrs = pc.load_attrs(tmp_path / "b.h5")
+    assert attrs["valid_ll"] == -30.0 and attrs["train_ll"] == rec["train_ll"][2]
+    assert attrs["valid_bpd"] == pytest.approx(metrics.bpd(-30.0, 64))
+    assert training.kept_epoch_values({"train_ll": [-2.0, -1.0], "valid_ll": []}) == {"train_ll": -1.0}
+
+
 def test_a_reading_has_the_same_keys_measured_or_not():
     """equal_time's record of a control has the same keys whether its curve reached LVD's seconds
     or not (a run's timings decide that, so two runs of one preset must not differ in keys)."""

@@ -9,7 +9,8 @@ every ``main`` shares), ``inputs`` (checked readers of the stage artifacts), ``e
 from the latents). No stage imports another (tests/test_stage_imports.py).
 
 The stages are command-line entry points: this package configures the process it starts in
-(``lvd.runtime.configure_process``: OpenMP's passive waiting, glibc's malloc thresholds)
+(``lvd.runtime.configure_process``: OpenMP's passive waiting, glibc's malloc thresholds,
+denormals flushed to zero)
 before any stage imports torch. The library outside lvd.stages changes nothing on import.
 """
 

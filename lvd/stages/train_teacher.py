@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lvd import fingerprints, io, teachers
+from lvd import fingerprints, io, runtime, teachers
 from lvd.progress import Progress
 from lvd.stages import common
 
@@ -127,11 +127,12 @@ def check_config(cfg: Config) -> None:
 
 def run(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device="cpu") -> dict:
     check_config(cfg)
-    torch.set_flush_denormal(True)     # the module docstring; torch's default (off) comes back after
+    before = runtime.denormals_flushed()    # the module docstring; the process's setting comes back after
+    runtime.flush_denormals(True)
     try:
         return _train(cfg, data_path, out_path, metrics_path, ckpt_dir, device)
     finally:
-        torch.set_flush_denormal(False)
+        runtime.flush_denormals(before)
 
 
 def _train(cfg: Config, data_path, out_path, metrics_path, ckpt_dir, device) -> dict:

@@ -18,8 +18,9 @@ package initializer) and the benchmarks do at their top:
    trained circuits make them (tiny probabilities times tiny messages in the K x K products).
    One EM step of LVD-PG's full-data circuit (fine-tuning, batch 256, 2 threads) took 1.39 s with
    denormals and 0.66 s flushed; a circuit without them is unchanged (docs/engine.md). A value
-   below float32's smallest normal (1.2e-38) becomes 0: the passes keep every row at or above
-   that smallest normal and rescale products, so results move by rounding only. The flag
+   below float32's smallest normal (1.2e-38) becomes 0: the passes keep every message row's
+   entries at or above ``lvd.pc.kernels.U_FLOOR``, so no message flushes to 0, and results move
+   by rounding only. The flag
    lives in each thread's MXCSR register and threads copy it from the thread that starts them,
    so it is set before torch or numba start their worker threads.
 """

@@ -54,6 +54,7 @@ except Exception:  # pragma: no cover - exercised only without numba
 TINY = np.float32(np.finfo(np.float32).tiny)   # float32 constants keep the kernels in float32
 _ONE = np.float32(1.0)
 _LOW = np.float32(-1e30)
+_FLOOR = np.float32(kernels.U_FLOOR)              # a normalized row's entries (kernels.U_FLOOR)
 _FLAGS = {"reassoc", "contract", "nsz", "arcp"}   # no nnan / ninf: -inf evidence stays meaningful
 ENABLED = numba is not None                    # the kernels can run (lvd.pc.kernels decides whether they do)
 
@@ -144,14 +145,14 @@ if numba is not None:
 if numba is not None:
     @njit(inline="always", fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)
     def _normalize(u, row, K):
-        """u[row] /= its sum (at least TINY), entries kept >= TINY; returns the sum."""
+        """u[row] /= its sum (at least TINY), entries kept >= U_FLOOR; returns the sum."""
         mx = np.float32(0.0)
         for k in range(K):
             mx += u[row, k]
         mx = max(mx, TINY)
         inv = _ONE / mx
         for k in range(K):
-            u[row, k] = max(u[row, k] * inv, TINY)
+            u[row, k] = max(u[row, k] * inv, _FLOOR)
         return mx
 
     @njit(parallel=True, fastmath=_FLAGS, cache=True, nogil=True, boundscheck=False)

@@ -73,6 +73,12 @@ FUSE_MIN_PAIRS = 4   # ... and only on levels of at least this many (node, group
 PROBE_PAIRS = 8      # the product probe: pairs of [PROBE_ROWS, K] blocks
 PROBE_ROWS = 256
 ROUNDS = 3           # timed runs of each candidate after its warm-up
+# The floor of a normalized message row (both paths). With every entry of u at least
+# U_FLOOR and every row of a K x K table summing to 1 (an entry >= 1 / K), each message
+# M_j = sum_k u_k W_jk has a term >= U_FLOOR / K >= float32's smallest normal for K <= 2^16, so
+# M stays a normal float even with denormals flushed to zero (lvd.runtime), and the backward's
+# r = a / M never divides by 0. Entries below it are e^-76 of the row's largest.
+U_FLOOR = 1.1754943508222875e-38 * 2.0 ** 16
 
 _STATE: dict = {"mode": None, "active": None, "memo": {}, "disk": None}
 

@@ -21,7 +21,7 @@ HMM with parameters tied over time maps every node to row 0. Flows of tied rows 
 
 Computation runs level by level (nodes of equal depth are contiguous in BFS order), one
 batched matmul per level, in the linear domain with one log-scale per (node, example):
-u[v] = max(U_v / max_k U_v, TINY), s[v] = log max_k U_v, where U_v is the product of the leaf
+u[v] = max(U_v / max_k U_v, U_FLOOR), s[v] = log max_k U_v, where U_v is the product of the leaf
 probability theta_v[x_v, k], exp(evidence - its max) and the children's messages
 M_c = W_c u_c. Nothing is logged or exponentiated per state: one amax and one division per
 (node, example) rescale the product (two messages at most are multiplied in between, so the
@@ -254,7 +254,7 @@ def _upward_torch(st, idx, W, flat, C, G, xs, miss, ev, u, s, M, repeat) -> None
     the value is missing) + evidence. Then per level, bottom-up: the children's messages
     M = u W^T (one batched matmul), L[parent] += log M (one scatter; copies add their own
     normalized L: they send u itself), s = max_k L (floored at -1e30 with evidence: a row of
-    impossible states has every factor -inf), u = max(exp(L - s), TINY). s holds each node's own log-scale; the root's
+    impossible states has every factor -inf), u = max(exp(L - s), U_FLOOR). s holds each node's own log-scale; the root's
     offset, s[0], is their sum."""
     V, B, K = u.shape[0], u.shape[2], u.shape[3]
     L = W.new_empty(V, G, B, K)
@@ -289,7 +289,7 @@ def _upward_torch(st, idx, W, flat, C, G, xs, miss, ev, u, s, M, repeat) -> None
         torch.amax(La, -1, out=sa)
         if ev is not None:                                   # (without evidence every L is finite)
             sa.clamp_min_(-1e30)
-        torch.exp(La.sub_(sa[..., None]), out=u[a:b]).clamp_min_(TINY)
+        torch.exp(La.sub_(sa[..., None]), out=u[a:b]).clamp_min_(kernels.U_FLOOR)
     s[0] = s.sum(0)
     if ev is not None:     # impossible: -1e30 once, however many levels floored (denormals flushed or not)
         s[0].clamp_min_(-1e30)

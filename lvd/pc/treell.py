@@ -168,7 +168,7 @@ def _down_torch(st, idx, W, u, M, xs, miss, repeat, g_edges, C, L_t, dense_leave
         if not ne:
             continue
         r = index_select(u[a:b], par[:ne])                           # [ne, G, B, K]
-        r.div_(M[c0:c0 + ne])                                        # M >= TINY (the upward floor)
+        r.div_(M[c0:c0 + ne])                                        # M >= TINY (kernels.U_FLOOR)
         Wl = edge_level(st, idx, W, d + 1)
         uc = u[c0:c0 + ne]
         if g_edges is not None:                                      # r^T u now, times W once at the end

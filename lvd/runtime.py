@@ -15,14 +15,10 @@ package initializer) and the benchmarks do at their top:
    fresh zero pages for the next allocation, so every level of every pass page-faults.
 3. Denormal floats flushed to zero (FTZ and DAZ, ``flush_denormals``; skipped with
    ``LVD_NO_FTZ=1``): x86 CPUs compute on denormals in microcode, and the passes of sharply
-   trained circuits make them (tiny probabilities times tiny messages in the K x K products).
-   One EM step of LVD-PG's full-data circuit (fine-tuning, batch 256, 2 threads) took 1.39 s with
-   denormals and 0.66 s flushed; a circuit without them is unchanged (docs/engine.md). A value
-   below float32's smallest normal (1.2e-38) becomes 0: the passes keep every message row's
-   entries at or above ``lvd.pc.kernels.U_FLOOR``, so no message flushes to 0, and results move
-   by rounding only. The flag
-   lives in each thread's MXCSR register and threads copy it from the thread that starts them,
-   so it is set before torch or numba start their worker threads.
+   trained circuits make them; LVD-PG's passes ran 2-6x faster flushed (docs/engine.md). The
+   passes keep messages normal (``lvd.pc.kernels.U_FLOOR``), so results move by rounding only.
+   The flag lives in each thread's MXCSR register and threads copy it from the thread that
+   starts them, so it is set before torch or numba start their worker threads.
 """
 
 from __future__ import annotations

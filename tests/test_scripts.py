@@ -283,3 +283,27 @@ def test_results_table_cli_exits_2_without_a_traceback(tmp_path):
                            str(tmp_path / "absent.json")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"results_table: {tmp_path / 'metrics.json'}: missing (or null) field 'test_bpd'\n"
+
+
+def test_step_seconds_prints_the_cpu_and_a_step_time_per_circuit(tmp_path, capsys):
+    import sys
+
+    import torch
+
+    from lvd import pc
+    from lvd.stages import inputs
+
+    sys.path.insert(0, str(ROOT / "tests" / "stages"))
+    try:
+        import pc_fixtures as fx
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "stages"))
+    data = fx.write_digits(tmp_path / "data.h5", n_train=64, n_valid=8, n_test=8)
+    x = torch.as_tensor(inputs.load_split(data, "train"))
+    pc.save(pc.hclt(x, num_latents=4, num_cats=17, seed=0), tmp_path / "c.h5")
+    load("step_seconds").main([str(data), str(tmp_path / "c.h5"), "--steps", "2", "--batch-size", "16",
+                               "--threads", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert "thread(s), denormals flushed:" in out[0]
+    path, rest = out[1].split(": ", 1)
+    assert path == str(tmp_path / "c.h5") and float(rest.split(" s/step")[0]) > 0

@@ -78,7 +78,7 @@ ROUNDS = 3           # timed runs of each candidate after its warm-up
 # M_j = sum_k u_k W_jk has a term >= U_FLOOR / K >= float32's smallest normal for K <= 2^16, so
 # M stays a normal float even with denormals flushed to zero (lvd.runtime), and the backward's
 # r = a / M never divides by 0. Entries below it are e^-76 of the row's largest.
-U_FLOOR = 1.1754943508222875e-38 * 2.0 ** 16
+U_FLOOR = torch.finfo(torch.float32).tiny * 2.0 ** 16
 
 _STATE: dict = {"mode": None, "active": None, "memo": {}, "disk": None}
 

@@ -291,8 +291,6 @@ def _upward_torch(st, idx, W, flat, C, G, xs, miss, ev, u, s, M, repeat) -> None
             sa.clamp_min_(-1e30)
         torch.exp(La.sub_(sa[..., None]), out=u[a:b]).clamp_min_(kernels.U_FLOOR)
     s[0] = s.sum(0)
-    if ev is not None:     # impossible: -1e30 once, however many levels floored (denormals flushed or not)
-        s[0].clamp_min_(-1e30)
 
 
 def max_edge_nodes(st: TreeStructure) -> int:
